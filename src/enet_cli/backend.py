@@ -1,0 +1,42 @@
+"""The one place TensorFlow is imported, so that Keras 2 is what `keras` means everywhere.
+
+TF >= 2.16 ships Keras 3 as `tf.keras` unless TF_USE_LEGACY_KERAS=1 is set *before* the
+first TensorFlow import, in which case `tf.keras` is the `tf-keras` package (Keras 2). The
+SageMaker SMP and SMDDP containers (TF 2.6, TF 2.11) have Keras 2 built in. Our layers,
+checkpoints and SavedModels use the Keras 2 API, so every module imports `tf` and `keras`
+from here and never `import tensorflow` directly.
+"""
+
+import os
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf
+
+from enet_cli.errors import EnvironmentProblem
+
+
+def _keras():
+    try:
+        keras = tf.keras
+        keras.layers.Layer  # noqa: B018  (tf.keras is lazy on TF >= 2.16: touch it to load)
+    except (ImportError, AttributeError) as err:
+        major_minor = ".".join(tf.__version__.split(".")[:2])
+        raise EnvironmentProblem(
+            f"TensorFlow {tf.__version__} needs the tf-keras package for Keras 2: "
+            f"pip install 'tf-keras~={major_minor}.0' ({err})"
+        ) from None
+    if callable(getattr(keras, "version", None)) and str(keras.version()).startswith("3"):
+        raise EnvironmentProblem(
+            "tf.keras is Keras 3, but enet-cli needs Keras 2: import enet_cli before "
+            "tensorflow, or set TF_USE_LEGACY_KERAS=1 and install tf-keras"
+        )
+    return keras
+
+
+keras = _keras()
+
+TF_VERSION = tuple(int(p) for p in tf.__version__.split(".")[:2])
+
+__all__ = ["TF_VERSION", "keras", "tf"]

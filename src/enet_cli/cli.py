@@ -1,0 +1,250 @@
+"""The `enet` command. Thin on purpose: options -> config objects -> one core call -> a summary.
+
+TensorFlow is imported inside the commands that need it, so `enet --help` stays fast. Every
+`EnetError` from the core and every usage error becomes one red line on stderr and an exit
+code (see errors.py); anything else is a bug and keeps its traceback.
+"""
+
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from enet_cli import __version__
+from enet_cli.config import (
+    ClassWeighting,
+    DataConfig,
+    EnetConfig,
+    LRSchedule,
+    Mode,
+    ModelConfig,
+    Precision,
+    RuntimeConfig,
+    TrainConfig,
+    load_config,
+    option_name,
+)
+from enet_cli.errors import EnetError
+
+stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False)
+
+app = typer.Typer(
+    name="enet",
+    help="Train, evaluate and ship ENet semantic segmentation on CamVid, locally or on SageMaker.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+model_app = typer.Typer(help="Inspect the ENet graph.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+PANEL_DATA, PANEL_MODEL, PANEL_TRAIN, PANEL_DIST = "Data", "Model", "Training", "Distributed"
+_SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "runtime": RuntimeConfig,
+}
+
+
+def _opt(section: str, field: str, panel: str, **kwargs: Any) -> Any:
+    """A Typer option for a config field: its name, help and shown default come from config.py.
+
+    The option's own default is None ("not given") so that a --config file value is only
+    overridden by options the user actually typed.
+    """
+    info = _SECTIONS[section].model_fields[field]
+    default = info.get_default(call_default_factory=True)
+    if hasattr(default, "value"):
+        default = default.value
+    if isinstance(default, tuple) and field == "image_size":
+        default = "x".join(str(v) for v in default)
+    decls = kwargs.pop("decls", None) or [option_name(field)]
+    return typer.Option(
+        None,
+        *decls,
+        help=info.description or "",
+        show_default=str(default),
+        rich_help_panel=panel,
+        **kwargs,
+    )
+
+
+def _overrides(given: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """Sort a command's option values into config sections by field name (names are unique)."""
+    out: Dict[str, Dict[str, Any]] = {section: {} for section in _SECTIONS}
+    for section, model in _SECTIONS.items():
+        for field in model.model_fields:
+            if field in given:
+                out[section][field] = given[field]
+    return out
+
+
+CONFIG_OPTION = typer.Option(
+    None,
+    "--config",
+    "-c",
+    help="YAML or JSON file with sections model, data, train, runtime.",
+    exists=False,
+    dir_okay=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        stdout.print(f"enet-cli {__version__} (Python {sys.version.split()[0]})")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Show the version."
+    ),
+) -> None:
+    """Train, evaluate and ship ENet semantic segmentation on CamVid, locally or on SageMaker."""
+
+
+# ---------------------------------------------------------------------------------------
+# enet model summary
+# ---------------------------------------------------------------------------------------
+@model_app.command("summary")
+def model_summary(
+    num_classes: Optional[int] = _opt("model", "num_classes", PANEL_MODEL),
+    image_size: Optional[str] = _opt("data", "image_size", PANEL_MODEL),
+    config: Optional[Path] = CONFIG_OPTION,
+) -> None:
+    """Print ENet's blocks with output shapes, parameters and multiply-adds.
+
+    Example: enet model summary --classes 12 --size 720x960
+    """
+    cfg = load_config(config, _overrides(locals()))
+    from enet_cli.model import build_enet
+    from enet_cli.model.summary import summarize
+
+    model = build_enet(cfg.model, cfg.data.image_size)
+    rows = summarize(model)
+    height, width = cfg.data.image_size
+    table = Table(title=f"ENet, {cfg.model.num_classes} classes, input {height}x{width}x3")
+    for column, justify in (
+        ("block", "left"),
+        ("main op", "left"),
+        ("output shape", "right"),
+        ("parameters", "right"),
+        ("multiply-adds", "right"),
+    ):
+        table.add_column(column, justify=justify)
+    for row in rows:
+        shape = "x".join(str(d) for d in row.output_shape[1:])
+        table.add_row(row.name, row.kind, shape, f"{row.params:,}", f"{row.multiply_adds:,}")
+    total_params = sum(r.params for r in rows)
+    total_macs = sum(r.multiply_adds for r in rows)
+    table.add_section()
+    out_shape = "x".join(str(d) for d in model.output_shape[1:])
+    table.add_row("total", "", out_shape, f"{total_params:,}", f"{total_macs:,}")
+    stdout.print(table)
+    non_trainable = model.count_params() - total_params
+    stdout.print(
+        f"trainable parameters: {total_params:,} (+{non_trainable:,} batch-norm statistics); "
+        f"multiply-adds per image: {total_macs / 1e9:.2f} G"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Commands that later work fills in. They parse their options for real, so config mistakes
+# are reported now, then say plainly that the capability is not there yet.
+# ---------------------------------------------------------------------------------------
+def _not_yet(command: str) -> None:
+    raise EnetError(f"`enet {command}` is not available yet in enet-cli {__version__}")
+
+
+@app.command()
+def preprocess(
+    input_dir: Path = typer.Argument(..., help="Raw CamVid (Kaggle or SegNet layout)."),
+    output_dir: Path = typer.Argument(..., help="Where shards and manifest.json go."),
+) -> None:
+    """Turn raw CamVid into TFRecord shards and a manifest. Example: enet preprocess CamVid data"""
+    _not_yet("preprocess")
+
+
+@app.command()
+def train(
+    data_dir: Optional[Path] = typer.Argument(None, help="Preprocessed directory."),
+    config: Optional[Path] = CONFIG_OPTION,
+    mode: Optional[Mode] = _opt("runtime", "mode", PANEL_DIST),
+    image_size: Optional[str] = _opt("data", "image_size", PANEL_DATA),
+    augment: Optional[bool] = _opt("data", "augment", PANEL_DATA, decls=["--augment/--no-augment"]),
+    random_scale: Optional[str] = _opt("data", "random_scale", PANEL_DATA),
+    color_jitter: Optional[float] = _opt("data", "color_jitter", PANEL_DATA),
+    epochs: Optional[int] = _opt("train", "epochs", PANEL_TRAIN),
+    steps: Optional[int] = _opt("train", "steps", PANEL_TRAIN),
+    batch_size: Optional[int] = _opt("train", "batch_size", PANEL_TRAIN),
+    learning_rate: Optional[float] = _opt("train", "learning_rate", PANEL_TRAIN),
+    weight_decay: Optional[float] = _opt("train", "weight_decay", PANEL_TRAIN),
+    lr_schedule: Optional[LRSchedule] = _opt("train", "lr_schedule", PANEL_TRAIN),
+    lr_decay_epochs: Optional[int] = _opt("train", "lr_decay_epochs", PANEL_TRAIN),
+    lr_decay_factor: Optional[float] = _opt("train", "lr_decay_factor", PANEL_TRAIN),
+    class_weighting: Optional[ClassWeighting] = _opt("train", "class_weighting", PANEL_TRAIN),
+    precision: Optional[Precision] = _opt("train", "precision", PANEL_TRAIN),
+    seed: Optional[int] = _opt("train", "seed", PANEL_TRAIN),
+    partitions: Optional[int] = _opt("runtime", "partitions", PANEL_DIST),
+    microbatches: Optional[int] = _opt("runtime", "microbatches", PANEL_DIST),
+    local_workers: Optional[int] = _opt("runtime", "local_workers", PANEL_DIST),
+) -> None:
+    """Train ENet on a preprocessed directory. Example: enet train --mode single data/"""
+    cfg: EnetConfig = load_config(config, _overrides(locals()))
+    del cfg
+    _not_yet("train")
+
+
+@app.command()
+def evaluate(
+    model_dir: Path = typer.Argument(..., help="Checkpoint directory or SavedModel."),
+) -> None:
+    """Score a trained model on a split (mIoU, per-class IoU). Example: enet evaluate runs/x"""
+    _not_yet("evaluate")
+
+
+@app.command()
+def launch() -> None:
+    """Submit this training as an Amazon SageMaker job. Example: enet launch --mode ddp data/"""
+    _not_yet("launch")
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------
+# Typer >= 0.2x vendors click; its exception classes are reachable through public names.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _fail(message: str, code: int) -> "None":
+    stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    sys.exit(code)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Run `enet`: one line on stderr and an exit code for every user mistake, never a traceback."""
+    try:
+        result = app(args=argv, prog_name="enet", standalone_mode=False)
+    except EnetError as err:
+        _fail(str(err), err.exit_code)
+    except _ClickException as err:
+        if type(err).__name__ == "NoArgsIsHelpError":
+            stderr.print(err.format_message())
+            sys.exit(err.exit_code)
+        hint = ""
+        ctx = getattr(err, "ctx", None)
+        if ctx is not None:
+            hint = f" (see {ctx.command_path} --help)"
+        message = err.format_message().strip().splitlines()[0].replace("Value error, ", "")
+        _fail(message + hint, err.exit_code)
+    except typer.Abort:
+        _fail("aborted", 130)
+    sys.exit(result if isinstance(result, int) else 0)

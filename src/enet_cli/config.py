@@ -1,0 +1,239 @@
+"""Every setting of enet-cli, with its default, in one place.
+
+The same pydantic models read CLI options, a YAML/JSON `--config` file and (later) SageMaker
+hyperparameters. Precedence: defaults < config file < CLI options. A CLI option is the field
+name in kebab case (`train.batch_size` <-> `--batch-size`), so an error can always name the
+option or the file key the user has to change.
+
+This module must not import TensorFlow: `enet --help` and config errors stay fast.
+"""
+
+import enum
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from enet_cli.errors import ConfigError
+
+SIZE_MULTIPLE = 8  # ENet halves H and W three times, and unpools back exactly
+
+
+class Mode(str, enum.Enum):
+    single = "single"
+    ddp = "ddp"
+    mp = "mp"
+
+
+class Precision(str, enum.Enum):
+    float32 = "float32"
+    mixed_float16 = "mixed_float16"
+    mixed_bfloat16 = "mixed_bfloat16"
+
+
+class LRSchedule(str, enum.Enum):
+    step = "step"
+    cosine = "cosine"
+    constant = "constant"
+
+
+class ClassWeighting(str, enum.Enum):
+    enet = "enet"
+    median = "median"
+    none = "none"
+
+
+def nearest_valid_size(height: int, width: int) -> Tuple[int, int]:
+    """The closest size ENet accepts: both sides a positive multiple of 8."""
+
+    def snap(n: int) -> int:
+        return max(
+            SIZE_MULTIPLE, (n + SIZE_MULTIPLE // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE
+        )  # ties up
+
+    return snap(height), snap(width)
+
+
+def check_image_size(height: int, width: int) -> None:
+    """Raise ConfigError unless H and W are positive multiples of 8; name the nearest valid size."""
+    if height <= 0 or width <= 0 or height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+        h, w = nearest_valid_size(height, width)
+        raise ConfigError(
+            f"size {height}x{width} is not usable: height and width must be multiples of "
+            f"{SIZE_MULTIPLE}; the nearest valid size is {h}x{w}"
+        )
+
+
+def parse_size(value: Any) -> Tuple[int, int]:
+    """Read a size given as "360x480", "360,480", [360, 480] or (360, 480) into (height, width)."""
+    if isinstance(value, str):
+        parts = value.lower().replace(",", "x").split("x")
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        parts = []
+    try:
+        height, width = (int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected HEIGHTxWIDTH such as 360x480, got {value!r}") from None
+    try:
+        check_image_size(height, width)
+    except ConfigError as err:
+        raise ValueError(str(err)) from None
+    return height, width
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
+
+
+class ModelConfig(_Section):
+    """The ENet graph. Architecture is fixed (see model/enet.py); these are its free choices."""
+
+    num_classes: int = Field(11, ge=2, le=255, description="Output classes, void excluded.")
+    stage1_dropout: float = Field(0.01, ge=0, lt=1, description="Spatial dropout in stage 1.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Spatial dropout from stage 2 on.")
+
+
+class DataConfig(_Section):
+    """Where the data is and how it is fed."""
+
+    data_dir: Optional[Path] = Field(None, description="Preprocessed directory (manifest.json).")
+    image_size: Tuple[int, int] = Field(
+        (360, 480), description="HEIGHTxWIDTH, multiples of 8 (CamVid SegNet size by default)."
+    )
+    augment: bool = Field(True, description="Random flips (and options below) on train data.")
+    random_scale: Optional[Tuple[float, float]] = Field(
+        None, description="Random scale range before cropping back to image_size, e.g. 0.75,1.5."
+    )
+    color_jitter: float = Field(0.0, ge=0, le=1, description="Brightness/contrast/saturation.")
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Tuple[int, int]:
+        return parse_size(value)
+
+    @field_validator("random_scale", mode="before")
+    @classmethod
+    def _scale(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [float(v) for v in value.split(",")]
+        if value is not None and (len(value) != 2 or not 0 < value[0] <= value[1]):
+            raise ValueError(f"expected MIN,MAX with 0 < MIN <= MAX, got {value!r}")
+        return value
+
+
+class TrainConfig(_Section):
+    """The optimisation recipe; defaults are the reference port's published CamVid recipe."""
+
+    epochs: int = Field(300, gt=0)
+    steps: Optional[int] = Field(None, gt=0, description="Stop after this many steps instead.")
+    batch_size: int = Field(10, gt=0, description="Global batch (all replicas together).")
+    learning_rate: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(2e-4, ge=0, description="L2 penalty on conv kernels.")
+    lr_schedule: LRSchedule = LRSchedule.step
+    lr_decay_epochs: int = Field(100, gt=0, description="Step schedule: epochs between decays.")
+    lr_decay_factor: float = Field(0.1, gt=0, le=1)
+    class_weighting: ClassWeighting = ClassWeighting.enet
+    precision: Precision = Precision.float32
+    seed: int = Field(0, ge=0)
+
+
+class RuntimeConfig(_Section):
+    """How and where training runs: the engine choice and its knobs."""
+
+    mode: Mode = Mode.single
+    partitions: int = Field(2, ge=1, description="mp: pipeline stages.")
+    microbatches: int = Field(1, ge=1, description="mp: microbatches per batch.")
+    local_workers: int = Field(1, ge=1, description="ddp: worker processes on this machine.")
+
+
+class EnetConfig(_Section):
+    """The whole configuration; a `--config` file has these four sections as top-level keys."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+
+# Fields whose CLI option is not simply their kebab-case name (shorter, as users expect).
+OPTION_ALIASES = {"num_classes": "--classes", "image_size": "--size"}
+
+
+def option_name(field: str) -> str:
+    """The CLI option for a config field: `batch_size` -> `--batch-size`."""
+    return OPTION_ALIASES.get(field, "--" + field.replace("_", "-"))
+
+
+def read_config_file(path: Path) -> Dict[str, Any]:
+    """Load a YAML or JSON config file into a plain dict, with one-line errors."""
+    import yaml  # JSON is YAML, so one parser reads both
+
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+    try:
+        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML/JSON: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path} must be a mapping with sections model, data, train, runtime"
+        )
+    return data
+
+
+def _merge(base: Dict[str, Any], top: Dict[str, Any]) -> Dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: Dict[str, Any], overrides: Dict[str, Any], path: Optional[Path]) -> str:
+    loc = [str(part) for part in error["loc"]]
+    section_and_field = loc[:2]
+    from_cli = len(section_and_field) == 2 and section_and_field[1] in overrides.get(
+        section_and_field[0], {}
+    )
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    given = error.get("input")
+    shown = isinstance(given, dict) or "got " in message or str(given) in message
+    got = "" if shown else f" (got {given!r})"
+    if error["type"] == "extra_forbidden":
+        where = f"in {path}" if path else "in the configuration"
+        return f"unknown setting {'.'.join(loc)} {where}; check the spelling (see enet --help)"
+    if from_cli:
+        return f"invalid value for {option_name(section_and_field[1])}: {message}{got}"
+    where = f" in {path}" if path else ""
+    return f"invalid value for {'.'.join(loc)}{where}: {message}{got}"
+
+
+def load_config(
+    path: Optional[Path] = None, overrides: Optional[Dict[str, Dict[str, Any]]] = None
+) -> EnetConfig:
+    """Build the configuration: defaults, then the file at `path`, then `overrides` (CLI options).
+
+    `overrides` maps section -> field -> value; None values mean "not given" and are dropped,
+    so a CLI option left unset never hides the file's value.
+    """
+    overrides = {
+        section: {k: v for k, v in fields.items() if v is not None}
+        for section, fields in (overrides or {}).items()
+    }
+    data = read_config_file(path) if path is not None else {}
+    try:
+        return EnetConfig.model_validate(_merge(data, overrides))
+    except ValidationError as err:
+        raise ConfigError(_describe(err.errors()[0], overrides, path)) from None

@@ -1,0 +1,32 @@
+"""User-facing errors: the core raises them, `cli.py` prints each as one line with an exit code.
+
+Anything that is not an `EnetError` is a bug and keeps its traceback.
+"""
+
+
+class EnetError(Exception):
+    """A mistake the user can fix; the message says what, where, and what to do."""
+
+    exit_code = 1
+
+
+class ConfigError(EnetError):
+    exit_code = 2
+
+
+class DataError(EnetError):
+    exit_code = 3
+
+
+class LaunchError(EnetError):
+    exit_code = 4
+
+
+class TrainingError(EnetError):
+    exit_code = 5
+
+
+class EnvironmentProblem(EnetError):
+    """The installed software cannot do what was asked (e.g. Keras 3 without tf-keras)."""
+
+    exit_code = 6

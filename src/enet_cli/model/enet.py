@@ -1,0 +1,114 @@
+"""The ENet graph (Paszke, Chaurasia, Kim, Culurciello 2016, arXiv:1606.02147).
+
+Reference followed: davidtvs/PyTorch-ENet (models/enet.py), the best-known port, whose CamVid
+recipe reaches 52.1 mIoU at 480x360 with 11 classes. Everything below mirrors it layer for
+layer: the same blocks, channels, kernels, dilations, dropout rates, sampling grids, bias-free
+convolutions, batch-norm epsilon/momentum and initialisers. In particular, as in that port:
+
+- Encoder activations are PReLU with ONE learnable slope per block, shared by every
+  activation of the block (the port builds one `nn.PReLU()` per block and reuses it); the
+  decoder (stages 4-5) uses ReLU. The authors' Lua code uses per-channel PReLU and no
+  activation after the expansion conv; the port (and we) activate after every conv.
+- The initial block pools with a 3x3/stride-2 window, padding 1 (the paper says 2x2).
+- Asymmetric bottlenecks have batch norm + activation between the 5x1 and the 1x5 conv.
+- Upsampling bottlenecks: main branch 1x1 conv + BN then max-unpool; side branch 1x1
+  projection, 2x2/stride-2 transposed conv, 1x1 expansion.
+- The classifier is a 3x3/stride-2 transposed conv without bias.
+
+Where we differ, and why:
+- Unpooling does not store argmax indices: the upsampling block recomputes, from the input
+  of the matching downsampling block, which position of each 2x2 window was the maximum
+  (first one on ties, as `max_pool_with_argmax` does). Same result, proven by a test; it
+  compiles with XLA and converts to TFLite builtins, which argmax + scatter does not.
+- Parameter count: 350,582 trainable parameters for 12 classes (350,438 for 11), counting
+  each shared PReLU slope once. The port's 350,652 counts its shared `nn.PReLU` once per
+  place it is used (70 extra registrations); the weights are the same.
+- Output is logits in float32 (also under mixed precision), NHWC; input is an RGB float
+  image in [0, 1] (the port's `ToTensor` scaling), H and W multiples of 8.
+"""
+
+from typing import Optional, Tuple
+
+from enet_cli.backend import keras
+from enet_cli.config import ModelConfig, check_image_size
+from enet_cli.model.layers import (
+    Bottleneck,
+    DownsamplingBottleneck,
+    FullConv,
+    InitialBlock,
+    UpsamplingBottleneck,
+)
+
+# Stage 2's eight bottlenecks; stage 3 repeats them without the downsampling block.
+STAGE2_PLAN = (
+    ("regular", 1),
+    ("dilated", 2),
+    ("asymmetric", 1),
+    ("dilated", 4),
+    ("regular", 1),
+    ("dilated", 8),
+    ("asymmetric", 1),
+    ("dilated", 16),
+)
+
+
+def _bottleneck_name(stage: int, index: int, kind: str, dilation: int) -> str:
+    suffix = {"regular": "regular", "asymmetric": "asymmetric5"}.get(kind, f"dilated{dilation}")
+    return f"stage{stage}_{index}_{suffix}"
+
+
+def build_enet(
+    cfg: Optional[ModelConfig] = None,
+    image_size: Optional[Tuple[Optional[int], Optional[int]]] = None,
+    name: str = "enet",
+) -> keras.Model:
+    """Build ENet as a functional Keras 2 model: images (N,H,W,3) -> logits (N,H,W,classes).
+
+    Args:
+        cfg: class count and dropout rates; defaults to `ModelConfig()`.
+        image_size: (H, W) fixed at build time, or None / (None, None) for any size that is
+            a multiple of 8 (a SavedModel that serves several resolutions).
+
+    Raises:
+        ConfigError: H or W is not a multiple of 8 (the message names the nearest valid size).
+    """
+    cfg = cfg or ModelConfig()
+    height, width = image_size or (None, None)
+    if height is not None and width is not None:
+        check_image_size(height, width)
+
+    # ---- Layers and functional graph ------------------------------------------------
+    images = keras.Input(shape=(height, width, 3), name="images")
+    x = InitialBlock(16, activation="prelu", name="initial")(images)
+
+    skip1 = x
+    x = DownsamplingBottleneck(64, dropout=cfg.stage1_dropout, name="stage1_0_down")(x)
+    for i in range(1, 5):
+        x = Bottleneck(64, dropout=cfg.stage1_dropout, name=f"stage1_{i}_regular")(x)
+
+    skip2 = x
+    x = DownsamplingBottleneck(128, dropout=cfg.dropout, name="stage2_0_down")(x)
+    for stage in (2, 3):
+        for i, (kind, dilation) in enumerate(STAGE2_PLAN, start=1):
+            x = Bottleneck(
+                128,
+                kind=kind,
+                dilation=dilation,
+                dropout=cfg.dropout,
+                name=_bottleneck_name(stage, i, kind, dilation),
+            )(x)
+
+    x = UpsamplingBottleneck(64, dropout=cfg.dropout, activation="relu", name="stage4_0_up")(
+        [x, skip2]
+    )
+    for i in (1, 2):
+        x = Bottleneck(64, dropout=cfg.dropout, activation="relu", name=f"stage4_{i}_regular")(x)
+
+    x = UpsamplingBottleneck(16, dropout=cfg.dropout, activation="relu", name="stage5_0_up")(
+        [x, skip1]
+    )
+    x = Bottleneck(16, dropout=cfg.dropout, activation="relu", name="stage5_1_regular")(x)
+
+    x = FullConv(cfg.num_classes, name="fullconv")(x)
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
+    return keras.Model(images, logits, name=name)

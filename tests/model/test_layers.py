@@ -1,0 +1,180 @@
+"""ENet layers: argmax-free unpooling equals argmax + scatter; sampling grids match the port."""
+
+import numpy as np
+import pytest
+
+from enet_cli.backend import keras, tf
+from enet_cli.model.layers import (
+    Bottleneck,
+    DownsamplingBottleneck,
+    FullConv,
+    InitialBlock,
+    UpsamplingBottleneck,
+    max_unpool,
+)
+
+
+def unpool_with_argmax(values, pool_input):
+    """The textbook unpool: scatter values to the argmax positions of a 2x2/stride-2 max pool."""
+    _, argmax = tf.nn.max_pool_with_argmax(pool_input, 2, 2, "VALID", include_batch_in_index=True)
+    flat = tf.scatter_nd(
+        tf.reshape(argmax, [-1, 1]), tf.reshape(values, [-1]), [int(tf.size(pool_input))]
+    )
+    return tf.reshape(flat, tf.shape(pool_input))
+
+
+@pytest.mark.compat
+@pytest.mark.parametrize("levels", [2, 3, 1000000])
+def test_unpool_matches_argmax_scatter_including_ties(levels):
+    # Few distinct levels force many ties inside 2x2 windows (levels=2: most windows tie).
+    rng = np.random.default_rng(levels)
+    pool_input = rng.integers(0, levels, size=(3, 8, 12, 5)).astype("float32")
+    values = rng.normal(size=(3, 4, 6, 5)).astype("float32")
+    expected = unpool_with_argmax(values, pool_input).numpy()
+    got = max_unpool(tf.constant(values), tf.constant(pool_input)).numpy()
+    np.testing.assert_array_equal(got, expected)
+    # Exactly one position per window and channel receives its value.
+    assert np.count_nonzero(got) == np.count_nonzero(values)
+    if levels == 2:
+        windows = pool_input.reshape(3, 4, 2, 6, 2, 5)
+        ties = (windows == windows.max(axis=(2, 4), keepdims=True)).sum(axis=(2, 4)) > 1
+        assert ties.mean() > 0.3  # the test really exercised ties
+
+
+@pytest.mark.compat
+def test_unpool_works_on_unknown_spatial_size_and_passes_gradients_to_values():
+    fn = tf.function(
+        max_unpool,
+        input_signature=[
+            tf.TensorSpec([None, None, None, 4]),
+            tf.TensorSpec([None, None, None, 4]),
+        ],
+    )
+    rng = np.random.default_rng(0)
+    pool_input = tf.constant(rng.normal(size=(2, 6, 10, 4)).astype("float32"))
+    values = tf.constant(rng.normal(size=(2, 3, 5, 4)).astype("float32"))
+    np.testing.assert_array_equal(fn(values, pool_input), unpool_with_argmax(values, pool_input))
+    with tf.GradientTape() as tape:
+        tape.watch(values)
+        out = tf.reduce_sum(max_unpool(values, pool_input) * 3.0)
+    np.testing.assert_allclose(tape.gradient(out, values), np.full(values.shape, 3.0))
+
+
+def test_unpool_compiles_with_xla():
+    rng = np.random.default_rng(1)
+    pool_input = tf.constant(rng.integers(0, 3, size=(1, 8, 8, 2)).astype("float32"))
+    values = tf.constant(rng.normal(size=(1, 4, 4, 2)).astype("float32"))
+    xla = tf.function(max_unpool, jit_compile=True)
+    np.testing.assert_array_equal(xla(values, pool_input), unpool_with_argmax(values, pool_input))
+
+
+def _torch_style_transposed_conv(x, kernel, stride, padding):
+    """out[s*i + k - padding] += x[i] * kernel[k], cropped to stride*size (PyTorch's grid)."""
+    n, h, w, _ = x.shape
+    kh, kw, cout, _ = kernel.shape
+    out = np.zeros((n, stride * h + kh, stride * w + kw, cout), dtype=np.float64)
+    for i in range(h):
+        for j in range(w):
+            for a in range(kh):
+                for b in range(kw):
+                    out[:, stride * i + a, stride * j + b] += x[:, i, j] @ kernel[a, b].T
+    return out[:, padding : padding + stride * h, padding : padding + stride * w]
+
+
+def test_fullconv_uses_the_reference_sampling_grid():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 3, 4, 16)).astype("float32")
+    layer = FullConv(5)
+    got = layer(x).numpy()
+    kernel = layer.conv.kernel.numpy()  # (kh, kw, out, in)
+    expected = _torch_style_transposed_conv(x, kernel, stride=2, padding=1)
+    assert got.shape == (2, 6, 8, 5)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_initial_block_pools_3x3_with_padding_one_like_the_reference():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1, 6, 8, 3)).astype("float32") - 5.0  # negative: padding must be -inf
+    block = InitialBlock(16)
+    block(x)  # build
+    # Make BN and PReLU the identity so the pooled channels show through unchanged.
+    block.bn.set_weights([np.ones(16), np.zeros(16), np.zeros(16), np.ones(16) - 1e-5])
+    block.act.set_weights([np.ones((1, 1, 1))])
+    pooled = block(x, training=False).numpy()[..., 13:]
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+    expected = np.stack(
+        [
+            np.stack(
+                [
+                    padded[:, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max(axis=(1, 2))
+                    for j in range(4)
+                ],
+                axis=1,
+            )
+            for i in range(3)
+        ],
+        axis=1,
+    )
+    np.testing.assert_allclose(pooled, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.compat
+@pytest.mark.parametrize(
+    "layer,inputs,out_shape,params",
+    [
+        # params derived by hand: convs (no bias) + 2 per BN channel + 1 shared PReLU slope
+        (InitialBlock(16), [(1, 16, 16, 3)], (1, 8, 8, 16), 3 * 3 * 3 * 13 + 2 * 16 + 1),
+        (
+            Bottleneck(64),
+            [(1, 8, 8, 64)],
+            (1, 8, 8, 64),
+            64 * 16 + 32 + 9 * 16 * 16 + 32 + 16 * 64 + 128 + 1,
+        ),
+        (
+            Bottleneck(128, kind="asymmetric"),
+            [(1, 8, 8, 128)],
+            (1, 8, 8, 128),
+            128 * 32 + 64 + 2 * (5 * 32 * 32 + 64) + 32 * 128 + 256 + 1,
+        ),
+        (
+            Bottleneck(64, kind="dilated", dilation=4, activation="relu"),
+            [(1, 8, 8, 64)],
+            (1, 8, 8, 64),
+            64 * 16 + 32 + 9 * 16 * 16 + 32 + 16 * 64 + 128,
+        ),
+        (
+            DownsamplingBottleneck(64),
+            [(1, 8, 8, 16)],
+            (1, 4, 4, 64),
+            4 * 16 * 4 + 8 + 9 * 4 * 4 + 8 + 4 * 64 + 128 + 1,
+        ),
+        (
+            UpsamplingBottleneck(16),
+            [(1, 4, 4, 64), (1, 8, 8, 16)],
+            (1, 8, 8, 16),
+            64 * 16 + 32 + 64 * 16 + 32 + 4 * 16 * 16 + 32 + 16 * 16 + 32,
+        ),
+    ],
+)
+def test_layer_shapes_weights_and_config_round_trip(layer, inputs, out_shape, params):
+    rng = np.random.default_rng(4)
+    args = [tf.constant(rng.normal(size=s).astype("float32")) for s in inputs]
+    out = layer(args if len(args) > 1 else args[0], training=False)
+    assert tuple(out.shape) == out_shape
+    assert sum(int(np.prod(v.shape)) for v in layer.trainable_weights) == params
+    clone = type(layer).from_config(layer.get_config())
+    clone(args if len(args) > 1 else args[0])
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(
+        clone(args if len(args) > 1 else args[0], training=False), out, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_bottleneck_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="kind must be"):
+        Bottleneck(64, kind="separable")
+
+
+def test_keras_layers_are_keras2():
+    assert issubclass(Bottleneck, keras.layers.Layer)
+    assert not callable(getattr(keras, "version", None)) or not keras.version().startswith("3")
