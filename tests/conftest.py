@@ -37,3 +37,38 @@ def error_lines(stderr: str) -> List[str]:
 @pytest.fixture
 def enet():
     return run_enet
+
+
+def copy_fixture(name: str, dest: Path) -> Path:
+    """A private copy of a bundled CamVid sample, so a test may damage it."""
+    import shutil
+
+    target = dest / name
+    shutil.copytree(FIXTURES / name, target)
+    return target
+
+
+@pytest.fixture
+def camvid_segnet_mini(tmp_path) -> Path:
+    return copy_fixture("camvid-segnet-mini", tmp_path)
+
+
+@pytest.fixture
+def camvid_kaggle_mini(tmp_path) -> Path:
+    return copy_fixture("camvid-kaggle-mini", tmp_path)
+
+
+def preprocess_to(input_dir: Path, output_dir: Path, **options):
+    from enet_cli.config import PreprocessConfig
+    from enet_cli.data.preprocess import preprocess
+
+    cfg = PreprocessConfig(input_dir=input_dir, output_dir=output_dir, **options)
+    return preprocess(cfg)
+
+
+@pytest.fixture(scope="session")
+def segnet_data(tmp_path_factory) -> Path:
+    """The SegNet sample preprocessed once at its native 360x480 (read-only for tests)."""
+    out = tmp_path_factory.mktemp("segnet") / "data"
+    preprocess_to(FIXTURES / "camvid-segnet-mini", out, workers=2, shards=4)
+    return out

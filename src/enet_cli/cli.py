@@ -10,28 +10,30 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from enet_cli import __version__
+from enet_cli import __version__, ui
 from enet_cli.config import (
+    ClassScheme,
     ClassWeighting,
     DataConfig,
     EnetConfig,
+    Interpolation,
     LRSchedule,
     Mode,
     ModelConfig,
     Precision,
+    PreprocessConfig,
     RuntimeConfig,
     TrainConfig,
     load_config,
+    make_options,
     option_name,
 )
 from enet_cli.errors import EnetError
 
-stdout = Console(highlight=False)
-stderr = Console(stderr=True, highlight=False)
+stdout, stderr = ui.stdout, ui.stderr
 
 app = typer.Typer(
     name="enet",
@@ -51,6 +53,7 @@ _SECTIONS = {
     "train": TrainConfig,
     "runtime": RuntimeConfig,
 }
+_OPTION_MODELS = {**_SECTIONS, "preprocess": PreprocessConfig}
 
 
 def _opt(section: str, field: str, panel: str, **kwargs: Any) -> Any:
@@ -59,8 +62,8 @@ def _opt(section: str, field: str, panel: str, **kwargs: Any) -> Any:
     The option's own default is None ("not given") so that a --config file value is only
     overridden by options the user actually typed.
     """
-    info = _SECTIONS[section].model_fields[field]
-    default = info.get_default(call_default_factory=True)
+    info = _OPTION_MODELS[section].model_fields[field]
+    default = info.get_default(call_default_factory=True) if not info.is_required() else ""
     if hasattr(default, "value"):
         default = default.value
     if isinstance(default, tuple) and field == "image_size":
@@ -164,13 +167,44 @@ def _not_yet(command: str) -> None:
     raise EnetError(f"`enet {command}` is not available yet in enet-cli {__version__}")
 
 
+def _pp_opt(field: str, **kwargs: Any) -> Any:
+    return _opt("preprocess", field, PANEL_DATA, **kwargs)
+
+
 @app.command()
 def preprocess(
-    input_dir: Path = typer.Argument(..., help="Raw CamVid (Kaggle or SegNet layout)."),
-    output_dir: Path = typer.Argument(..., help="Where shards and manifest.json go."),
+    input_dir: Path = typer.Argument(..., help="Raw CamVid root (Kaggle or SegNet layout)."),
+    output_dir: Path = typer.Argument(..., help="Directory to create: shards + manifest.json."),
+    classes: Optional[ClassScheme] = _pp_opt("classes"),
+    image_size: Optional[str] = _pp_opt("image_size"),
+    interpolation: Optional[Interpolation] = _pp_opt("interpolation"),
+    shards: Optional[int] = _pp_opt("shards"),
+    workers: Optional[int] = _pp_opt("workers"),
+    force: bool = typer.Option(False, "--force", help="Replace an existing OUTPUT_DIR."),
 ) -> None:
     """Turn raw CamVid into TFRecord shards and a manifest. Example: enet preprocess CamVid data"""
-    _not_yet("preprocess")
+    cfg = make_options(PreprocessConfig, locals())
+    from enet_cli.data.preprocess import preprocess as run_preprocess
+
+    ui.info(f"reading {cfg.input_dir}")
+    manifest, layout, reports = run_preprocess(cfg)
+    height, width = manifest.image_size
+    table = Table(
+        title=f"{layout.name} layout -> {manifest.scheme} ({manifest.num_classes} classes + "
+        f"void), {height}x{width}, in {cfg.output_dir}"
+    )
+    for column in ("split", "images", "shards", "classes present", "seconds", "images/s"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for r in reports:
+        table.add_row(
+            r.split,
+            str(r.images),
+            str(r.shards),
+            str(r.classes_present),
+            f"{r.seconds:.1f}",
+            f"{r.images_per_second:.1f}",
+        )
+    stdout.print(table)
 
 
 @app.command()

@@ -10,14 +10,16 @@ This module must not import TensorFlow: `enet --help` and config errors stay fas
 
 import enum
 import json
+import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Type, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from enet_cli.errors import ConfigError
 
 SIZE_MULTIPLE = 8  # ENet halves H and W three times, and unpools back exactly
+DEFAULT_IMAGE_SIZE = (360, 480)  # CamVid as SegNet and the ENet paper use it
 
 
 class Mode(str, enum.Enum):
@@ -84,6 +86,9 @@ def parse_size(value: Any) -> Tuple[int, int]:
     return height, width
 
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
 
@@ -101,9 +106,11 @@ class DataConfig(_Section):
 
     data_dir: Optional[Path] = Field(None, description="Preprocessed directory (manifest.json).")
     image_size: Tuple[int, int] = Field(
-        (360, 480), description="HEIGHTxWIDTH, multiples of 8 (CamVid SegNet size by default)."
+        DEFAULT_IMAGE_SIZE, description="HEIGHTxWIDTH, multiples of 8 (CamVid SegNet size)."
     )
-    augment: bool = Field(True, description="Random flips (and options below) on train data.")
+    augment: bool = Field(
+        True, description="Augment train data: random flips, plus the two options below."
+    )
     random_scale: Optional[Tuple[float, float]] = Field(
         None, description="Random scale range before cropping back to image_size, e.g. 0.75,1.5."
     )
@@ -147,6 +154,47 @@ class RuntimeConfig(_Section):
     partitions: int = Field(2, ge=1, description="mp: pipeline stages.")
     microbatches: int = Field(1, ge=1, description="mp: microbatches per batch.")
     local_workers: int = Field(1, ge=1, description="ddp: worker processes on this machine.")
+
+
+class ClassScheme(str, enum.Enum):
+    camvid11 = "camvid11"
+    camvid32 = "camvid32"
+
+
+class Interpolation(str, enum.Enum):
+    area = "area"
+    bilinear = "bilinear"
+
+
+class PreprocessConfig(_Section):
+    """`enet preprocess`: raw CamVid -> TFRecord shards + manifest.json."""
+
+    input_dir: Path = Field(..., description="Raw CamVid root (Kaggle or SegNet layout).")
+    output_dir: Path = Field(..., description="Directory to create with shards + manifest.")
+    classes: ClassScheme = Field(
+        ClassScheme.camvid11,
+        description="camvid11: the standard 11 classes; camvid32: Kaggle's own (void ignored).",
+    )
+    image_size: Tuple[int, int] = Field(
+        DEFAULT_IMAGE_SIZE, description="HEIGHTxWIDTH the images are resized to."
+    )
+    interpolation: Interpolation = Field(
+        Interpolation.area, description="Image resizing (labels always use nearest)."
+    )
+    shards: Optional[int] = Field(
+        None, gt=0, description="Shards per split (default: about 32 records per shard)."
+    )
+    workers: int = Field(
+        default_factory=lambda: min(4, os.cpu_count() or 1),
+        gt=0,
+        description="Processes that decode and convert images.",
+    )
+    force: bool = Field(False, description="Replace an existing output directory.")
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Tuple[int, int]:
+        return parse_size(value)
 
 
 class EnetConfig(_Section):
@@ -201,10 +249,12 @@ def _merge(base: Dict[str, Any], top: Dict[str, Any]) -> Dict[str, Any]:
 
 def _describe(error: Dict[str, Any], overrides: Dict[str, Any], path: Optional[Path]) -> str:
     loc = [str(part) for part in error["loc"]]
-    section_and_field = loc[:2]
-    from_cli = len(section_and_field) == 2 and section_and_field[1] in overrides.get(
-        section_and_field[0], {}
-    )
+    if len(loc) == 1 or loc[0] not in overrides:  # a flat model: options are its fields
+        section_and_field = ["", loc[0]]
+        overrides = {"": overrides}
+    else:
+        section_and_field = loc[:2]
+    from_cli = section_and_field[1] in overrides.get(section_and_field[0], {})
     message = error["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
@@ -237,3 +287,12 @@ def load_config(
         return EnetConfig.model_validate(_merge(data, overrides))
     except ValidationError as err:
         raise ConfigError(_describe(err.errors()[0], overrides, path)) from None
+
+
+def make_options(cls: Type[ModelT], values: Dict[str, Any]) -> ModelT:
+    """Validate a flat options model (e.g. PreprocessConfig) from CLI values; None = default."""
+    given = {k: v for k, v in values.items() if v is not None}
+    try:
+        return cls.model_validate(given)
+    except ValidationError as err:
+        raise ConfigError(_describe(err.errors()[0], given, None)) from None

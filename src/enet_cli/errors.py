@@ -30,3 +30,9 @@ class EnvironmentProblem(EnetError):
     """The installed software cannot do what was asked (e.g. Keras 3 without tf-keras)."""
 
     exit_code = 6
+
+
+class Interrupted(EnetError):
+    """SIGINT or SIGTERM stopped the work; the message says what was kept or cleaned up."""
+
+    exit_code = 130

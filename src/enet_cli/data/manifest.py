@@ -1,0 +1,130 @@
+"""manifest.json: what `enet preprocess` wrote, and everything train/evaluate/predict need to know.
+
+One pydantic model is both the writer's schema and the reader's validation, so the two
+cannot drift. Readers refuse a manifest from a newer format with an upgrade hint.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from enet_cli.errors import DataError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class ShardInfo(BaseModel):
+    file: str
+    records: int
+    sha256: str
+
+
+class SplitInfo(BaseModel):
+    records: int
+    shards: List[ShardInfo]
+    unknown_label_pixels: int = 0
+
+
+class ClassInfo(BaseModel):
+    name: str
+    color: Tuple[int, int, int]
+
+
+class Manifest(BaseModel):
+    """The contents of manifest.json (labels: 0..K-1 classes, `ignore_index` = K = void)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    format_version: int
+    created_by: str
+    source_layout: str
+    source_dir: str
+    scheme: str
+    image_size: Tuple[int, int]
+    classes: List[ClassInfo]
+    ignore_index: int
+    void_color: Tuple[int, int, int] = (0, 0, 0)
+    splits: Dict[str, SplitInfo]
+    train_pixel_histogram: List[int]
+    train_void_pixels: int
+    class_weights: Dict[str, List[float]]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def class_names(self) -> List[str]:
+        return [c.name for c in self.classes]
+
+    def shard_paths(self, data_dir: Path, split: str) -> List[Path]:
+        if split not in self.splits:
+            known = ", ".join(self.splits)
+            raise DataError(f"{Path(data_dir) / MANIFEST_NAME} has no split {split!r} ({known})")
+        return [Path(data_dir) / shard.file for shard in self.splits[split].shards]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(manifest: Manifest, directory: Path) -> Path:
+    path = Path(directory) / MANIFEST_NAME
+    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    return path
+
+
+def load_manifest(
+    data_dir: Path, verify_checksums: bool = False, splits: Optional[List[str]] = None
+) -> Manifest:
+    """Read and check `data_dir/manifest.json`: format version, shard files, optionally checksums.
+
+    Raises:
+        DataError: naming the file and what to do (run `enet preprocess`, upgrade, re-run).
+    """
+    data_dir = Path(data_dir)
+    path = data_dir / MANIFEST_NAME
+    if not data_dir.is_dir():
+        raise DataError(f"data directory {data_dir} does not exist; create it with enet preprocess")
+    if not path.is_file():
+        raise DataError(f"no {MANIFEST_NAME} in {data_dir}; is it the output of enet preprocess?")
+    try:
+        raw = json.loads(path.read_text())
+    except (ValueError, OSError) as err:
+        raise DataError(f"{path} is not readable JSON ({err}); re-run enet preprocess") from None
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if not isinstance(version, int):
+        raise DataError(f"{path} has no format_version; re-run enet preprocess")
+    if version > FORMAT_VERSION:
+        raise DataError(
+            f"{path} has format {version}, newer than this enet-cli reads ({FORMAT_VERSION}); "
+            f"upgrade enet-cli"
+        )
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise DataError(
+            f"{path} is invalid at {where}: {first['msg']}; re-run enet preprocess"
+        ) from None
+    for split in splits or list(manifest.splits):
+        for shard, shard_path in zip(
+            manifest.splits[split].shards, manifest.shard_paths(data_dir, split)
+        ):
+            if not shard_path.is_file():
+                raise DataError(f"shard {shard_path} listed in {path} is missing")
+            if verify_checksums and file_sha256(shard_path) != shard.sha256:
+                raise DataError(
+                    f"shard {shard_path} does not match its checksum in {path}; "
+                    f"the file is corrupt: re-run enet preprocess"
+                )
+    return manifest

@@ -1,0 +1,401 @@
+"""`enet preprocess`: raw CamVid (either layout) -> per-split TFRecord shards + manifest.json.
+
+Decoding, class mapping, resizing and PNG encoding run in worker processes that import
+only numpy and Pillow (started with "spawn", so they never inherit TensorFlow's threads);
+the parent writes the shards with TensorFlow's TFRecord writer, in input order, so the
+output is the same whatever --workers is.
+
+The output appears all at once or not at all: everything is written into a hidden sibling
+directory that is renamed into place at the end, and removed on any error or signal.
+"""
+
+import concurrent.futures
+import contextlib
+import io
+import multiprocessing
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+from PIL import Image
+
+from enet_cli import __version__
+from enet_cli.config import Interpolation, PreprocessConfig
+from enet_cli.data.camvid import (
+    SPLITS,
+    ClassScheme,
+    Layout,
+    class_scheme,
+    detect_layout,
+    enet_class_weights,
+    labels_to_classes,
+    median_frequency_weights,
+)
+from enet_cli.data.manifest import (
+    FORMAT_VERSION,
+    ClassInfo,
+    Manifest,
+    ShardInfo,
+    SplitInfo,
+    file_sha256,
+    write_manifest,
+)
+from enet_cli.errors import DataError, Interrupted
+from enet_cli.ui import sigterm_raises, track, warn
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+MAX_UNKNOWN_FRACTION = 0.001  # unexplained label pixels tolerated per split (become void)
+RECORDS_PER_SHARD = 32
+
+
+class Task(NamedTuple):
+    split: str
+    image: Path
+    label: Path
+    layout: str
+    scheme: ClassScheme
+    size: Tuple[int, int]
+    interpolation: str
+
+
+class Converted(NamedTuple):
+    name: str
+    image_png: bytes
+    label_png: bytes
+    histogram: np.ndarray  # pixels per class index, void last, at the output size
+    unknown_pixels: int  # label pixels no class explained, at the source size
+    source_pixels: int
+
+
+class SplitReport(NamedTuple):
+    split: str
+    images: int
+    shards: int
+    classes_present: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
+
+
+# ---------------------------------------------------------------------------------------
+# Finding the pairs
+# ---------------------------------------------------------------------------------------
+def _images_in(directory: Path) -> List[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def pair_split(layout: Layout, split: str) -> List[Tuple[Path, Path]]:
+    """Match every image of a split with its label, refusing orphans on either side."""
+    image_dir = layout.root / split
+    label_dir = layout.root / layout.label_dirs[split]
+    images = _images_in(image_dir)
+    if not images:
+        raise DataError(f"split {split} is empty: no images in {image_dir}")
+    pairs = []
+    for image in images:
+        label = layout.label_path(image, split)
+        if not label.is_file():
+            raise DataError(
+                f"no label for {split}/{image.name} (looked for "
+                f"{label.relative_to(layout.root)}); every image needs its label"
+            )
+        pairs.append((image, label))
+    for label in _images_in(label_dir):
+        image = layout.image_path(label, split)
+        if not image.is_file():
+            raise DataError(
+                f"label {label.relative_to(layout.root)} has no image (looked for "
+                f"{image.relative_to(layout.root)}); remove it or add the image"
+            )
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------
+# One example (runs in a worker process)
+# ---------------------------------------------------------------------------------------
+def _open(path: Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()  # decode now: truncated files fail here, not later
+        return image
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"cannot read image {path}: {err}; replace the file") from None
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+def convert_example(task: Task) -> Converted:
+    """Decode one image/label pair, map labels to classes, resize, and encode both as PNG."""
+    image = _open(task.image).convert("RGB")
+    label_image = _open(task.label)
+    if image.size != label_image.size:
+        raise DataError(
+            f"{task.image} is {image.size[0]}x{image.size[1]} but its label {task.label} is "
+            f"{label_image.size[0]}x{label_image.size[1]}; they must be the same size"
+        )
+    if task.layout == "kaggle":
+        label_image = label_image.convert("RGB")
+    elif label_image.mode not in ("L", "P", "I", "I;16"):
+        raise DataError(
+            f"{task.label} is a {label_image.mode} image; SegNet labels are single-channel "
+            f"class indices"
+        )
+    classes, unknown = labels_to_classes(np.asarray(label_image), task.scheme, task.layout)
+    height, width = task.size
+    if image.size != (width, height):
+        resample = Image.BOX if task.interpolation == Interpolation.area.value else Image.BILINEAR
+        image = image.resize((width, height), resample=resample)
+        classes = np.asarray(Image.fromarray(classes).resize((width, height), Image.NEAREST))
+    histogram = np.bincount(classes.ravel(), minlength=task.scheme.void_index + 1)
+    return Converted(
+        name=task.image.stem,
+        image_png=_png(np.asarray(image)),
+        label_png=_png(classes),
+        histogram=histogram,
+        unknown_pixels=unknown,
+        source_pixels=label_image.size[0] * label_image.size[1],
+    )
+
+
+def _ignore_sigint() -> None:
+    """Ctrl-C reaches the whole process group: let the parent alone decide and clean up."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[Optional[concurrent.futures.Executor]]:
+    """One pool for the whole run (None: convert in this process). Errors stop it at once."""
+    if workers <= 1:
+        yield None
+        return
+    context = multiprocessing.get_context("spawn")
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_ignore_sigint
+    )
+    try:
+        yield pool
+    except BaseException:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()  # do not let queued work run on after an error or a signal
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _convert_all(tasks: List[Task], pool: Optional[concurrent.futures.Executor]):
+    if pool is None:
+        return map(convert_example, tasks)
+    return pool.map(convert_example, tasks, chunksize=2)
+
+
+# ---------------------------------------------------------------------------------------
+# Shards and the whole run
+# ---------------------------------------------------------------------------------------
+def _example(tf, item: Converted, size: Tuple[int, int]):
+    def feature(value):
+        if isinstance(value, bytes):
+            return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image": feature(item.image_png),
+                "label": feature(item.label_png),
+                "name": feature(item.name.encode()),
+                "height": feature(size[0]),
+                "width": feature(size[1]),
+            }
+        )
+    )
+
+
+def _shard_sizes(records: int, shards: int) -> List[int]:
+    base, extra = divmod(records, shards)
+    return [base + (1 if i < extra else 0) for i in range(shards)]
+
+
+def default_shards(records: int) -> int:
+    return max(1, round(records / RECORDS_PER_SHARD))
+
+
+class _SplitResult(NamedTuple):
+    info: SplitInfo
+    histogram: np.ndarray
+    image_pixels: np.ndarray  # per class: pixels of the images in which the class occurs
+    report: SplitReport
+
+
+class _Totals:
+    """What a split's examples add up to while they are written."""
+
+    def __init__(self, classes: int):
+        self.histogram = np.zeros(classes, dtype=np.int64)
+        self.image_pixels = np.zeros(classes, dtype=np.int64)
+        self.unknown: Dict[str, int] = {}
+        self.source_pixels = 0
+        self.shards: List[ShardInfo] = []
+
+    def add(self, item: Converted) -> None:
+        self.histogram += item.histogram
+        self.image_pixels += np.where(item.histogram > 0, item.histogram.sum(), 0)
+        self.source_pixels += item.source_pixels
+        if item.unknown_pixels:
+            self.unknown[item.name] = item.unknown_pixels
+
+
+def _fill_shards(tf, converted, sizes, split, cfg, out_dir: Path, acc: _Totals) -> None:
+    for index, count in enumerate(sizes):
+        name = f"{split}-{index:05d}-of-{len(sizes):05d}.tfrecord"
+        with tf.io.TFRecordWriter(str(out_dir / name)) as writer:
+            for _ in range(count):
+                item = next(converted)
+                writer.write(_example(tf, item, cfg.image_size).SerializeToString())
+                acc.add(item)
+        acc.shards.append(ShardInfo(file=name, records=count, sha256=file_sha256(out_dir / name)))
+
+
+def _check_unknown_pixels(split: str, acc: _Totals, layout: str, root: Path) -> None:
+    """Few unexplained label pixels become void with a warning; more than 0.1% is an error."""
+    total = sum(acc.unknown.values())
+    if not total:
+        return
+    worst = sorted(acc.unknown.items(), key=lambda kv: -kv[1])[:3]
+    examples = ", ".join(f"{name} ({count:,})" for name, count in worst)
+    share = total / max(acc.source_pixels, 1)
+    what = "colours not in class_dict.csv" if layout == "kaggle" else "values that are no class"
+    message = (
+        f"{split}: {total:,} label pixels ({share:.3%}) in {len(acc.unknown)} files of "
+        f"{root} have {what}, e.g. {examples}"
+    )
+    if share > MAX_UNKNOWN_FRACTION:
+        raise DataError(
+            f"{message}; more than {MAX_UNKNOWN_FRACTION:.1%} of a split: fix the labels "
+            f"or class_dict.csv"
+        )
+    warn(f"{message}; they become void (ignored)")
+
+
+def _write_split(
+    split: str, tasks: List[Task], cfg: PreprocessConfig, out_dir: Path, root: Path, pool
+) -> _SplitResult:
+    from enet_cli.backend import tf
+
+    start = time.monotonic()
+    shards = min(cfg.shards or default_shards(len(tasks)), len(tasks))
+    sizes = _shard_sizes(len(tasks), shards)
+    classes = tasks[0].scheme.void_index + 1
+    acc = _Totals(classes)
+    converted = track(_convert_all(tasks, pool), len(tasks), f"preprocess {split}")
+    try:
+        _fill_shards(tf, converted, sizes, split, cfg, out_dir, acc)
+        for _ in converted:  # drain: lets the progress display finish
+            pass
+    finally:
+        converted.close()
+    _check_unknown_pixels(split, acc, tasks[0].layout, root)
+    report = SplitReport(
+        split=split,
+        images=len(tasks),
+        shards=shards,
+        classes_present=int(np.count_nonzero(acc.histogram[:-1])),
+        seconds=time.monotonic() - start,
+    )
+    unknown = sum(acc.unknown.values())
+    info = SplitInfo(records=len(tasks), shards=acc.shards, unknown_label_pixels=unknown)
+    return _SplitResult(info, acc.histogram, acc.image_pixels, report)
+
+
+def _prepare_output(cfg: PreprocessConfig) -> Path:
+    out = cfg.output_dir
+    if out.exists() and not cfg.force:
+        raise DataError(f"output directory {out} already exists; use --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output path {out} exists and is not a directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot create {out.parent}: {err.strerror}") from None
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished directory into place; an old one (with --force) goes only after."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def preprocess(cfg: PreprocessConfig) -> Tuple[Manifest, Layout, List[SplitReport]]:
+    """Run the whole conversion; returns the manifest written, the layout found, split reports."""
+    layout = detect_layout(cfg.input_dir)
+    scheme = class_scheme(layout, cfg.classes.value)
+    plans = {}
+    for split in SPLITS:
+        if split in layout.label_dirs:
+            plans[split] = [
+                Task(
+                    split,
+                    image,
+                    label,
+                    layout.name,
+                    scheme,
+                    cfg.image_size,
+                    cfg.interpolation.value,
+                )
+                for image, label in pair_split(layout, split)
+            ]
+    tmp = _prepare_output(cfg)
+    try:
+        with sigterm_raises(), worker_pool(cfg.workers) as pool:
+            results = {
+                split: _write_split(split, tasks, cfg, tmp, layout.root, pool)
+                for split, tasks in plans.items()
+            }
+            train = results["train"]
+            histogram = train.histogram[:-1]
+            manifest = Manifest(
+                format_version=FORMAT_VERSION,
+                created_by=f"enet-cli {__version__}",
+                source_layout=layout.name,
+                source_dir=str(Path(cfg.input_dir).resolve()),
+                scheme=scheme.name,
+                image_size=cfg.image_size,
+                classes=[ClassInfo(name=n, color=c) for n, c in zip(scheme.classes, scheme.colors)],
+                ignore_index=scheme.void_index,
+                splits={split: result.info for split, result in results.items()},
+                train_pixel_histogram=[int(v) for v in histogram],
+                train_void_pixels=int(train.histogram[-1]),
+                class_weights={
+                    "enet": [float(w) for w in enet_class_weights(histogram)],
+                    "median": [
+                        float(w)
+                        for w in median_frequency_weights(histogram, train.image_pixels[:-1])
+                    ],
+                },
+            )
+            write_manifest(manifest, tmp)
+            _publish(tmp, cfg.output_dir)
+    except KeyboardInterrupt:
+        message = f"preprocess interrupted; nothing was written to {cfg.output_dir}"
+        raise Interrupted(message) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest, layout, [result.report for result in results.values()]

@@ -1,0 +1,328 @@
+"""`enet preprocess` on the real CamVid samples: contents, class mapping, weights, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import FIXTURES, enet_env, error_lines, preprocess_to, run_enet
+from PIL import Image
+
+from enet_cli.backend import tf
+from enet_cli.config import ConfigError
+from enet_cli.data.camvid import CAMVID11, labels_to_classes
+from enet_cli.data.manifest import load_manifest
+from enet_cli.data.pipeline import FEATURES
+from enet_cli.errors import DataError
+
+
+def read_records(data_dir, split):
+    """name -> (image uint8 HxWx3, label uint8 HxW), straight from the shards."""
+    manifest = load_manifest(data_dir)
+    out = {}
+    for path in manifest.shard_paths(data_dir, split):
+        for record in tf.data.TFRecordDataset(str(path)):
+            ex = tf.io.parse_single_example(record, FEATURES)
+            image = tf.io.decode_png(ex["image"]).numpy()
+            label = tf.io.decode_png(ex["label"]).numpy()[..., 0]
+            out[ex["name"].numpy().decode()] = (image, label)
+    return out
+
+
+def nothing_written(parent, name="out"):
+    leftovers = [p.name for p in parent.iterdir() if name in p.name]
+    return leftovers == []
+
+
+def test_kaggle_camvid11_equals_segnet_labels_pixel_for_pixel(tmp_path):
+    preprocess_to(FIXTURES / "camvid-kaggle-mini", tmp_path / "k", workers=2)
+    preprocess_to(FIXTURES / "camvid-segnet-mini", tmp_path / "s", workers=1)
+    segnet = {}
+    for split in ("train", "val", "test"):
+        segnet.update(read_records(tmp_path / "s", split))
+    compared = 0
+    for split in ("train", "val", "test"):
+        for name, (image, label) in read_records(tmp_path / "k", split).items():
+            s_image, s_label = segnet[name]
+            np.testing.assert_array_equal(label, s_label, err_msg=name)
+            np.testing.assert_array_equal(image, s_image, err_msg=name)
+            compared += 1
+    assert compared == 16
+
+
+def test_manifest_contents_and_record_counts(tmp_path):
+    manifest, layout, reports = preprocess_to(
+        FIXTURES / "camvid-segnet-mini", tmp_path / "out", shards=3, workers=2
+    )
+    assert layout.name == "segnet"
+    saved = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert saved["format_version"] == 1 and saved["source_layout"] == "segnet"
+    assert saved["scheme"] == "camvid11" and saved["ignore_index"] == 11
+    assert [c["name"] for c in saved["classes"]] == [n for n, _ in CAMVID11]
+    assert saved["image_size"] == [360, 480]
+    assert {s: v["records"] for s, v in saved["splits"].items()} == {
+        "train": 24,
+        "val": 8,
+        "test": 8,
+    }
+    assert [s["records"] for s in saved["splits"]["train"]["shards"]] == [8, 8, 8]
+    assert [s["records"] for s in saved["splits"]["val"]["shards"]] == [3, 3, 2]
+    records = read_records(tmp_path / "out", "train")
+    assert len(records) == 24
+    assert sum(saved["train_pixel_histogram"]) + saved["train_void_pixels"] == 24 * 360 * 480
+    assert [r.images for r in reports] == [24, 8, 8]
+    # every shard's checksum verifies
+    load_manifest(tmp_path / "out", verify_checksums=True)
+
+
+def test_class_weights_against_numpy(tmp_path):
+    manifest, _, _ = preprocess_to(FIXTURES / "camvid-segnet-mini", tmp_path / "out", workers=1)
+    labels = [
+        np.asarray(Image.open(p))
+        for p in sorted((FIXTURES / "camvid-segnet-mini" / "trainannot").glob("*.png"))
+    ]
+    stacked = np.stack(labels)
+    counts = np.array([(stacked == c).sum() for c in range(11)], dtype=np.float64)
+    np.testing.assert_array_equal(manifest.train_pixel_histogram, counts)
+    p = counts / counts.sum()
+    np.testing.assert_allclose(manifest.class_weights["enet"], 1 / np.log(1.02 + p), rtol=1e-12)
+    # median frequency: pixels of c over pixels of the images that contain c
+    image_pixels = np.array(
+        [sum(lab.size for lab in labels if (lab == c).any()) for c in range(11)], dtype=np.float64
+    )
+    freq = counts / image_pixels
+    np.testing.assert_allclose(manifest.class_weights["median"], np.median(freq) / freq, rtol=1e-12)
+
+
+def test_resizing_keeps_label_values_exact(tmp_path):
+    manifest, _, _ = preprocess_to(
+        FIXTURES / "camvid-kaggle-mini",
+        tmp_path / "out",
+        image_size="184x240",
+        interpolation="bilinear",
+        workers=1,
+    )
+    records = read_records(tmp_path / "out", "val")
+    for image, label in records.values():
+        assert image.shape == (184, 240, 3) and label.shape == (184, 240)
+        assert set(np.unique(label)) <= set(range(12))
+    assert manifest.image_size == (184, 240)
+
+
+def test_camvid32_keeps_kaggle_classes(tmp_path):
+    manifest, _, _ = preprocess_to(
+        FIXTURES / "camvid-kaggle-mini", tmp_path / "out", classes="camvid32", workers=1
+    )
+    assert manifest.num_classes == 31 and manifest.ignore_index == 31
+    assert "Void" not in manifest.class_names and "Column_Pole" in manifest.class_names
+    names = manifest.class_names
+    label = next(iter(read_records(tmp_path / "out", "train").values()))[1]
+    kaggle = np.asarray(
+        Image.open(
+            FIXTURES / "camvid-kaggle-mini" / "train_labels" / "0001TP_007530_L.png"
+        ).convert("RGB")
+    )
+    road = np.all(kaggle == (128, 64, 128), axis=-1)
+    first = sorted(read_records(tmp_path / "out", "train"))[0]
+    assert first == "0001TP_007530"
+    assert (label[road] == names.index("Road")).all()
+
+
+def test_one_pass_label_mapping_counts_unknown_colours():
+    from enet_cli.data.camvid import class_scheme, detect_layout
+
+    scheme = class_scheme(detect_layout(FIXTURES / "camvid-kaggle-mini"), "camvid11")
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[0, 0] = (128, 128, 128)  # Sky -> 0
+    rgb[0, 1] = (64, 192, 0)  # Wall -> Building 1
+    rgb[0, 2] = (1, 2, 3)  # unknown -> void, counted
+    classes, unknown = labels_to_classes(rgb, scheme, "kaggle")
+    assert classes.tolist() == [[0, 1, 11], [11, 11, 11]]
+    assert unknown == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: one clear error naming the file, nothing written
+# ---------------------------------------------------------------------------------------
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def _resize(path):
+    Image.open(path).resize((240, 180), Image.NEAREST).save(path)
+
+
+def _paint(path, count):
+    rgb = np.array(Image.open(path).convert("RGB"))
+    rgb.reshape(-1, 3)[:count] = (1, 2, 3)
+    Image.fromarray(rgb).save(path)
+
+
+KAGGLE_BREAKAGE = {
+    "image without label": (
+        lambda r: (r / "train_labels" / "0001TP_007530_L.png").unlink(),
+        "no label for train/0001TP_007530.png",
+    ),
+    "label without image": (
+        lambda r: (r / "val" / "0016E5_07975.png").unlink(),
+        "label val_labels/0016E5_07975_L.png has no image",
+    ),
+    "sizes differ": (
+        lambda r: _resize(r / "train_labels" / "0001TP_007740_L.png"),
+        "0001TP_007740_L.png is 240x180",
+    ),
+    "truncated png": (lambda r: _truncate(r / "train" / "0001TP_007770.png"), "cannot read image"),
+    "class_dict without column": (
+        lambda r: (r / "class_dict.csv").write_text("name,r,g\nSky,128,128\n"),
+        "lacks column 'b'",
+    ),
+    "duplicate colour": (
+        lambda r: (r / "class_dict.csv").write_text(
+            (FIXTURES / "camvid-kaggle-mini" / "class_dict.csv").read_text() + "Extra,128,128,128\n"
+        ),
+        "already used by 'Sky'",
+    ),
+    "many unknown colours": (
+        lambda r: _paint(r / "val_labels" / "0016E5_07995_L.png", 5000),
+        "more than 0.1% of a split",
+    ),
+    "empty split": (
+        lambda r: [
+            p.unlink() for p in list((r / "test").iterdir()) + list((r / "test_labels").iterdir())
+        ],
+        "split test is empty",
+    ),
+    "no layout": (lambda r: (r / "train_labels").rename(r / "labels"), "no CamVid layout found"),
+}
+
+
+@pytest.mark.parametrize("breakage", list(KAGGLE_BREAKAGE))
+def test_bad_kaggle_input_is_refused_and_nothing_is_written(camvid_kaggle_mini, tmp_path, breakage):
+    damage, expected = KAGGLE_BREAKAGE[breakage]
+    damage(camvid_kaggle_mini)
+    with pytest.raises(DataError) as err:
+        preprocess_to(camvid_kaggle_mini, tmp_path / "out", workers=2)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+    assert nothing_written(tmp_path)
+
+
+def test_few_unknown_colours_become_void_with_a_warning(camvid_kaggle_mini, tmp_path, capsys):
+    _paint(camvid_kaggle_mini / "train_labels" / "0001TP_007530_L.png", 50)
+    manifest, _, _ = preprocess_to(camvid_kaggle_mini, tmp_path / "out", workers=1)
+    assert manifest.splits["train"].unknown_label_pixels == 50
+    assert "50 label pixels" in capsys.readouterr().err
+    label = read_records(tmp_path / "out", "train")["0001TP_007530"][1]
+    assert (label.reshape(-1)[:50] == 11).all()
+
+
+def test_missing_input_and_segnet_camvid32(camvid_segnet_mini, tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        preprocess_to(tmp_path / "nowhere", tmp_path / "out")
+    with pytest.raises(ConfigError, match="camvid32 needs the 32-class Kaggle layout"):
+        preprocess_to(camvid_segnet_mini, tmp_path / "out", classes="camvid32")
+    assert nothing_written(tmp_path)
+
+
+def test_existing_output_needs_force(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(DataError, match="already exists; use --force"):
+        preprocess_to(FIXTURES / "camvid-kaggle-mini", out, workers=1)
+    assert (out / "keep.txt").exists()
+    preprocess_to(FIXTURES / "camvid-kaggle-mini", out, workers=1, force=True)
+    assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_cli_reports_the_layout_and_a_summary(tmp_path):
+    result = run_enet(
+        "preprocess",
+        str(FIXTURES / "camvid-kaggle-mini"),
+        str(tmp_path / "out"),
+        "--workers",
+        "2",
+        "--shards",
+        "2",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "kaggle layout -> camvid11" in result.stdout.replace("\n", " ")
+    for split, count in (("train", "8"), ("val", "4"), ("test", "4")):
+        line = next(row for row in result.stdout.splitlines() if f" {split} " in row)
+        assert f" {count} " in line
+    assert "preprocess train: 8/8 images" in result.stderr  # plain progress when not a tty
+
+
+@pytest.mark.parametrize(
+    "args,code,needle",
+    [
+        (["--classes", "camvid12"], 2, "--classes"),
+        (["--size", "100x100"], 2, "nearest valid size is 104x104"),
+        (["--workers", "0"], 2, "--workers"),
+    ],
+)
+def test_cli_bad_options(tmp_path, args, code, needle):
+    result = run_enet(
+        "preprocess", str(FIXTURES / "camvid-kaggle-mini"), str(tmp_path / "out"), *args
+    )
+    assert result.returncode == code
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_bad_data_exits_3_with_one_line(camvid_kaggle_mini, tmp_path):
+    _truncate(camvid_kaggle_mini / "val" / "0016E5_08007.png")
+    result = run_enet("preprocess", str(camvid_kaggle_mini), str(tmp_path / "out"))
+    assert result.returncode == 3
+    lines = error_lines(result.stderr)
+    assert lines[-1].startswith("error: cannot read image") and "0016E5_08007.png" in lines[-1]
+    assert "Traceback" not in result.stderr
+    assert nothing_written(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_run_leaves_nothing(tmp_path, sig):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "enet_cli",
+            "preprocess",
+            str(FIXTURES / "camvid-segnet-mini"),
+            str(out),
+            "--workers",
+            "1",
+            "--shards",
+            "24",
+            "--size",
+            "720x960",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=enet_env(),
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        partial = [p for p in tmp_path.iterdir() if ".out.partial" in p.name]
+        if partial and any(partial[0].iterdir()):
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("preprocess never started writing")
+    os.kill(proc.pid, sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "Traceback" not in err
+    assert "interrupted" in err
+    assert list(tmp_path.iterdir()) == []
