@@ -56,55 +56,77 @@ def _decode(record, image_size):
     label = tf.io.decode_png(parsed["label"], channels=1)
     image = tf.ensure_shape(image, [height, width, 3])
     label = tf.ensure_shape(label, [height, width, 1])
-    return {"image": image, "label": label, "name": parsed["name"]}
+    return image, label, parsed["name"]
 
 
-def _augment(example, seed, data: DataConfig, ignore_index: int):
-    """Flip, scale-and-crop and colour jitter; image and label always move together."""
-    image = tf.cast(example["image"], tf.float32) / 255.0
-    label = tf.cast(example["label"], tf.float32)  # exact for values < 2**24
+def _scale_flip_crop(image, label, seeds, flip, data: DataConfig, ignore_index: int):
+    """Random scale, flip and crop back to the image size as ONE resampling per tensor.
+
+    A window of 1/scale of the image (larger than the image when scale < 1: the outside
+    becomes black image and void label) is placed at random and resampled to H x W,
+    bilinear for the image and nearest for the label, at the same sample points, so they
+    stay aligned. Swapping the window's left and right edges mirrors it: the flip is free.
+    """
     height, width = data.image_size
-    seeds = tf.random.experimental.stateless_split(seed, 4)
-
-    both = tf.concat([image, label], axis=-1)
-    both = tf.image.stateless_random_flip_left_right(both, seeds[0])
-    image, label = both[..., :3], both[..., 3:]
-
-    if data.random_scale is not None:
-        low, high = data.random_scale
-        scale = tf.random.stateless_uniform([], seeds[1], low, high)
-        size = tf.cast(tf.round(tf.constant([height, width], tf.float32) * scale), tf.int32)
-        image = tf.image.resize(image, size, method="bilinear")
-        label = tf.image.resize(label, size, method="nearest")
-        # Pad (image black, label void) where the scaled image is smaller than the crop.
-        pad_h = tf.maximum(height - size[0], 0)
-        pad_w = tf.maximum(width - size[1], 0)
-        paddings = [[0, pad_h], [0, pad_w], [0, 0]]
-        image = tf.pad(image, paddings)
-        label = tf.pad(label, paddings, constant_values=float(ignore_index))
-        both = tf.concat([image, label], axis=-1)
-        both = tf.image.stateless_random_crop(both, [height, width, 4], seeds[2])
-        image, label = both[..., :3], both[..., 3:]
-
-    if data.color_jitter > 0:
-        jitter = data.color_jitter
-        parts = tf.random.experimental.stateless_split(seeds[3], 3)
-        image = tf.image.stateless_random_brightness(image, jitter, parts[0])
-        image = tf.image.stateless_random_contrast(image, 1 - jitter, 1 + jitter, parts[1])
-        image = tf.image.stateless_random_saturation(image, 1 - jitter, 1 + jitter, parts[2])
-        image = tf.clip_by_value(image, 0.0, 1.0)
-
-    image = tf.ensure_shape(image, [height, width, 3])
-    label = tf.ensure_shape(label, [height, width, 1])
-    return {"image": image, "label": tf.cast(label, tf.uint8), "name": example["name"]}
+    low, high = data.random_scale
+    scale = tf.random.stateless_uniform([], seeds[1], low, high)
+    extent = 1.0 / scale
+    slack = 1.0 - extent  # negative when the window is larger than the image
+    offsets = tf.random.stateless_uniform(
+        [2], seeds[2], tf.minimum(slack, 0.0), tf.maximum(slack, 0.0) + 1e-9
+    )
+    y1, x1 = offsets[0], offsets[1]
+    x_start = tf.where(flip, x1 + extent, x1)
+    x_end = tf.where(flip, x1, x1 + extent)
+    boxes = tf.reshape(tf.stack([y1, x_start, y1 + extent, x_end]), [1, 4])
+    size = tf.constant([height, width])
+    image = tf.image.crop_and_resize(image[None], boxes, [0], size, method="bilinear")[0]
+    label = tf.image.crop_and_resize(
+        label[None], boxes, [0], size, method="nearest", extrapolation_value=float(ignore_index)
+    )[0]
+    return image, label
 
 
-def _normalise(example):
-    image = example["image"]
-    if image.dtype != tf.float32:
+def _jitter(image, seed, amount: float):
+    """Brightness, contrast and saturation, torchvision-style: saturation blends with grey
+    (TF's own random_saturation converts to HSV and back, several times slower)."""
+    factors = tf.random.stateless_uniform([3], seed, 1.0 - amount, 1.0 + amount)
+    image = image * factors[0]
+    mean = tf.reduce_mean(image, axis=[0, 1], keepdims=True)
+    image = (image - mean) * factors[1] + mean
+    grey = tf.image.rgb_to_grayscale(image)
+    image = (image - grey) * factors[2] + grey
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def _example_fn(data: DataConfig, image_size, ignore_index: int, augment: bool, epoch_seed: int):
+    """record (and its index) -> {image float32 [0,1] HxWx3, label int32 HxW, name}."""
+
+    def fn(index, record):
+        image, label, name = _decode(record, image_size)
+        if augment:
+            seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
+            seeds = tf.random.experimental.stateless_split(seed, 4)
+            flip = tf.random.stateless_uniform([], seeds[0]) < 0.5
+            if data.random_scale is None:  # flip the uint8 tensors: 4x less to move
+                image, label = tf.cond(
+                    flip,
+                    lambda: (tf.reverse(image, [1]), tf.reverse(label, [1])),
+                    lambda: (image, label),
+                )
         image = tf.cast(image, tf.float32) / 255.0
-    label = tf.cast(tf.squeeze(example["label"], -1), tf.int32)
-    return {"image": image, "label": label, "name": example["name"]}
+        label = tf.cast(label, tf.float32)  # exact for values < 2**24
+        if augment:
+            if data.random_scale is not None:
+                image, label = _scale_flip_crop(image, label, seeds, flip, data, ignore_index)
+            if data.color_jitter > 0:
+                image = _jitter(image, seeds[3], data.color_jitter)
+        height, width = image_size
+        image = tf.ensure_shape(image, [height, width, 3])
+        label = tf.ensure_shape(tf.cast(label[..., 0], tf.int32), [height, width])
+        return {"image": image, "label": label, "name": name}
+
+    return fn
 
 
 def make_examples(
@@ -142,17 +164,14 @@ def make_examples(
         ds = ds.shard(*record_shard)
     if training:
         ds = ds.shuffle(SHUFFLE_BUFFER, seed=epoch_seed, reshuffle_each_iteration=False)
-    size = tuple(manifest.image_size)
-    ds = ds.map(lambda r: _decode(r, size), num_parallel_calls=AUTOTUNE, deterministic=True)
-    if training and data.augment:
-        ignore = manifest.ignore_index
-        base = tf.constant([epoch_seed, 0], tf.int64)
-
-        def augment(index, example):
-            return _augment(example, base + tf.stack([0, index]), data, ignore)
-
-        ds = ds.enumerate().map(augment, num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.map(_normalise, num_parallel_calls=AUTOTUNE, deterministic=True)
+    fn = _example_fn(
+        data,
+        tuple(manifest.image_size),
+        manifest.ignore_index,
+        training and data.augment,
+        epoch_seed,
+    )
+    ds = ds.enumerate().map(fn, num_parallel_calls=AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     # We shard ourselves (above); tf.distribute must not shard again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF

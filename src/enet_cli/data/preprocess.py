@@ -108,7 +108,7 @@ def pair_split(layout: Layout, split: str) -> List[Tuple[Path, Path]]:
         pairs.append((image, label))
     for label in _images_in(label_dir):
         image = layout.image_path(label, split)
-        if not image.is_file():
+        if not image.exists():
             raise DataError(
                 f"label {label.relative_to(layout.root)} has no image (looked for "
                 f"{image.relative_to(layout.root)}); remove it or add the image"

@@ -1,0 +1,35 @@
+"""Helpers for the benchmark scripts: the bundled CamVid sample and honest timing."""
+# Run as scripts: python puts this folder on sys.path, so `_common` imports directly.
+
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, List
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def machine() -> str:
+    load = os.getloadavg()
+    return f"{os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+
+
+def repeat(fn: Callable[[], float], times: int) -> List[float]:
+    """Run `fn` (which returns a rate) several times; report all, compare medians."""
+    return [fn() for _ in range(times)]
+
+
+def describe(rates: List[float]) -> str:
+    spread = f"{min(rates):.1f}-{max(rates):.1f}" if len(rates) > 1 else f"{rates[0]:.1f}"
+    return f"median {statistics.median(rates):.1f} (range {spread}, n={len(rates)})"
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
