@@ -15,21 +15,18 @@ from rich.table import Table
 
 from enet_cli import __version__, ui
 from enet_cli.config import (
+    SECTIONS,
     ClassScheme,
     ClassWeighting,
-    DataConfig,
-    EnetConfig,
     Interpolation,
     LRSchedule,
     Mode,
-    ModelConfig,
     Precision,
     PreprocessConfig,
-    RuntimeConfig,
-    TrainConfig,
     load_config,
     make_options,
     option_name,
+    sort_settings,
 )
 from enet_cli.errors import EnetError
 
@@ -47,13 +44,8 @@ model_app = typer.Typer(help="Inspect the ENet graph.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
 PANEL_DATA, PANEL_MODEL, PANEL_TRAIN, PANEL_DIST = "Data", "Model", "Training", "Distributed"
-_SECTIONS = {
-    "model": ModelConfig,
-    "data": DataConfig,
-    "train": TrainConfig,
-    "runtime": RuntimeConfig,
-}
-_OPTION_MODELS = {**_SECTIONS, "preprocess": PreprocessConfig}
+PANEL_OUT = "Checkpoints and output"
+_OPTION_MODELS = {**SECTIONS, "preprocess": PreprocessConfig}
 
 
 def _opt(section: str, field: str, panel: str, **kwargs: Any) -> Any:
@@ -81,12 +73,7 @@ def _opt(section: str, field: str, panel: str, **kwargs: Any) -> Any:
 
 def _overrides(given: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     """Sort a command's option values into config sections by field name (names are unique)."""
-    out: Dict[str, Dict[str, Any]] = {section: {} for section in _SECTIONS}
-    for section, model in _SECTIONS.items():
-        for field in model.model_fields:
-            if field in given:
-                out[section][field] = given[field]
-    return out
+    return sort_settings(given)
 
 
 CONFIG_OPTION = typer.Option(
@@ -209,7 +196,9 @@ def preprocess(
 
 @app.command()
 def train(
-    data_dir: Optional[Path] = typer.Argument(None, help="Preprocessed directory."),
+    data_dir: Optional[Path] = typer.Argument(
+        None, help="Output of enet preprocess (in SageMaker: the train channel)."
+    ),
     config: Optional[Path] = CONFIG_OPTION,
     mode: Optional[Mode] = _opt("runtime", "mode", PANEL_DIST),
     image_size: Optional[str] = _opt("data", "image_size", PANEL_DATA),
@@ -230,11 +219,26 @@ def train(
     partitions: Optional[int] = _opt("runtime", "partitions", PANEL_DIST),
     microbatches: Optional[int] = _opt("runtime", "microbatches", PANEL_DIST),
     local_workers: Optional[int] = _opt("runtime", "local_workers", PANEL_DIST),
+    val_every_steps: Optional[int] = _opt("train", "val_every_steps", PANEL_TRAIN),
+    checkpoint_every_steps: Optional[int] = _opt("train", "checkpoint_every_steps", PANEL_OUT),
+    keep_checkpoints: Optional[int] = _opt("train", "keep_checkpoints", PANEL_OUT),
+    run_dir: Optional[Path] = _opt("runtime", "run_dir", PANEL_OUT),
+    resume: Optional[bool] = _opt("runtime", "resume", PANEL_OUT, decls=["--resume/--no-resume"]),
 ) -> None:
-    """Train ENet on a preprocessed directory. Example: enet train --mode single data/"""
-    cfg: EnetConfig = load_config(config, _overrides(locals()))
-    del cfg
-    _not_yet("train")
+    """Train ENet on a preprocessed directory (resumes the run directory's last checkpoint).
+
+    Example: enet train data/camvid --run-dir runs/camvid --epochs 300
+    """
+    from enet_cli.train.run import prepare_run, run_training
+
+    cfg, paths = prepare_run(config, _overrides(locals()))
+    summary = run_training(cfg, paths)
+    best = summary.get("best_val_mean_iou", float("nan"))
+    stdout.print(
+        f"done: {summary['epochs_completed']} epochs, {summary['steps']} steps; best val mean "
+        f"IoU {best:.4f}; SavedModel in {paths.export}; metrics in "
+        f"{paths.outputs / 'metrics.json'}; TensorBoard: tensorboard --logdir {paths.logs}"
+    )
 
 
 @app.command()

@@ -138,13 +138,22 @@ class TrainConfig(_Section):
     steps: Optional[int] = Field(None, gt=0, description="Stop after this many steps instead.")
     batch_size: int = Field(10, gt=0, description="Global batch (all replicas together).")
     learning_rate: float = Field(5e-4, gt=0)
-    weight_decay: float = Field(2e-4, ge=0, description="L2 penalty on conv kernels.")
+    weight_decay: float = Field(
+        2e-4, ge=0, description="L2 penalty on every weight, added to the gradients (as Adam's)."
+    )
     lr_schedule: LRSchedule = LRSchedule.step
     lr_decay_epochs: int = Field(100, gt=0, description="Step schedule: epochs between decays.")
     lr_decay_factor: float = Field(0.1, gt=0, le=1)
     class_weighting: ClassWeighting = ClassWeighting.enet
     precision: Precision = Precision.float32
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="Seeds initial weights, data order and augmentation.")
+    val_every_steps: Optional[int] = Field(
+        None, gt=0, description="Also validate every N steps (always at each epoch's end)."
+    )
+    checkpoint_every_steps: Optional[int] = Field(
+        None, gt=0, description="Also checkpoint every N steps (always at each epoch's end)."
+    )
+    keep_checkpoints: int = Field(3, ge=1, description="Recent checkpoints kept (+ the best).")
 
 
 class RuntimeConfig(_Section):
@@ -154,6 +163,11 @@ class RuntimeConfig(_Section):
     partitions: int = Field(2, ge=1, description="mp: pipeline stages.")
     microbatches: int = Field(1, ge=1, description="mp: microbatches per batch.")
     local_workers: int = Field(1, ge=1, description="ddp: worker processes on this machine.")
+    run_dir: Path = Field(
+        Path("runs/enet"),
+        description="Checkpoints, logs, model and metrics; rerunning with it resumes.",
+    )
+    resume: bool = Field(True, description="Continue from the run directory's last checkpoint.")
 
 
 class ClassScheme(str, enum.Enum):
@@ -270,10 +284,39 @@ def _describe(error: Dict[str, Any], overrides: Dict[str, Any], path: Optional[P
     return f"invalid value for {'.'.join(loc)}{where}: {message}{got}"
 
 
+SECTIONS: Dict[str, Type[BaseModel]] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "runtime": RuntimeConfig,
+}
+
+
+def sort_settings(flat: Dict[str, Any], source: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
+    """Sort flat settings (CLI options, SageMaker hyperparameters) into sections by field name.
+
+    Field names are unique across sections, so `batch_size` can only mean `train.batch_size`.
+    With `source` set, an unknown key is an error naming it; without, it is ignored.
+    """
+    out: Dict[str, Dict[str, Any]] = {name: {} for name in SECTIONS}
+    owner = {field: name for name, model in SECTIONS.items() for field in model.model_fields}
+    for key, value in flat.items():
+        if key in owner:
+            out[owner[key]][key] = value
+        elif source is not None:
+            raise ConfigError(
+                f"unknown {source} {key!r}; enet settings are: " + ", ".join(sorted(owner))
+            )
+    return out
+
+
 def load_config(
-    path: Optional[Path] = None, overrides: Optional[Dict[str, Dict[str, Any]]] = None
+    path: Optional[Path] = None,
+    overrides: Optional[Dict[str, Dict[str, Any]]] = None,
+    hyperparameters: Optional[Dict[str, Any]] = None,
 ) -> EnetConfig:
-    """Build the configuration: defaults, then the file at `path`, then `overrides` (CLI options).
+    """Build the configuration: defaults < the file at `path` < SageMaker `hyperparameters`
+    (flat) < `overrides` (CLI options).
 
     `overrides` maps section -> field -> value; None values mean "not given" and are dropped,
     so a CLI option left unset never hides the file's value.
@@ -283,6 +326,8 @@ def load_config(
         for section, fields in (overrides or {}).items()
     }
     data = read_config_file(path) if path is not None else {}
+    if hyperparameters:
+        data = _merge(data, sort_settings(hyperparameters, "hyperparameter"))
     try:
         return EnetConfig.model_validate(_merge(data, overrides))
     except ValidationError as err:

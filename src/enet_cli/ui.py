@@ -81,3 +81,79 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class StopRequest:
+    """Remembers SIGTERM/SIGINT so a loop can finish its step, checkpoint, and exit cleanly.
+
+    A spot interruption or `StopTrainingJob` sends SIGTERM and SIGKILLs 120 s later: the
+    loop checks `requested` after every step. A second Ctrl-C stops at once.
+    """
+
+    def __init__(self) -> None:
+        self.signal_name: str = ""
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.signal_name)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal_name and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        info(f"{self.signal_name} received: saving a checkpoint after this step")
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["StopRequest"]:
+        previous = {}
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: nobody can signal us anyway
+            pass
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+class StepProgress:
+    """A training progress bar with loss and throughput on a terminal; silent elsewhere
+    (logs get one metrics line per epoch instead of thousands of bar updates)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled and stderr.is_terminal
+        self._progress = None
+        self._task = None
+
+    def start_epoch(self, epoch: int, epochs: int, total: int, done: int = 0) -> None:
+        if not self.enabled:
+            return
+        self.close()
+        self._progress = Progress(
+            TextColumn(f"epoch {epoch + 1}/{epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[rate]} img/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=stderr,
+            transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(
+            "train", total=total, completed=done, loss="-", rate="-"
+        )
+
+    def advance(self, loss: float, images_per_sec: float) -> None:
+        if self._progress is not None:
+            self._progress.update(
+                self._task, advance=1, loss=f"{loss:.4f}", rate=f"{images_per_sec:.1f}"
+            )
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

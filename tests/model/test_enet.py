@@ -151,8 +151,8 @@ def test_training_and_inference_differ_only_by_dropout_and_batch_norm():
         for before, v in zip(stats, no_dropout.non_trainable_variables)
         if not np.array_equal(before, v.numpy())
     ]
-    assert moved and all("moving_" in name for name in moved)
-    assert len(moved) == len(no_dropout.non_trainable_variables)
+    statistics = [v.name for v in no_dropout.non_trainable_variables if "moving_" in v.name]
+    assert sorted(moved) == sorted(statistics)  # dropout counters stay put at rate 0
 
     # With dropout, two training passes differ, inference passes do not.
     with_dropout = build_enet(ModelConfig(num_classes=3, dropout=0.5), (32, 32))

@@ -178,3 +178,26 @@ def test_bottleneck_rejects_unknown_kind():
 def test_keras_layers_are_keras2():
     assert issubclass(Bottleneck, keras.layers.Layer)
     assert not callable(getattr(keras, "version", None)) or not keras.version().startswith("3")
+
+
+@pytest.mark.compat
+def test_spatial_dropout_drops_whole_channels_and_replays_after_restore():
+    from enet_cli.model.layers import SpatialDropout
+
+    x = tf.ones((2, 4, 4, 64))
+    layer = SpatialDropout(0.5, seed=11)
+    first = layer(x, training=True).numpy()
+    # whole channels: each (image, channel) plane is all 0 or all 2 (= 1 / (1 - rate))
+    planes = first.reshape(2, 16, 64)
+    assert set(np.unique(planes)) <= {0.0, 2.0}
+    assert (planes.min(axis=1) == planes.max(axis=1)).all()
+    assert 0.2 < (planes[:, 0] == 0).mean() < 0.8
+    second = layer(x, training=True).numpy()
+    assert not np.array_equal(first, second)  # the stream moves on
+    np.testing.assert_array_equal(layer(x, training=False), x)  # inference: identity
+
+    # A fresh layer restored to the first layer's state replays its next mask.
+    clone = SpatialDropout(0.5, seed=11)
+    clone(x, training=False)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(clone(x, training=True), layer(x, training=True))

@@ -137,8 +137,13 @@ def make_examples(
     seed: int = 0,
     epoch: int = 0,
     input_context=None,
+    skip: int = 0,
 ) -> tf.data.Dataset:
-    """One epoch of unbatched examples {image, label, name} for this input pipeline."""
+    """One epoch of unbatched examples {image, label, name} for this input pipeline.
+
+    `skip` drops that many records from the front before decoding (a resumed epoch); the
+    records after it get the same augmentation as in an uninterrupted epoch.
+    """
     if data.data_dir is None:
         raise DataError("no data directory given; pass DATA_DIR (the output of enet preprocess)")
     if tuple(data.image_size) != tuple(manifest.image_size):
@@ -171,7 +176,10 @@ def make_examples(
         training and data.augment,
         epoch_seed,
     )
-    ds = ds.enumerate().map(fn, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.enumerate()
+    if skip:
+        ds = ds.skip(skip)
+    ds = ds.map(fn, num_parallel_calls=AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     # We shard ourselves (above); tf.distribute must not shard again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -187,9 +195,15 @@ def make_dataset(
     seed: int = 0,
     epoch: int = 0,
     input_context=None,
+    skip_batches: int = 0,
 ) -> tf.data.Dataset:
-    """Batched (images, labels) for one epoch; training drops the last partial batch."""
-    ds = make_examples(data, manifest, split, training, seed, epoch, input_context)
+    """Batched (images, labels) for one epoch; training drops the last partial batch.
+
+    `skip_batches` resumes an epoch after that many batches of `batch_size`.
+    """
+    ds = make_examples(
+        data, manifest, split, training, seed, epoch, input_context, skip=skip_batches * batch_size
+    )
     ds = ds.map(lambda e: (e["image"], e["label"]), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=training)
     return ds.prefetch(AUTOTUNE)

@@ -120,6 +120,65 @@ class MaxUnpool2D(keras.layers.Layer):
 
 
 # --------------------------------------------------------------------------------------
+# Dropout that a resumed run replays exactly
+# --------------------------------------------------------------------------------------
+def _layer_seed(name: str) -> int:
+    """A stable per-layer seed from the layer's name (Python's hash() is salted per process)."""
+    import zlib
+
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+class SpatialDropout(keras.layers.Layer):
+    """Spatial dropout (whole channels, like `nn.Dropout2d`) with a checkpointed random stream.
+
+    Keras' SpatialDropout2D draws from stateful RNG kernels whose position is lost when a
+    process restarts, so a resumed run would drop other channels than an uninterrupted one.
+    Here the mask is a stateless function of (layer seed, call counter, replica); the counter
+    is a layer variable saved with the model, so resume replays the same masks.
+    `REPLICA_SEED` is set by engines whose replicas are separate processes (SMDDP, SMP).
+    """
+
+    REPLICA_SEED = 0
+
+    def __init__(self, rate: float, seed: Optional[int] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = rate
+        self.seed = _layer_seed(self.name) if seed is None else seed
+
+    def build(self, input_shape):
+        self.counter = self.add_weight(
+            name="counter",
+            shape=[],
+            dtype=tf.int64,
+            trainable=False,
+            initializer="zeros",
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+        super().build(input_shape)
+
+    def call(self, inputs, training=None):
+        if not training or self.rate == 0:
+            return inputs
+        replica = tf.distribute.get_replica_context()
+        replica_id = replica.replica_id_in_sync_group if replica is not None else 0
+        seed = tf.stack(
+            [
+                tf.constant(self.seed, tf.int64)
+                + 1_000_003 * tf.cast(replica_id, tf.int64)
+                + 7_919 * self.REPLICA_SEED,
+                self.counter.assign_add(1),
+            ]
+        )
+        shape = tf.stack([tf.shape(inputs)[0], 1, 1, tf.shape(inputs)[3]])
+        keep = tf.random.stateless_uniform(shape, seed) >= self.rate
+        return inputs * tf.cast(keep, inputs.dtype) / tf.cast(1.0 - self.rate, inputs.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+# --------------------------------------------------------------------------------------
 # Blocks
 # --------------------------------------------------------------------------------------
 class InitialBlock(keras.layers.Layer):
@@ -194,7 +253,7 @@ class Bottleneck(keras.layers.Layer):
         self.main_bns = [_bn(f"{conv.name}_bn") for conv in self.main_convs]
         self.expand = _conv(self.channels, 1, "expand")
         self.expand_bn = _bn("expand_bn")
-        self.drop = keras.layers.SpatialDropout2D(self.dropout, name="dropout")
+        self.drop = SpatialDropout(self.dropout, seed=_layer_seed(self.name), name="dropout")
         self.act = _activation(self.activation, "act")
         super().build(input_shape)
 
@@ -243,7 +302,7 @@ class DownsamplingBottleneck(keras.layers.Layer):
         self.conv_bn = _bn("conv_bn")
         self.expand = _conv(self.channels, 1, "expand")
         self.expand_bn = _bn("expand_bn")
-        self.drop = keras.layers.SpatialDropout2D(self.dropout, name="dropout")
+        self.drop = SpatialDropout(self.dropout, seed=_layer_seed(self.name), name="dropout")
         self.act = _activation(self.activation, "act")
         super().build(input_shape)
 
@@ -302,7 +361,7 @@ class UpsamplingBottleneck(keras.layers.Layer):
         self.upconv_bn = _bn("upconv_bn")
         self.expand = _conv(self.channels, 1, "expand")
         self.expand_bn = _bn("expand_bn")
-        self.drop = keras.layers.SpatialDropout2D(self.dropout, name="dropout")
+        self.drop = SpatialDropout(self.dropout, seed=_layer_seed(self.name), name="dropout")
         self.act = _activation(self.activation, "act")
         super().build(input_shape)
 

@@ -1,0 +1,1 @@
+"""Amazon SageMaker: the container contract (contract.py); job submission comes later."""

@@ -1,0 +1,97 @@
+"""The SageMaker training-container contract, as pure functions over an overridable root.
+
+Inside a training job SageMaker mounts data at /opt/ml/input/data/<channel>, reads the model
+from /opt/ml/model (shipped as model.tar.gz), syncs /opt/ml/checkpoints with S3 when
+checkpointing is configured, shows /opt/ml/output/failure as the job's failure reason, and
+describes the job in /opt/ml/input/config/*.json. A custom entry point that bypasses the
+training toolkit gets no SM_* variables, so everything is read from those files, with the
+SM_* variables only as overrides. ENET_SAGEMAKER_ROOT replaces /opt/ml (for tests).
+"""
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, NamedTuple
+
+ROOT_ENV = "ENET_SAGEMAKER_ROOT"
+DEFAULT_ROOT = "/opt/ml"
+TRAIN_CHANNEL = "train"
+# Hyperparameters SageMaker or its libraries add on their own; not enet settings.
+FOREIGN_HYPERPARAMETERS = ("model_dir", "mp_parameters")
+
+
+class RunPaths(NamedTuple):
+    """Where a training run writes. Locally all under --run-dir; in SageMaker, split by role."""
+
+    checkpoints: Path
+    logs: Path
+    export: Path  # the SavedModel
+    outputs: Path  # metrics.json, classes.json, enet.json
+
+
+def local_paths(run_dir: Path) -> RunPaths:
+    run_dir = Path(run_dir)
+    return RunPaths(run_dir / "checkpoints", run_dir / "logs", run_dir / "model", run_dir)
+
+
+def root() -> Path:
+    return Path(os.environ.get(ROOT_ENV, DEFAULT_ROOT))
+
+
+def in_sagemaker() -> bool:
+    """True inside a SageMaker training container (its job description is mounted)."""
+    return (root() / "input" / "config").is_dir()
+
+
+def sagemaker_paths() -> RunPaths:
+    base = root()
+    model_dir = Path(os.environ.get("SM_MODEL_DIR", base / "model"))
+    # TensorFlow Serving (and SageMaker's TF endpoints) expect <model>/<version>/saved_model.pb
+    return RunPaths(
+        base / "checkpoints", base / "output" / "tensorboard", model_dir / "1", model_dir
+    )
+
+
+def channel_dir(channel: str = TRAIN_CHANNEL) -> Path:
+    env = os.environ.get(f"SM_CHANNEL_{channel.upper()}")
+    return Path(env) if env else root() / "input" / "data" / channel
+
+
+def _decode(value: Any) -> Any:
+    """SageMaker SDK 2 JSON-encodes each hyperparameter value into a string; undo that."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def hyperparameters() -> Dict[str, Any]:
+    """hyperparameters.json as enet settings: snake_case keys, decoded values, no foreign keys."""
+    path = root() / "input" / "config" / "hyperparameters.json"
+    if not path.is_file():
+        return {}
+    raw = json.loads(path.read_text() or "{}")
+    out = {}
+    for key, value in raw.items():
+        key = key.replace("-", "_")
+        if key in FOREIGN_HYPERPARAMETERS or key.startswith(("sagemaker_", "_")):
+            continue
+        out[key] = _decode(value)
+    return out
+
+
+def resource_config() -> Dict[str, Any]:
+    path = root() / "input" / "config" / "resourceconfig.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_failure(message: str) -> None:
+    """SageMaker shows the first 1024 characters of this file as the job's FailureReason."""
+    path = root() / "output" / "failure"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(message[:1024] + "\n")
+    except OSError:
+        pass

@@ -1,0 +1,349 @@
+"""The ONE training loop. Every mode runs this; what differs by mode is the engine it is given.
+
+`fit()` builds the model and optimizer in the engine's scope, resumes from the run's last
+checkpoint, trains epoch by epoch with validation, writes one metrics line per epoch,
+TensorBoard scalars and checkpoints (recent + best by val mean IoU), stops cleanly on
+SIGTERM/SIGINT after saving, and exports a SavedModel with metrics.json at the end. Only
+the chief engine process writes anything.
+"""
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from enet_cli import ui
+from enet_cli.backend import keras, tf
+from enet_cli.config import EnetConfig, LRSchedule, Precision, TrainConfig
+from enet_cli.data.manifest import Manifest, load_manifest
+from enet_cli.data.pipeline import check_batch_size, make_dataset
+from enet_cli.errors import ConfigError, Interrupted, TrainingError
+from enet_cli.model import build_enet
+from enet_cli.sagemaker.contract import RunPaths
+from enet_cli.train.engines.base import Engine
+from enet_cli.train.metrics import format_metrics_line, segmentation_metrics
+from enet_cli.train.state import RunMeta, TrainState, check_compatible
+from enet_cli.train.task import build_task
+
+
+def build_lr_schedule(cfg: TrainConfig, steps_per_epoch: int, total_steps: int):
+    """The learning rate as a function of the optimizer's step (so it resumes for free)."""
+    if cfg.lr_schedule == LRSchedule.constant:
+        return cfg.learning_rate
+    if cfg.lr_schedule == LRSchedule.cosine:
+        return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, max(total_steps, 1))
+    decay_steps = cfg.lr_decay_epochs * steps_per_epoch
+    boundaries = list(range(decay_steps, max(total_steps, 1), decay_steps))
+    values = [cfg.learning_rate * cfg.lr_decay_factor**k for k in range(len(boundaries) + 1)]
+    if not boundaries:
+        return cfg.learning_rate
+    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+def learning_rate_at(schedule, step: int) -> float:
+    return float(schedule(step)) if callable(schedule) else float(schedule)
+
+
+def build_optimizer(cfg: TrainConfig, schedule):
+    optimizer = keras.optimizers.Adam(learning_rate=schedule)
+    if cfg.precision == Precision.mixed_float16:
+        optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _finite(value: float) -> bool:
+    return not (math.isnan(value) or math.isinf(value))
+
+
+class _Logger:
+    """Metrics lines on stdout and TensorBoard scalars, on the chief only."""
+
+    def __init__(self, engine: Engine, logs: Path):
+        self.chief = engine.is_chief
+        self.writers = {}
+        if self.chief:
+            for split in ("train", "val"):
+                self.writers[split] = tf.summary.create_file_writer(str(logs / split))
+
+    def scalars(self, split: str, step: int, values: Dict[str, float]) -> None:
+        if not self.chief:
+            return
+        with self.writers[split].as_default():
+            for name, value in values.items():
+                if value is not None and _finite(float(value)):
+                    tf.summary.scalar(name, float(value), step=step)
+            self.writers[split].flush()
+
+    def line(self, values: Dict[str, float]) -> None:
+        if self.chief:
+            print(format_metrics_line(values), flush=True)
+
+
+def _evaluate(eval_step, dataset, task) -> Dict[str, object]:
+    loss_sum = weight_sum = 0.0
+    confusion = np.zeros((task.num_classes, task.num_classes), np.int64)
+    for batch in dataset:
+        out = eval_step(batch)
+        loss_sum += float(out["loss_sum"])
+        weight_sum += float(out["weight_sum"])
+        confusion += out["confusion"].numpy().astype(np.int64)
+    metrics = segmentation_metrics(confusion)
+    metrics["loss"] = loss_sum / weight_sum if weight_sum else float("nan")
+    metrics["confusion"] = confusion
+    return metrics
+
+
+def fit(cfg: EnetConfig, paths: RunPaths, engine: Engine) -> Dict[str, object]:
+    """Train according to `cfg`, writing under `paths`; returns the final metrics."""
+    manifest = load_manifest(cfg.data.data_dir, splits=["train", "val"])
+    global_batch = cfg.train.batch_size
+    check_batch_size(manifest, "train", global_batch, "--batch-size")
+    if global_batch % engine.num_replicas:
+        raise ConfigError(
+            f"--batch-size {global_batch} is not divisible by the {engine.num_replicas} "
+            f"replicas; use a multiple of {engine.num_replicas}"
+        )
+    per_replica_batch = global_batch // engine.num_replicas
+    if not cfg.runtime.resume and paths.checkpoints.exists() and engine.is_chief:
+        shutil.rmtree(paths.checkpoints)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(cfg.train.precision.value)
+    try:
+        return _fit(cfg, paths, engine, manifest, global_batch, per_replica_batch)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _fit(
+    cfg,
+    paths: RunPaths,
+    engine: Engine,
+    manifest: Manifest,
+    global_batch: int,
+    per_replica_batch: int,
+) -> Dict[str, object]:
+    tcfg = cfg.train
+    task = build_task(manifest, tcfg.class_weighting)
+    model_cfg = cfg.model.model_copy(update={"num_classes": manifest.num_classes})
+    meta = RunMeta.from_manifest(model_cfg, manifest)
+    check_compatible(paths.checkpoints, meta)
+    steps_per_epoch = manifest.splits["train"].records // global_batch
+    total_steps = min(tcfg.steps or 10**12, tcfg.epochs * steps_per_epoch)
+    epochs = min(tcfg.epochs, -(-total_steps // steps_per_epoch))
+    schedule = build_lr_schedule(tcfg, steps_per_epoch, total_steps)
+
+    tf.random.set_seed(tcfg.seed)
+    with engine.scope():
+        model = build_enet(model_cfg, manifest.image_size)
+        optimizer = build_optimizer(tcfg, schedule)
+        state = TrainState(
+            model, optimizer, task.num_classes, paths.checkpoints, tcfg.keep_checkpoints
+        )
+    resumed = state.restore_latest() if cfg.runtime.resume else None
+    if engine.is_chief:
+        meta.write(paths.checkpoints)
+        (paths.outputs / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
+    step = int(optimizer.iterations.numpy())
+    start_epoch = int(state.epoch.numpy())
+    ui.info(
+        f"{engine.describe()}; global batch {global_batch} ({per_replica_batch} per replica); "
+        f"{steps_per_epoch} steps/epoch; "
+        + (
+            f"resuming from {resumed} (epoch {start_epoch + 1}, step {step})"
+            if resumed
+            else "starting from scratch"
+        )
+    )
+
+    train_step = engine.make_train_step(model, optimizer, task, tcfg.weight_decay)
+    eval_step = engine.make_eval_step(model, task)
+    logger = _Logger(engine, paths.logs)
+    progress = ui.StepProgress(enabled=engine.is_chief)
+    history: List[Dict[str, float]] = []
+    last_val: Optional[Dict[str, object]] = None
+
+    def datasets(split: str, epoch: int, skip_batches: int = 0):
+        training = split == "train"
+
+        def dataset_fn(input_context):
+            return make_dataset(
+                cfg.data,
+                manifest,
+                split,
+                per_replica_batch,
+                training,
+                seed=tcfg.seed,
+                epoch=epoch,
+                input_context=input_context,
+                skip_batches=skip_batches,
+            )
+
+        return engine.distribute_dataset(dataset_fn)
+
+    def validate(epoch: int) -> Dict[str, object]:
+        metrics = _evaluate(eval_step, datasets("val", epoch), task)
+        logger.scalars(
+            "val",
+            step,
+            {
+                "loss": metrics["loss"],
+                "mean_iou": metrics["mean_iou"],
+                "pixel_accuracy": metrics["pixel_accuracy"],
+                "class_accuracy": metrics["class_accuracy"],
+                **{f"iou/{n}": v for n, v in zip(manifest.class_names, metrics["iou"].values())},
+            },
+        )
+        return metrics
+
+    with ui.StopRequest().installed() as stop:
+        for epoch in range(start_epoch, epochs):
+            done = int(state.step_in_epoch.numpy())
+            todo = min(steps_per_epoch, total_steps - step + done)
+            progress.start_epoch(epoch, epochs, todo, done)
+            started, images = time.monotonic(), 0
+            for batch in datasets("train", epoch, skip_batches=done):
+                if done >= todo:
+                    break
+                out = train_step(batch)
+                loss = float(out["loss"])
+                if not _finite(loss):
+                    progress.close()
+                    last = state.manager.latest_checkpoint or "none yet"
+                    raise TrainingError(
+                        f"loss became {loss} at step {step + 1} (epoch {epoch + 1}); stopped "
+                        f"without saving it. Last good checkpoint: {last}. Lower "
+                        f"--learning-rate or use --precision float32"
+                    )
+                step += 1
+                done += 1
+                images += global_batch
+                state.step_in_epoch.assign(done)
+                state.epoch_loss_sum.assign_add(loss)
+                state.epoch_confusion.assign_add(tf.cast(out["confusion"], tf.int64))
+                rate = images / max(time.monotonic() - started, 1e-9)
+                progress.advance(loss, rate)
+                if tcfg.checkpoint_every_steps and step % tcfg.checkpoint_every_steps == 0:
+                    _save(engine, state)
+                if tcfg.val_every_steps and step % tcfg.val_every_steps == 0 and done < todo:
+                    mid = validate(epoch)
+                    logger.line(
+                        {
+                            "epoch": epoch + 1,
+                            "step": step,
+                            "val_loss": mid["loss"],
+                            "val_mean_iou": mid["mean_iou"],
+                        }
+                    )
+                if stop.requested:
+                    progress.close()
+                    path = _save(engine, state)
+                    raise Interrupted(
+                        f"{stop.signal_name}: stopped at step {step} (epoch {epoch + 1}); "
+                        f"checkpoint {path} saved; run the same command again to resume"
+                    )
+            progress.close()
+            seconds = time.monotonic() - started
+            train_metrics = segmentation_metrics(state.epoch_confusion.numpy())
+            train_loss = float(state.epoch_loss_sum.numpy()) / max(done, 1)
+            last_val = validate(epoch)
+            values = {
+                "epoch": epoch + 1,
+                "step": step,
+                "loss": train_loss,
+                "mean_iou": train_metrics["mean_iou"],
+                "pixel_accuracy": train_metrics["pixel_accuracy"],
+                "class_accuracy": train_metrics["class_accuracy"],
+                "val_loss": last_val["loss"],
+                "val_mean_iou": last_val["mean_iou"],
+                "val_pixel_accuracy": last_val["pixel_accuracy"],
+                "val_class_accuracy": last_val["class_accuracy"],
+                "lr": learning_rate_at(schedule, step),
+                "images_per_sec": images / seconds if images else None,
+            }
+            history.append(values)
+            logger.line(values)
+            logger.scalars(
+                "train",
+                step,
+                {
+                    k: v
+                    for k, v in values.items()
+                    if k in ("loss", "mean_iou", "pixel_accuracy", "lr", "images_per_sec")
+                },
+            )
+            state.epoch.assign(epoch + 1)
+            state.step_in_epoch.assign(0)
+            state.epoch_loss_sum.assign(0.0)
+            state.epoch_confusion.assign(tf.zeros_like(state.epoch_confusion))
+            improved = _finite(last_val["mean_iou"]) and (
+                last_val["mean_iou"] > float(state.best_val_miou.numpy())
+            )
+            if improved:
+                state.best_val_miou.assign(last_val["mean_iou"])
+            _save(engine, state)
+            if improved and engine.is_chief:
+                state.save_best()
+            if step >= total_steps:
+                break
+
+    return _finish(cfg, paths, engine, state, meta, history, last_val, manifest)
+
+
+def _save(engine: Engine, state: TrainState) -> Optional[str]:
+    return state.save() if engine.is_chief else None
+
+
+def _finish(cfg, paths, engine, state, meta, history, last_val, manifest) -> Dict[str, object]:
+    """Export the best weights as a SavedModel and write metrics.json and classes.json."""
+    from enet_cli.export import export_saved_model
+
+    summary: Dict[str, object] = {
+        "epochs_completed": int(state.epoch.numpy()),
+        "steps": int(state.checkpoint.optimizer.iterations.numpy()),
+        "best_val_mean_iou": float(state.best_val_miou.numpy()),
+        "history": history,
+    }
+    if last_val is not None:
+        summary["final_val"] = {
+            k: last_val[k]
+            for k in ("loss", "mean_iou", "pixel_accuracy", "class_accuracy", "iou", "accuracy")
+        }
+    if not engine.is_chief:
+        return summary
+    best = state.load_best_weights()
+    export_saved_model(state.model, meta, paths.export)
+    summary["exported_weights"] = best or "final"
+    summary["saved_model"] = str(paths.export)
+    paths.outputs.mkdir(parents=True, exist_ok=True)
+    _write_json(paths.outputs / "metrics.json", summary)
+    _write_json(
+        paths.outputs / "classes.json",
+        {
+            "classes": [
+                {"name": n, "color": list(c)} for n, c in zip(meta.class_names, meta.class_colors)
+            ],
+            "ignore_index": meta.ignore_index,
+            "void_color": list(meta.void_color),
+            "image_size": list(manifest.image_size),
+        },
+    )
+    meta.write(paths.outputs)
+    return summary
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    tmp.replace(path)
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(type(value))

@@ -1,0 +1,140 @@
+"""What a run persists: checkpoints (tf.train.CheckpointManager) and its metadata file.
+
+A checkpoint holds the model (weights, batch-norm statistics, dropout counters), the
+optimizer (moments, step count), and where the loop was: epoch, batches done in it, and
+the partial epoch's loss and confusion matrix, so a resumed run continues exactly where
+the interrupted one stopped, with the same data order and the same metrics.
+
+`enet.json` beside checkpoints and SavedModels says what model they hold (classes, colours,
+size), so evaluate/predict need nothing else and a resume can refuse a mismatch up front.
+"""
+
+import json
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from pydantic import BaseModel
+
+from enet_cli.backend import tf
+from enet_cli.config import ModelConfig
+from enet_cli.data.manifest import Manifest
+from enet_cli.errors import ConfigError
+
+META_NAME = "enet.json"
+BEST = "best"
+
+
+class RunMeta(BaseModel):
+    """What a checkpoint or SavedModel holds; written beside them as enet.json."""
+
+    format_version: int = 1
+    model: ModelConfig
+    image_size: Tuple[int, int]
+    class_names: List[str]
+    class_colors: List[Tuple[int, int, int]]
+    void_color: Tuple[int, int, int] = (0, 0, 0)
+    ignore_index: int
+
+    @classmethod
+    def from_manifest(cls, model: ModelConfig, manifest: Manifest) -> "RunMeta":
+        return cls(
+            model=model,
+            image_size=manifest.image_size,
+            class_names=manifest.class_names,
+            class_colors=[c.color for c in manifest.classes],
+            void_color=manifest.void_color,
+            ignore_index=manifest.ignore_index,
+        )
+
+    def write(self, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{META_NAME}.tmp"
+        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+        tmp.replace(directory / META_NAME)
+
+    @classmethod
+    def read(cls, directory: Path) -> Optional["RunMeta"]:
+        path = Path(directory) / META_NAME
+        if not path.is_file():
+            return None
+        return cls.model_validate_json(path.read_text())
+
+
+class TrainState:
+    """The checkpointed state of a run and its two managers: recent, and best by val mIoU."""
+
+    def __init__(self, model, optimizer, num_classes: int, directory: Path, keep: int):
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+        self.best_val_miou = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best")
+        self.epoch_loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.epoch_confusion = tf.Variable(
+            tf.zeros([num_classes, num_classes], tf.int64), trainable=False
+        )
+        self.checkpoint = tf.train.Checkpoint(
+            model=model,
+            optimizer=optimizer,
+            epoch=self.epoch,
+            step_in_epoch=self.step_in_epoch,
+            best_val_miou=self.best_val_miou,
+            epoch_loss_sum=self.epoch_loss_sum,
+            epoch_confusion=self.epoch_confusion,
+        )
+        self.directory = Path(directory)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(directory), keep)
+        self.best = tf.train.CheckpointManager(self.checkpoint, str(Path(directory) / BEST), 1)
+        self.model = model
+
+    def restore_latest(self) -> Optional[str]:
+        path = self.manager.latest_checkpoint
+        if path:
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            except (AssertionError, ValueError, tf.errors.OpError) as err:
+                first = str(err).strip().splitlines()[0][:200]
+                raise ConfigError(
+                    f"checkpoint {path} does not fit this model ({first}); use another "
+                    f"--run-dir or --no-resume"
+                ) from None
+        return path
+
+    def save(self) -> str:
+        """Checkpoints are numbered by global step: ckpt-120 is the state after step 120."""
+        return self.manager.save(checkpoint_number=self.checkpoint.optimizer.iterations)
+
+    def save_best(self) -> str:
+        return self.best.save(checkpoint_number=self.checkpoint.optimizer.iterations)
+
+    def load_best_weights(self) -> Optional[str]:
+        """Put the best checkpoint's model weights into the model (for export)."""
+        path = self.best.latest_checkpoint
+        if path:
+            tf.train.Checkpoint(model=self.model).restore(path).expect_partial()
+        return path
+
+
+def check_compatible(directory: Path, meta: RunMeta) -> None:
+    """Refuse to resume from checkpoints of another model, before TF fails on shapes."""
+    old = RunMeta.read(directory)
+    if old is None:
+        return
+    if len(old.class_names) != len(meta.class_names) or old.class_names != meta.class_names:
+        raise ConfigError(
+            f"checkpoints in {directory} are for {len(old.class_names)} classes but the data "
+            f"has {len(meta.class_names)}; use another --run-dir or --no-resume"
+        )
+
+
+def load_model_from_checkpoint(directory: Path):
+    """(model, meta) from a checkpoint directory or a run's checkpoints (latest checkpoint)."""
+    from enet_cli.model import build_enet
+
+    directory = Path(directory)
+    meta = RunMeta.read(directory)
+    latest = tf.train.latest_checkpoint(str(directory))
+    if meta is None or latest is None:
+        return None
+    model = build_enet(meta.model, None)
+    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    return model, meta

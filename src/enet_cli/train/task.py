@@ -1,0 +1,58 @@
+"""What one replica computes for a batch: the weighted, void-ignoring loss and a confusion matrix.
+
+The loss is the reference recipe's `CrossEntropyLoss(weight=w, ignore_index=void)`: the sum
+of w[label] * cross-entropy over non-void pixels divided by the sum of w[label]. With
+several replicas the numerator stays per replica and the denominator is the *global* sum,
+so that summing the replicas' gradients gives exactly the gradient of the whole batch.
+"""
+
+from typing import List, NamedTuple, Sequence
+
+import numpy as np
+
+from enet_cli.backend import tf
+from enet_cli.config import ClassWeighting
+from enet_cli.data.manifest import Manifest
+from enet_cli.errors import DataError
+from enet_cli.train.metrics import confusion_matrix
+
+
+class SegmentationTask(NamedTuple):
+    num_classes: int
+    ignore_index: int
+    class_weights: Sequence[float]
+
+    def loss_terms(self, logits, labels):
+        """(sum of w * CE over this replica's non-void pixels, sum of their weights)."""
+        logits = tf.cast(logits, tf.float32)
+        valid = tf.logical_and(tf.not_equal(labels, self.ignore_index), labels < self.num_classes)
+        safe_labels = tf.where(valid, labels, tf.zeros_like(labels))
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=logits)
+        weights = tf.gather(tf.constant(self.class_weights, tf.float32), safe_labels)
+        weights = weights * tf.cast(valid, tf.float32)
+        return tf.reduce_sum(ce * weights), tf.reduce_sum(weights)
+
+    def confusion(self, logits, labels):
+        predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        return confusion_matrix(labels, predictions, self.num_classes, self.ignore_index)
+
+
+def class_weights(manifest: Manifest, weighting: ClassWeighting) -> List[float]:
+    """Per-class loss weights from the manifest (computed at preprocessing from train labels)."""
+    if weighting == ClassWeighting.none:
+        return [1.0] * manifest.num_classes
+    key = weighting.value
+    if key not in manifest.class_weights:
+        raise DataError(f"the manifest has no {key!r} class weights; re-run enet preprocess")
+    weights = np.asarray(manifest.class_weights[key], dtype=np.float64)
+    if len(weights) != manifest.num_classes or not np.all(np.isfinite(weights)):
+        raise DataError(f"the manifest's {key!r} class weights are invalid; re-run preprocess")
+    return [float(w) for w in weights]
+
+
+def build_task(manifest: Manifest, weighting: ClassWeighting) -> SegmentationTask:
+    return SegmentationTask(
+        num_classes=manifest.num_classes,
+        ignore_index=manifest.ignore_index,
+        class_weights=tuple(class_weights(manifest, weighting)),
+    )
