@@ -243,10 +243,87 @@ def train(
 
 @app.command()
 def evaluate(
-    model_dir: Path = typer.Argument(..., help="Checkpoint directory or SavedModel."),
+    model: Path = typer.Argument(..., help="Run directory, SavedModel or checkpoint directory."),
+    data_dir: Path = typer.Argument(..., help="Output of enet preprocess."),
+    split: str = typer.Option("test", "--split", help="Split to score: train, val or test."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per batch."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write all metrics as JSON."),
+    confusion_csv: Optional[Path] = typer.Option(
+        None, "--confusion-csv", help="Write the confusion matrix (rows: truth) as CSV."
+    ),
 ) -> None:
-    """Score a trained model on a split (mIoU, per-class IoU). Example: enet evaluate runs/x"""
-    _not_yet("evaluate")
+    """Score a trained model: per-class IoU and accuracy, mean IoU, pixel accuracy.
+
+    Example: enet evaluate runs/camvid data/camvid --split test --json test.json
+    """
+    from enet_cli.evaluate import evaluate as run_evaluate
+
+    metrics = run_evaluate(model, data_dir, split, batch_size, json_path, confusion_csv)
+    table = Table(title=f"{metrics['model']} on {split} ({metrics['images']} images)")
+    for column in ("class", "IoU", "accuracy"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+
+    def pct(value: float) -> str:
+        return "-" if value != value else f"{100 * value:.1f}"
+
+    for name, iou in metrics["iou"].items():
+        table.add_row(name, pct(iou), pct(metrics["accuracy"][name]))
+    table.add_section()
+    table.add_row("mean", pct(metrics["mean_iou"]), pct(metrics["class_accuracy"]))
+    stdout.print(table)
+    stdout.print(
+        f"mean IoU {pct(metrics['mean_iou'])}%, pixel accuracy {pct(metrics['pixel_accuracy'])}%"
+        f", class-average accuracy {pct(metrics['class_accuracy'])}% (void ignored)"
+    )
+
+
+@app.command()
+def predict(
+    model: Path = typer.Argument(..., help="Run directory, SavedModel or checkpoint directory."),
+    inputs: List[Path] = typer.Argument(..., help="Images and/or directories of images."),
+    out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Output directory."),
+) -> None:
+    """Segment images: an indexed class-map PNG and a colour overlay PNG per image.
+
+    Example: enet predict runs/camvid street.png more_images/ --out predictions
+    """
+    from enet_cli.inference import load_predictor
+    from enet_cli.predict import collect_images, iter_predictions
+
+    predictor = load_predictor(model)
+    images = collect_images(inputs)
+    for r in ui.track(iter_predictions(predictor, images, out), len(images), "predict"):
+        top = sorted(r.class_fractions.items(), key=lambda kv: -kv[1])[:3]
+        summary = ", ".join(f"{name} {100 * share:.0f}%" for name, share in top)
+        stdout.print(f"{r.image} -> {r.overlay_png} ({summary})", soft_wrap=True)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("enet-demo"), "--out", "-o", help="Where everything goes."),
+    epochs: int = typer.Option(40, "--epochs", min=1, help="Training epochs (8 images each)."),
+) -> None:
+    """Run the whole workflow on bundled CamVid images: preprocess, train, evaluate, predict.
+
+    Example: enet demo --out enet-demo
+    """
+    from enet_cli.demo import run_demo
+
+    result = run_demo(out, epochs)
+    test = result.test_metrics
+    stdout.print(
+        f"demo done: test mean IoU {100 * test['mean_iou']:.1f}%, pixel accuracy "
+        f"{100 * test['pixel_accuracy']:.1f}% (a model trained on 8 images)",
+        soft_wrap=True,
+    )
+    for label, path in (
+        ("preprocessed data", result.data_dir),
+        ("run (checkpoints, logs)", result.run_dir),
+        ("SavedModel", result.run_dir / "model"),
+        ("overlays", result.predictions),
+        ("test metrics", result.out / "test_metrics.json"),
+    ):
+        stdout.print(f"  {label}: {path}", soft_wrap=True)
 
 
 @app.command()

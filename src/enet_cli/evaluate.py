@@ -1,0 +1,62 @@
+"""`enet evaluate`: score a trained model on a split with the training loop's metric code."""
+
+import json
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+from enet_cli.config import DataConfig
+from enet_cli.data.manifest import load_manifest
+from enet_cli.data.pipeline import make_dataset
+from enet_cli.errors import DataError
+from enet_cli.inference import load_predictor
+from enet_cli.train.metrics import confusion_matrix, segmentation_metrics
+
+
+def evaluate(
+    model_path: Path,
+    data_dir: Path,
+    split: str = "test",
+    batch_size: int = 4,
+    json_path: Optional[Path] = None,
+    confusion_csv: Optional[Path] = None,
+) -> Dict[str, object]:
+    """Confusion matrix over `split`, then IoU/accuracies; optionally written as JSON and CSV."""
+    predictor = load_predictor(model_path)
+    manifest = load_manifest(data_dir, splits=[split] if split else None)
+    if split not in manifest.splits:
+        raise DataError(f"{data_dir} has no {split!r} split ({', '.join(manifest.splits)})")
+    if manifest.class_names != predictor.meta.class_names:
+        raise DataError(
+            f"the model was trained on {len(predictor.meta.class_names)} classes "
+            f"({predictor.meta.class_names[:3]}...) but {data_dir} has "
+            f"{manifest.num_classes}; preprocess the data with the same --classes"
+        )
+    data = DataConfig(data_dir=data_dir, image_size=manifest.image_size)
+    k = manifest.num_classes
+    matrix = np.zeros((k, k), np.int64)
+    for images, labels in make_dataset(data, manifest, split, batch_size, training=False):
+        predictions = np.argmax(predictor.logits(images).numpy(), axis=-1)
+        matrix += confusion_matrix(labels, predictions, k, manifest.ignore_index).numpy()
+    metrics = segmentation_metrics(matrix, manifest.class_names)
+    metrics.update(
+        split=split,
+        images=manifest.splits[split].records,
+        model=predictor.source,
+        confusion=matrix.tolist(),
+    )
+    if json_path is not None:
+        _atomic_write(Path(json_path), json.dumps(metrics, indent=2) + "\n")
+    if confusion_csv is not None:
+        rows = [["truth \\ predicted", *manifest.class_names]]
+        rows += [[name, *map(str, row)] for name, row in zip(manifest.class_names, matrix)]
+        _atomic_write(Path(confusion_csv), "".join(",".join(r) + "\n" for r in rows))
+    return metrics
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_text(text)
+    tmp.replace(path)
