@@ -72,3 +72,52 @@ def segnet_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("segnet") / "data"
     preprocess_to(FIXTURES / "camvid-segnet-mini", out, workers=2, shards=4)
     return out
+
+
+SMALL_SIZE = "96x128"
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory) -> Path:
+    """The SegNet sample preprocessed at 96x128: real images, fast training steps."""
+    out = tmp_path_factory.mktemp("small") / "data"
+    preprocess_to(FIXTURES / "camvid-segnet-mini", out, image_size=SMALL_SIZE, workers=1)
+    return out
+
+
+def train_config(data_dir: Path, run_dir: Path, **train):
+    """A config for quick real training on `small_data`; keyword args go to the train section."""
+    from enet_cli.config import load_config
+
+    runtime = {"run_dir": run_dir}
+    for key in ("resume",):
+        if key in train:
+            runtime[key] = train.pop(key)
+    settings = {"batch_size": 4, "epochs": 2, "learning_rate": 2e-3, "seed": 1}
+    settings.update(train)
+    return load_config(None, {
+        "data": {"data_dir": data_dir, "image_size": SMALL_SIZE},
+        "train": settings,
+        "runtime": runtime,
+    })
+
+
+def fit_quietly(cfg):
+    """Run the real training loop in this process (single engine)."""
+    from enet_cli.sagemaker.contract import local_paths
+    from enet_cli.train.run import run_training
+
+    return run_training(cfg, local_paths(cfg.runtime.run_dir))
+
+
+def checkpoint_values(directory: Path) -> dict:
+    """name -> array for every variable in the latest checkpoint of `directory`."""
+    import tensorflow as tf
+
+    path = tf.train.latest_checkpoint(str(directory))
+    reader = tf.train.load_checkpoint(path)
+    return {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH") and "save_counter" not in name
+    }

@@ -31,21 +31,36 @@ from enet_cli.train.task import build_task
 
 
 def build_lr_schedule(cfg: TrainConfig, steps_per_epoch: int, total_steps: int):
-    """The learning rate as a function of the optimizer's step (so it resumes for free)."""
-    if cfg.lr_schedule == LRSchedule.constant:
-        return cfg.learning_rate
+    """The learning rate as a function of the optimizer's step (so it resumes for free).
+
+    Always a schedule object, even when constant: Keras optimizers own an extra variable
+    when given a schedule, and their slots are checkpointed by position, so switching
+    between a float and a schedule across a resume would restore slots into the wrong places.
+    """
+    schedules = keras.optimizers.schedules
     if cfg.lr_schedule == LRSchedule.cosine:
-        return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, max(total_steps, 1))
-    decay_steps = cfg.lr_decay_epochs * steps_per_epoch
-    boundaries = list(range(decay_steps, max(total_steps, 1), decay_steps))
+        return schedules.CosineDecay(cfg.learning_rate, max(total_steps, 1))
+    boundaries: List[int] = []
+    if cfg.lr_schedule == LRSchedule.step:
+        decay_steps = cfg.lr_decay_epochs * steps_per_epoch
+        boundaries = list(range(decay_steps, max(total_steps, 1), decay_steps))
     values = [cfg.learning_rate * cfg.lr_decay_factor**k for k in range(len(boundaries) + 1)]
-    if not boundaries:
-        return cfg.learning_rate
-    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    if not boundaries:  # constant: one boundary past any real run
+        boundaries, values = [2**62], [cfg.learning_rate, cfg.learning_rate]
+    return schedules.PiecewiseConstantDecay(boundaries, values)
 
 
 def learning_rate_at(schedule, step: int) -> float:
-    return float(schedule(step)) if callable(schedule) else float(schedule)
+    return float(schedule(step))
+
+
+def seed_everything(seed: int) -> None:
+    """Initial weights depend on Python's, NumPy's and TF's generators (Keras draws from all)."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    tf.random.set_seed(seed)
 
 
 def build_optimizer(cfg: TrainConfig, schedule):
@@ -136,7 +151,7 @@ def _fit(
     epochs = min(tcfg.epochs, -(-total_steps // steps_per_epoch))
     schedule = build_lr_schedule(tcfg, steps_per_epoch, total_steps)
 
-    tf.random.set_seed(tcfg.seed)
+    seed_everything(tcfg.seed)
     with engine.scope():
         model = build_enet(model_cfg, manifest.image_size)
         optimizer = build_optimizer(tcfg, schedule)
@@ -246,6 +261,18 @@ def _fit(
                         f"checkpoint {path} saved; run the same command again to resume"
                     )
             progress.close()
+            if done < steps_per_epoch:  # --steps ended training inside this epoch
+                _save(engine, state)
+                last_val = validate(epoch)
+                logger.line(
+                    {
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "val_loss": last_val["loss"],
+                        "val_mean_iou": last_val["mean_iou"],
+                    }
+                )
+                break
             seconds = time.monotonic() - started
             train_metrics = segmentation_metrics(state.epoch_confusion.numpy())
             train_loss = float(state.epoch_loss_sum.numpy()) / max(done, 1)

@@ -90,7 +90,10 @@ class TrainState:
         path = self.manager.latest_checkpoint
         if path:
             try:
-                self.checkpoint.restore(path).assert_existing_objects_matched()
+                # Partial on purpose: the optimizer may own a learning-rate variable in one
+                # run and not in the next (a schedule vs a constant); model mismatches are
+                # caught by check_compatible() and by the shape errors below.
+                self.checkpoint.restore(path).expect_partial()
             except (AssertionError, ValueError, tf.errors.OpError) as err:
                 first = str(err).strip().splitlines()[0][:200]
                 raise ConfigError(

@@ -1,0 +1,134 @@
+"""The training loop on real CamVid images: it learns, resumes exactly, stops cleanly."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import checkpoint_values, fit_quietly, train_config
+from enet_cli.data.manifest import load_manifest
+from enet_cli.errors import ConfigError, DataError, TrainingError
+from enet_cli.train.metrics import parse_metrics_line
+
+
+def majority_baseline_miou(data_dir) -> float:
+    """Val mean IoU of always predicting the most frequent train class."""
+    import tensorflow as tf
+
+    from enet_cli.data.pipeline import FEATURES
+
+    manifest = load_manifest(data_dir)
+    major = int(np.argmax(manifest.train_pixel_histogram))
+    counts = np.zeros(manifest.num_classes + 1, np.int64)
+    for path in manifest.shard_paths(data_dir, "val"):
+        for record in tf.data.TFRecordDataset(str(path)):
+            label = tf.io.decode_png(tf.io.parse_single_example(record, FEATURES)["label"])
+            counts += np.bincount(label.numpy().ravel(), minlength=len(counts))
+    counts = counts[:-1]
+    present = counts > 0
+    iou = np.zeros(manifest.num_classes)
+    iou[major] = counts[major] / counts.sum()  # union of "everything predicted major"
+    return float(iou[present].mean())
+
+
+@pytest.mark.slow
+def test_training_learns_beyond_the_majority_class(small_data, tmp_path, capsys):
+    cfg = train_config(small_data, tmp_path / "run", epochs=12, lr_schedule="constant")
+    summary = fit_quietly(cfg)
+    history = summary["history"]
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+    baseline = majority_baseline_miou(small_data)
+    assert summary["best_val_mean_iou"] > baseline + 0.02, (summary["best_val_mean_iou"],
+                                                             baseline)
+    # one metrics line per epoch, parsable with the SageMaker regexes, equal to metrics.json
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("enet-metrics:")]
+    assert len(lines) == 12
+    parsed = [parse_metrics_line(line) for line in lines]
+    for got, want in zip(parsed, history):
+        assert got["epoch"] == want["epoch"]
+        assert got["val_mean_iou"] == pytest.approx(want["val_mean_iou"], rel=1e-5)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["best_val_mean_iou"] == pytest.approx(summary["best_val_mean_iou"])
+    assert (tmp_path / "run" / "model" / "saved_model.pb").is_file()
+    assert list((tmp_path / "run" / "logs" / "val").glob("events.out.tfevents.*"))
+    assert (tmp_path / "run" / "checkpoints" / "best" / "checkpoint").is_file()
+
+
+def deterministic_ops():
+    """oneDNN's multi-threaded CPU kernels may sum in any order; make them repeatable so an
+    interrupted run can be compared bit for bit-ish with an uninterrupted one (TF >= 2.8)."""
+    import tensorflow as tf
+
+    enable = getattr(tf.config.experimental, "enable_op_determinism", None)
+    if enable is not None:
+        enable()
+
+
+def _same_state(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.compat
+def test_resume_is_exact_at_epoch_and_mid_epoch_boundaries(small_data, tmp_path):
+    deterministic_ops()
+    common = {"epochs": 3, "lr_decay_epochs": 2, "lr_decay_factor": 0.5}
+    straight = fit_quietly(train_config(small_data, tmp_path / "a", **common))
+
+    # stop after 1 epoch, then after 4 more steps (mid-epoch: 6 steps/epoch), then finish
+    fit_quietly(train_config(small_data, tmp_path / "b", **dict(common, epochs=1)))
+    fit_quietly(train_config(small_data, tmp_path / "b", **dict(common, steps=10)))
+    resumed = fit_quietly(train_config(small_data, tmp_path / "b", **common))
+
+    assert resumed["steps"] == straight["steps"] == 18
+    _same_state(checkpoint_values(tmp_path / "a" / "checkpoints"),
+                checkpoint_values(tmp_path / "b" / "checkpoints"))
+    # the last epoch's metrics, half of it computed before the interruption, agree
+    for key in ("loss", "mean_iou", "val_loss", "val_mean_iou"):
+        assert resumed["history"][-1][key] == pytest.approx(straight["history"][-1][key],
+                                                            rel=1e-4), key
+
+
+def test_no_resume_starts_over(small_data, tmp_path):
+    fit_quietly(train_config(small_data, tmp_path / "r", steps=2))
+    again = fit_quietly(train_config(small_data, tmp_path / "r", steps=2, resume=False))
+    assert again["steps"] == 2
+
+
+def test_bad_inputs_are_one_line_errors(small_data, tmp_path):
+    with pytest.raises(DataError, match="larger than the train split"):
+        fit_quietly(train_config(small_data, tmp_path / "x", batch_size=64))
+    with pytest.raises(DataError, match="does not exist"):
+        fit_quietly(train_config(tmp_path / "nowhere", tmp_path / "x"))
+    # checkpoints of another class count
+    run = tmp_path / "y"
+    fit_quietly(train_config(small_data, run, steps=1))
+    meta = json.loads((run / "checkpoints" / "enet.json").read_text())
+    meta["class_names"] = meta["class_names"][:5]
+    (run / "checkpoints" / "enet.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="are for 5 classes but the data has 11"):
+        fit_quietly(train_config(small_data, run, steps=2))
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
+    small_data, tmp_path, monkeypatch
+):
+    from enet_cli.train import task as task_module
+
+    run = tmp_path / "nan"
+    fit_quietly(train_config(small_data, run, steps=2, checkpoint_every_steps=1))
+    before = checkpoint_values(run / "checkpoints")
+    # A numeric blow-up from step 3 on: the loss function itself returns NaN.
+    original = task_module.SegmentationTask.loss_terms
+
+    def exploding(self, logits, labels):
+        loss_sum, weight_sum = original(self, logits, labels)
+        return loss_sum * float("nan"), weight_sum
+
+    monkeypatch.setattr(task_module.SegmentationTask, "loss_terms", exploding)
+    with pytest.raises(TrainingError, match=r"loss became nan at step 3 .*ckpt-2"):
+        fit_quietly(train_config(small_data, run, steps=5))
+    _same_state(before, checkpoint_values(run / "checkpoints"))
