@@ -95,11 +95,14 @@ def train_config(data_dir: Path, run_dir: Path, **train):
             runtime[key] = train.pop(key)
     settings = {"batch_size": 4, "epochs": 2, "learning_rate": 2e-3, "seed": 1}
     settings.update(train)
-    return load_config(None, {
-        "data": {"data_dir": data_dir, "image_size": SMALL_SIZE},
-        "train": settings,
-        "runtime": runtime,
-    })
+    return load_config(
+        None,
+        {
+            "data": {"data_dir": data_dir, "image_size": SMALL_SIZE},
+            "train": settings,
+            "runtime": runtime,
+        },
+    )
 
 
 def fit_quietly(cfg):
@@ -121,3 +124,11 @@ def checkpoint_values(directory: Path) -> dict:
         for name in reader.get_variable_to_shape_map()
         if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH") and "save_counter" not in name
     }
+
+
+@pytest.fixture(scope="session")
+def trained_run(small_data, tmp_path_factory) -> Path:
+    """A short real training run (SavedModel + checkpoints) for evaluate/predict tests."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    fit_quietly(train_config(small_data, run, epochs=2))
+    return run

@@ -229,10 +229,9 @@ def train(
 
     Example: enet train data/camvid --run-dir runs/camvid --epochs 300
     """
-    from enet_cli.train.run import prepare_run, run_training
+    from enet_cli.train.run import train_from_settings
 
-    cfg, paths = prepare_run(config, _overrides(locals()))
-    summary = run_training(cfg, paths)
+    summary, paths = train_from_settings(config, _overrides(locals()))
     best = summary.get("best_val_mean_iou", float("nan"))
     stdout.print(
         f"done: {summary['epochs_completed']} epochs, {summary['steps']} steps; best val mean "

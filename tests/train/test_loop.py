@@ -38,11 +38,11 @@ def test_training_learns_beyond_the_majority_class(small_data, tmp_path, capsys)
     history = summary["history"]
     assert history[-1]["loss"] < 0.8 * history[0]["loss"]
     baseline = majority_baseline_miou(small_data)
-    assert summary["best_val_mean_iou"] > baseline + 0.02, (summary["best_val_mean_iou"],
-                                                             baseline)
+    assert summary["best_val_mean_iou"] > baseline + 0.02, (summary["best_val_mean_iou"], baseline)
     # one metrics line per epoch, parsable with the SageMaker regexes, equal to metrics.json
-    lines = [line for line in capsys.readouterr().out.splitlines()
-             if line.startswith("enet-metrics:")]
+    lines = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("enet-metrics:")
+    ]
     assert len(lines) == 12
     parsed = [parse_metrics_line(line) for line in lines]
     for got, want in zip(parsed, history):
@@ -72,7 +72,6 @@ def _same_state(a, b):
 
 
 @pytest.mark.slow
-@pytest.mark.compat
 def test_resume_is_exact_at_epoch_and_mid_epoch_boundaries(small_data, tmp_path):
     deterministic_ops()
     common = {"epochs": 3, "lr_decay_epochs": 2, "lr_decay_factor": 0.5}
@@ -84,18 +83,35 @@ def test_resume_is_exact_at_epoch_and_mid_epoch_boundaries(small_data, tmp_path)
     resumed = fit_quietly(train_config(small_data, tmp_path / "b", **common))
 
     assert resumed["steps"] == straight["steps"] == 18
-    _same_state(checkpoint_values(tmp_path / "a" / "checkpoints"),
-                checkpoint_values(tmp_path / "b" / "checkpoints"))
+    _same_state(
+        checkpoint_values(tmp_path / "a" / "checkpoints"),
+        checkpoint_values(tmp_path / "b" / "checkpoints"),
+    )
     # the last epoch's metrics, half of it computed before the interruption, agree
     for key in ("loss", "mean_iou", "val_loss", "val_mean_iou"):
-        assert resumed["history"][-1][key] == pytest.approx(straight["history"][-1][key],
-                                                            rel=1e-4), key
+        assert resumed["history"][-1][key] == pytest.approx(
+            straight["history"][-1][key], rel=1e-4
+        ), key
 
 
-def test_no_resume_starts_over(small_data, tmp_path):
-    fit_quietly(train_config(small_data, tmp_path / "r", steps=2))
-    again = fit_quietly(train_config(small_data, tmp_path / "r", steps=2, resume=False))
-    assert again["steps"] == 2
+@pytest.mark.compat
+def test_checkpoint_resume_round_trip(small_data, tmp_path):
+    first = fit_quietly(train_config(small_data, tmp_path / "r", steps=2))
+    assert first["steps"] == 2 and first["epochs_completed"] == 0
+    state = checkpoint_values(tmp_path / "r" / "checkpoints")
+    assert int(state["step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE"]) == 2
+    second = fit_quietly(train_config(small_data, tmp_path / "r", steps=3))
+    assert second["steps"] == 3  # continued from step 2, did one more
+    later = checkpoint_values(tmp_path / "r" / "checkpoints")
+    assert int(later["step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE"]) == 3
+    moved = [
+        k
+        for k in state
+        if k.startswith("model/") and "kernel" in k and not np.array_equal(state[k], later[k])
+    ]
+    assert moved  # the resumed step trained the restored weights
+    again = fit_quietly(train_config(small_data, tmp_path / "r", steps=1, resume=False))
+    assert again["steps"] == 1  # --no-resume starts over
 
 
 def test_bad_inputs_are_one_line_errors(small_data, tmp_path):

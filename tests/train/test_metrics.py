@@ -54,8 +54,7 @@ def test_every_regex_reads_its_value_from_the_line():
     assert line.startswith("enet-metrics: epoch=7 step=1234 ")
     definitions = metric_definitions()
     assert {d["Name"] for d in definitions} >= {"train:loss", "validation:mean_iou"}
-    for definition, key in zip(definitions, [k for k in METRIC_KEYS if k not in ("epoch",
-                                                                                 "step")]):
+    for definition, key in zip(definitions, [k for k in METRIC_KEYS if k not in ("epoch", "step")]):
         match = re.search(definition["Regex"], line)
         assert match, definition
         if key == "val_loss":

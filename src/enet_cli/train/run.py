@@ -41,3 +41,19 @@ def run_training(cfg: EnetConfig, paths: RunPaths) -> Dict[str, object]:
         if contract.in_sagemaker():
             contract.write_failure(f"{type(err).__name__}: {err}")
         raise
+
+
+def train_from_settings(
+    config_file: Optional[Path], overrides: Dict[str, Dict[str, Any]]
+) -> Tuple[Dict[str, object], RunPaths]:
+    """`enet train`: settings -> run; in SageMaker every user error also goes to the failure file.
+
+    (Config errors happen before run_training, so they are caught here too.)
+    """
+    try:
+        cfg, paths = prepare_run(config_file, overrides)
+    except EnetError as err:
+        if contract.in_sagemaker():
+            contract.write_failure(f"{type(err).__name__}: {err}")
+        raise
+    return run_training(cfg, paths), paths

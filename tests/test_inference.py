@@ -1,0 +1,120 @@
+"""enet evaluate and enet predict on a really trained model."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import FIXTURES, error_lines, run_enet
+from enet_cli.config import DataConfig
+from enet_cli.data.manifest import load_manifest
+from enet_cli.data.pipeline import make_dataset
+from enet_cli.evaluate import evaluate
+from enet_cli.inference import load_predictor
+from enet_cli.predict import OVERLAY_ALPHA, predict
+
+
+@pytest.mark.parametrize("where", ["run", "model", "checkpoints"])
+def test_evaluate_equals_numpy_on_the_models_own_predictions(trained_run, small_data, where):
+    target = {
+        "run": trained_run,
+        "model": trained_run / "model",
+        "checkpoints": trained_run / "checkpoints",
+    }[where]
+    metrics = evaluate(target, small_data, "val", batch_size=3)
+    # Independent computation: predictions from the loaded model, confusion with numpy.
+    predictor = load_predictor(target)
+    manifest = load_manifest(small_data)
+    k = manifest.num_classes
+    expected = np.zeros((k, k), np.int64)
+    cfg = DataConfig(data_dir=small_data, image_size=manifest.image_size)
+    for images, labels in make_dataset(cfg, manifest, "val", 5, training=False):
+        pred = np.argmax(predictor.logits(images).numpy(), -1).ravel()
+        truth = labels.numpy().ravel()
+        keep = truth != manifest.ignore_index
+        np.add.at(expected, (truth[keep], pred[keep]), 1)
+    np.testing.assert_array_equal(np.array(metrics["confusion"]), expected)
+    tp = np.diag(expected)
+    union = expected.sum(0) + expected.sum(1) - tp
+    iou = tp[union > 0] / union[union > 0]
+    assert metrics["mean_iou"] == pytest.approx(iou.mean())
+    assert metrics["pixel_accuracy"] == pytest.approx(tp.sum() / expected.sum())
+
+
+def test_saved_model_and_checkpoint_agree(trained_run, small_data):
+    manifest = load_manifest(small_data)
+    cfg = DataConfig(data_dir=small_data, image_size=manifest.image_size)
+    images, _ = next(iter(make_dataset(cfg, manifest, "val", 2, training=False)))
+    a = load_predictor(trained_run / "model").logits(images).numpy()
+    b = (
+        load_predictor(trained_run / "checkpoints" / "best").logits(images).numpy()
+        if (trained_run / "checkpoints" / "best" / "enet.json").exists()
+        else None
+    )
+    c = load_predictor(trained_run / "checkpoints").logits(images).numpy()
+    assert a.shape == (2, 96, 128, 11)
+    # the SavedModel holds the best weights; with 2 epochs the best is usually the last
+    assert b is None or np.allclose(a, b, atol=1e-3)
+    assert np.isfinite(c).all()
+
+
+def test_predict_writes_indexed_maps_and_overlays(trained_run, tmp_path):
+    source = FIXTURES / "camvid-kaggle-mini" / "test"
+    results = predict(load_predictor(trained_run), [source], tmp_path / "out")
+    assert len(results) == 4
+    meta = json.loads((trained_run / "model" / "enet.json").read_text())
+    palette = np.array([*meta["class_colors"], meta["void_color"]], np.uint8)
+    for r in results:
+        original = np.asarray(Image.open(r.image).convert("RGB"))
+        indexed = Image.open(r.classes_png)
+        assert indexed.mode == "P" and indexed.size == (original.shape[1], original.shape[0])
+        classes = np.asarray(indexed)
+        assert classes.max() < 11
+        pal = np.array(indexed.getpalette()[: 3 * 12], np.uint8).reshape(12, 3)
+        np.testing.assert_array_equal(pal, palette)
+        overlay = np.asarray(Image.open(r.overlay_png).convert("RGB")).astype(float)
+        assert overlay.shape[1] == original.shape[1] and overlay.shape[0] > original.shape[0]
+        # away from class boundaries, each pixel is the documented blend
+        inner = np.ones(classes.shape, bool)
+        inner[:, 1:] &= classes[:, 1:] == classes[:, :-1]
+        inner[1:, :] &= classes[1:, :] == classes[:-1, :]
+        expected = (1 - OVERLAY_ALPHA) * original + OVERLAY_ALPHA * palette[classes]
+        diff = np.abs(overlay[: original.shape[0]] - np.round(expected))[inner]
+        assert diff.max() <= 1.0
+        assert abs(sum(r.class_fractions.values()) - 1.0) < 1e-9
+
+
+def test_cli_evaluate_and_predict(trained_run, small_data, tmp_path):
+    result = run_enet(
+        "evaluate",
+        str(trained_run),
+        str(small_data),
+        "--split",
+        "val",
+        "--json",
+        str(tmp_path / "m.json"),
+        "--confusion-csv",
+        str(tmp_path / "c.csv"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "mean IoU" in result.stdout and "Bicyclist" in result.stdout
+    saved = json.loads((tmp_path / "m.json").read_text())
+    rows = (tmp_path / "c.csv").read_text().splitlines()
+    assert len(rows) == 12 and rows[0].startswith("truth \\ predicted,Sky")
+    assert sum(int(v) for row in rows[1:] for v in row.split(",")[1:]) == saved["pixels"]
+
+    image = FIXTURES / "camvid-segnet-mini" / "val"
+    result = run_enet(
+        "predict", str(trained_run / "model"), str(image), "--out", str(tmp_path / "p")
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "p").glob("*_overlay.png"))) == 8
+
+    for args, needle in (
+        (["evaluate", str(tmp_path), str(small_data)], "no trained ENet in"),
+        (["predict", str(trained_run), str(tmp_path / "none.png")], "does not exist"),
+    ):
+        bad = run_enet(*args)
+        assert bad.returncode == 3
+        assert error_lines(bad.stderr)[-1].startswith("error:") and needle in bad.stderr

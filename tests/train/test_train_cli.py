@@ -1,0 +1,160 @@
+"""`enet train` as a process: SIGTERM then resume, the SageMaker container contract, errors."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import (
+    SMALL_SIZE,
+    checkpoint_values,
+    enet_env,
+    error_lines,
+    fit_quietly,
+    run_enet,
+    train_config,
+)
+
+TRAIN_ARGS = ["--size", SMALL_SIZE, "--batch-size", "4", "--learning-rate", "0.002", "--seed", "1"]
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_saves_and_the_rerun_resumes_to_the_same_weights(small_data, tmp_path):
+    run = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "enet_cli",
+        "train",
+        str(small_data),
+        "--run-dir",
+        str(run),
+        "--epochs",
+        "4",
+        *TRAIN_ARGS,
+    ]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=enet_env()
+    )
+    try:
+        for line in proc.stdout:
+            if line.startswith("enet-metrics: epoch=1 "):
+                break
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    last = error_lines(err)[-1]
+    assert "SIGTERM: stopped at step" in last and "run the same command again" in last
+    assert "Traceback" not in err
+
+    again = subprocess.run(command, capture_output=True, text=True, env=enet_env(), timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in again.stderr
+    assert (run / "model" / "saved_model.pb").is_file()
+
+    straight = tmp_path / "straight"
+    fit_quietly(train_config(small_data, straight, epochs=4))
+    resumed, reference = (
+        checkpoint_values(run / "checkpoints"),
+        checkpoint_values(straight / "checkpoints"),
+    )
+    for name in reference:
+        if name.startswith("model/"):
+            np.testing.assert_allclose(
+                resumed[name], reference[name], rtol=1e-3, atol=1e-4, err_msg=name
+            )
+
+
+def _sagemaker_tree(root, data, hyperparameters):
+    (root / "input" / "config").mkdir(parents=True)
+    (root / "input" / "data").mkdir(parents=True)
+    shutil.copytree(data, root / "input" / "data" / "train")
+    (root / "input" / "config" / "hyperparameters.json").write_text(
+        json.dumps({k: json.dumps(v) for k, v in hyperparameters.items()})
+    )  # SDK 2 JSON-encodes values
+    (root / "input" / "config" / "resourceconfig.json").write_text(
+        json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]})
+    )
+
+
+def _run_in_container(root, *args):
+    env = enet_env()
+    env["ENET_SAGEMAKER_ROOT"] = str(root)
+    return subprocess.run(
+        [sys.executable, "-m", "enet_cli", "train", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_sagemaker_container_contract(small_data, tmp_path):
+    root = tmp_path / "opt_ml"
+    _sagemaker_tree(
+        root,
+        small_data,
+        {
+            "epochs": 1,
+            "batch_size": 4,
+            "image_size": SMALL_SIZE,
+            "learning_rate": 0.002,
+            "model_dir": "s3://bucket/job/model",  # added by SageMaker: accepted, dropped
+        },
+    )
+    result = _run_in_container(root)
+    assert result.returncode == 0, result.stderr
+    assert (root / "model" / "1" / "saved_model.pb").is_file()  # TF Serving layout
+    assert (root / "model" / "1" / "enet.json").is_file()
+    metrics = json.loads((root / "model" / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == 1
+    assert (root / "checkpoints" / "checkpoint").is_file()
+    assert list((root / "output" / "tensorboard" / "train").glob("events.out.tfevents.*"))
+    assert not (root / "output" / "failure").exists()
+    assert "enet-metrics: epoch=1 " in result.stdout
+
+
+@pytest.mark.parametrize(
+    "hyperparameters,code,needle",
+    [
+        ({"batch_size": 500, "image_size": SMALL_SIZE}, 3, "larger than the train split"),
+        ({"batch_sise": 4}, 2, "unknown hyperparameter 'batch_sise'"),
+    ],
+)
+def test_sagemaker_failures_land_in_the_failure_file(
+    small_data, tmp_path, hyperparameters, code, needle
+):
+    root = tmp_path / "opt_ml"
+    _sagemaker_tree(root, small_data, hyperparameters)
+    result = _run_in_container(root)
+    assert result.returncode == code
+    assert needle in error_lines(result.stderr)[-1]
+    assert needle in (root / "output" / "failure").read_text()
+
+
+def test_cli_data_errors(small_data, tmp_path):
+    newer = tmp_path / "newer"
+    shutil.copytree(small_data, newer)
+    manifest = json.loads((newer / "manifest.json").read_text())
+    manifest["format_version"] = 7
+    (newer / "manifest.json").write_text(json.dumps(manifest))
+    for args, code, needle in (
+        ([str(tmp_path / "missing")], 3, "does not exist"),
+        ([str(newer)], 3, "upgrade enet-cli"),
+        ([str(small_data), "--batch-size", "99"], 3, "--batch-size 99 is larger"),
+        ([str(small_data), "--mode", "ddp"], 2, "--mode ddp is not available yet"),
+    ):
+        result = run_enet("train", *args, "--run-dir", str(tmp_path / "r"), "--size", SMALL_SIZE)
+        assert result.returncode == code, result.stderr
+        lines = error_lines(result.stderr)
+        assert needle in lines[-1] and "Traceback" not in result.stderr
