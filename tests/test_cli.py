@@ -9,7 +9,7 @@ from conftest import enet_env, error_lines, run_enet
 def test_help_lists_the_subcommands():
     result = run_enet("--help")
     assert result.returncode == 0, result.stderr
-    for command in ("preprocess", "train", "evaluate", "launch", "model"):
+    for command in ("preprocess", "train", "evaluate", "predict", "demo", "launch", "model"):
         assert command in result.stdout
 
 
