@@ -148,3 +148,23 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     with pytest.raises(TrainingError, match=r"loss became nan at step 3 .*ckpt-2"):
         fit_quietly(train_config(small_data, run, steps=5))
     _same_state(before, checkpoint_values(run / "checkpoints"))
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_and_exports_float32(small_data, tmp_path, precision):
+    summary = fit_quietly(
+        train_config(small_data, tmp_path / precision, steps=2, precision=precision)
+    )
+    assert summary["steps"] == 2
+    assert all(np.isfinite(v) for v in (summary["final_val"]["loss"],))
+    from enet_cli.inference import load_predictor
+
+    predictor = load_predictor(tmp_path / precision)
+    import tensorflow as tf
+
+    logits = predictor.logits(tf.zeros((1, 96, 128, 3)))
+    assert logits.dtype == tf.float32 and np.isfinite(logits.numpy()).all()
+    # the global policy is restored for whatever runs next in this process
+    from enet_cli.backend import keras
+
+    assert keras.mixed_precision.global_policy().name == "float32"
