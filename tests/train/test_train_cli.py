@@ -15,9 +15,7 @@ from conftest import (
     checkpoint_values,
     enet_env,
     error_lines,
-    fit_quietly,
     run_enet,
-    train_config,
 )
 
 TRAIN_ARGS = ["--size", SMALL_SIZE, "--batch-size", "4", "--learning-rate", "0.002", "--seed", "1"]
@@ -25,21 +23,27 @@ TRAIN_ARGS = ["--size", SMALL_SIZE, "--batch-size", "4", "--learning-rate", "0.0
 
 @pytest.mark.slow
 def test_sigterm_mid_run_saves_and_the_rerun_resumes_to_the_same_weights(small_data, tmp_path):
+    # Deterministic kernels in every process of this test, so that the interrupted run and
+    # the reference run differ only by the interruption.
+    env = dict(enet_env(), TF_DETERMINISTIC_OPS="1")
+
+    def command(run):
+        return [
+            sys.executable,
+            "-m",
+            "enet_cli",
+            "train",
+            str(small_data),
+            "--run-dir",
+            str(run),
+            "--epochs",
+            "4",
+            *TRAIN_ARGS,
+        ]
+
     run = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "enet_cli",
-        "train",
-        str(small_data),
-        "--run-dir",
-        str(run),
-        "--epochs",
-        "4",
-        *TRAIN_ARGS,
-    ]
     proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=enet_env()
+        command(run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     try:
         for line in proc.stdout:
@@ -56,17 +60,18 @@ def test_sigterm_mid_run_saves_and_the_rerun_resumes_to_the_same_weights(small_d
     assert "SIGTERM: stopped at step" in last and "run the same command again" in last
     assert "Traceback" not in err
 
-    again = subprocess.run(command, capture_output=True, text=True, env=enet_env(), timeout=600)
+    again = subprocess.run(command(run), capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr
     assert "resuming from" in again.stderr
     assert (run / "model" / "saved_model.pb").is_file()
 
     straight = tmp_path / "straight"
-    fit_quietly(train_config(small_data, straight, epochs=4))
-    resumed, reference = (
-        checkpoint_values(run / "checkpoints"),
-        checkpoint_values(straight / "checkpoints"),
+    reference_run = subprocess.run(
+        command(straight), capture_output=True, text=True, env=env, timeout=600
     )
+    assert reference_run.returncode == 0, reference_run.stderr
+    resumed = checkpoint_values(run / "checkpoints")
+    reference = checkpoint_values(straight / "checkpoints")
     for name in reference:
         if name.startswith("model/"):
             np.testing.assert_allclose(

@@ -220,6 +220,7 @@ def _fit(
             todo = min(steps_per_epoch, total_steps - step + done)
             progress.start_epoch(epoch, epochs, todo, done)
             started, images = time.monotonic(), 0
+            warm = epoch > start_epoch  # a process's first step traces the graph: not timed
             for batch in datasets("train", epoch, skip_batches=done):
                 if done >= todo:
                     break
@@ -235,7 +236,10 @@ def _fit(
                     )
                 step += 1
                 done += 1
-                images += global_batch
+                if warm:
+                    images += global_batch
+                else:
+                    started, warm = time.monotonic(), True
                 state.step_in_epoch.assign(done)
                 state.epoch_loss_sum.assign_add(loss)
                 state.epoch_confusion.assign_add(tf.cast(out["confusion"], tf.int64))
