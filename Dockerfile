@@ -20,5 +20,8 @@ RUN pip install --no-cache-dir /opt/enet-cli \
  && python -c "import enet_cli.backend"
 
 ENV TF_CPP_MIN_LOG_LEVEL=2
-# The SageMaker training toolkit runs this program (under mpirun/smddprun when distributed).
-ENV SAGEMAKER_PROGRAM=enet-train
+# SageMaker starts a training image as `docker run IMAGE train`: with this entry point that
+# is `enet train`, which finds the job's data, hyperparameters and output paths under
+# /opt/ml by itself (src/enet_cli/sagemaker/contract.py). Distributed modes will go through
+# the training toolkit (mpirun/smddprun) instead; `enet launch` finishes that part.
+ENTRYPOINT ["enet"]
