@@ -8,7 +8,7 @@ the last class) is void, ignored by the loss and by every metric.
 
 import csv
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 import numpy as np
 
@@ -242,8 +242,3 @@ def median_frequency_weights(histogram: np.ndarray, image_pixels: np.ndarray) ->
     if positive.any():
         weights[positive] = np.median(freq[positive]) / freq[positive]
     return weights
-
-
-def palette(scheme_colors: List[Color], void_color: Optional[Color] = None) -> np.ndarray:
-    """(K+1, 3) uint8 colours for class indices, void last."""
-    return np.array([*scheme_colors, void_color or VOID_COLOR], dtype=np.uint8)

@@ -10,7 +10,7 @@ Element conventions: images float32 (N, H, W, 3) in [0, 1]; labels int32 (N, H, 
 """
 
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -209,10 +209,6 @@ def make_dataset(
     return ds.prefetch(AUTOTUNE)
 
 
-def split_sizes(manifest: Manifest) -> Dict[str, int]:
-    return {name: info.records for name, info in manifest.splits.items()}
-
-
 def check_batch_size(manifest: Manifest, split: str, batch_size: int, option: str) -> None:
     """A training batch larger than the split would yield no batch at all: say so up front."""
     records = manifest.splits[split].records
@@ -221,8 +217,3 @@ def check_batch_size(manifest: Manifest, split: str, batch_size: int, option: st
             f"{option} {batch_size} is larger than the {split} split ({records} images); "
             f"use {option} {records} or less"
         )
-
-
-def steps_per_epoch(manifest: Manifest, split: str, batch_size: int, training: bool) -> int:
-    records = manifest.splits[split].records
-    return records // batch_size if training else -(-records // batch_size)

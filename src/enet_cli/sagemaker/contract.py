@@ -82,11 +82,6 @@ def hyperparameters() -> Dict[str, Any]:
     return out
 
 
-def resource_config() -> Dict[str, Any]:
-    path = root() / "input" / "config" / "resourceconfig.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def write_failure(message: str) -> None:
     """SageMaker shows the first 1024 characters of this file as the job's FailureReason."""
     path = root() / "output" / "failure"

@@ -40,12 +40,6 @@ class Engine:
     def make_eval_step(self, model, task: SegmentationTask):
         raise NotImplementedError
 
-    def after_first_step(self, model, optimizer) -> None:
-        """E.g. SMDDP broadcasts rank 0's variables once they all exist."""
-
-    def barrier(self) -> None:
-        """Wait for every worker (a no-op on one process)."""
-
 
 class StrategyEngine(Engine):
     """An engine on a tf.distribute strategy (the default strategy = one device)."""
