@@ -27,7 +27,7 @@ def test_defaults_are_the_published_recipe():
     assert cfg.train.batch_size == 10 and cfg.train.epochs == 300
     assert cfg.train.learning_rate == 5e-4 and cfg.train.weight_decay == 2e-4
     assert cfg.train.lr_decay_epochs == 100 and cfg.train.lr_decay_factor == 0.1
-    assert cfg.data.image_size == (360, 480)
+    assert cfg.data.image_size is None  # the preprocessed size
     assert cfg.runtime.mode is Mode.single
     assert cfg.model.num_classes == 11
 

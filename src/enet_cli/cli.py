@@ -15,9 +15,11 @@ from rich.table import Table
 
 from enet_cli import __version__, ui
 from enet_cli.config import (
+    DEFAULT_IMAGE_SIZE,
     SECTIONS,
     ClassScheme,
     ClassWeighting,
+    EngineChoice,
     Interpolation,
     LRSchedule,
     Mode,
@@ -60,6 +62,8 @@ def _opt(section: str, field: str, panel: str, **kwargs: Any) -> Any:
         default = default.value
     if isinstance(default, tuple) and field == "image_size":
         default = "x".join(str(v) for v in default)
+    if default is None:
+        default = ""
     decls = kwargs.pop("decls", None) or [option_name(field)]
     return typer.Option(
         None,
@@ -118,9 +122,9 @@ def model_summary(
     from enet_cli.model import build_enet
     from enet_cli.model.summary import summarize
 
-    model = build_enet(cfg.model, cfg.data.image_size)
+    height, width = cfg.data.image_size or DEFAULT_IMAGE_SIZE
+    model = build_enet(cfg.model, (height, width))
     rows = summarize(model)
-    height, width = cfg.data.image_size
     table = Table(title=f"ENet, {cfg.model.num_classes} classes, input {height}x{width}x3")
     for column, justify in (
         ("block", "left"),
@@ -201,10 +205,13 @@ def train(
     ),
     config: Optional[Path] = CONFIG_OPTION,
     mode: Optional[Mode] = _opt("runtime", "mode", PANEL_DIST),
+    engine: Optional[EngineChoice] = _opt("runtime", "engine", PANEL_DIST),
     image_size: Optional[str] = _opt("data", "image_size", PANEL_DATA),
     augment: Optional[bool] = _opt("data", "augment", PANEL_DATA, decls=["--augment/--no-augment"]),
     random_scale: Optional[str] = _opt("data", "random_scale", PANEL_DATA),
     color_jitter: Optional[float] = _opt("data", "color_jitter", PANEL_DATA),
+    dropout: Optional[float] = _opt("model", "dropout", PANEL_MODEL),
+    stage1_dropout: Optional[float] = _opt("model", "stage1_dropout", PANEL_MODEL),
     epochs: Optional[int] = _opt("train", "epochs", PANEL_TRAIN),
     steps: Optional[int] = _opt("train", "steps", PANEL_TRAIN),
     batch_size: Optional[int] = _opt("train", "batch_size", PANEL_TRAIN),
@@ -219,6 +226,12 @@ def train(
     partitions: Optional[int] = _opt("runtime", "partitions", PANEL_DIST),
     microbatches: Optional[int] = _opt("runtime", "microbatches", PANEL_DIST),
     local_workers: Optional[int] = _opt("runtime", "local_workers", PANEL_DIST),
+    sync_batchnorm: Optional[bool] = _opt(
+        "runtime", "sync_batchnorm", PANEL_DIST, decls=["--sync-batchnorm/--no-sync-batchnorm"]
+    ),
+    scale_lr: Optional[bool] = _opt(
+        "train", "scale_lr", PANEL_DIST, decls=["--scale-lr/--no-scale-lr"]
+    ),
     val_every_steps: Optional[int] = _opt("train", "val_every_steps", PANEL_TRAIN),
     checkpoint_every_steps: Optional[int] = _opt("train", "checkpoint_every_steps", PANEL_OUT),
     keep_checkpoints: Optional[int] = _opt("train", "keep_checkpoints", PANEL_OUT),
@@ -229,13 +242,23 @@ def train(
 
     Example: enet train data/camvid --run-dir runs/camvid --epochs 300
     """
-    from enet_cli.train.run import train_from_settings
+    from enet_cli.train.launcher import is_worker
+    from enet_cli.train.run import launch_if_requested, train_from_settings
 
-    summary, paths = train_from_settings(config, _overrides(locals()))
-    best = summary.get("best_val_mean_iou", float("nan"))
+    overrides = _overrides(locals())
+    if not is_worker():
+        code = launch_if_requested(config, overrides, sys.argv[1:])
+        if code is not None:
+            raise typer.Exit(code)
+    summary, paths = train_from_settings(config, overrides)
+    if "saved_model" not in summary:  # a worker other than the chief: it wrote nothing
+        stdout.print(f"worker done: {summary['steps']} steps")
+        return
+    best = summary.get("best_val_mean_iou", -1.0)
+    best_text = f"{best:.4f}" if best >= 0 else "n/a (no full epoch yet)"
     stdout.print(
         f"done: {summary['epochs_completed']} epochs, {summary['steps']} steps; best val mean "
-        f"IoU {best:.4f}; SavedModel in {paths.export}; metrics in "
+        f"IoU {best_text}; SavedModel in {paths.export}; metrics in "
         f"{paths.outputs / 'metrics.json'}; TensorBoard: tensorboard --logdir {paths.logs}"
     )
 

@@ -28,6 +28,15 @@ class Mode(str, enum.Enum):
     mp = "mp"
 
 
+class EngineChoice(str, enum.Enum):
+    """Who runs a distributed mode: SageMaker's library (smddp for ddp, smp for mp) or TF's own."""
+
+    auto = "auto"
+    tf = "tf"
+    smddp = "smddp"
+    smp = "smp"
+
+
 class Precision(str, enum.Enum):
     float32 = "float32"
     mixed_float16 = "mixed_float16"
@@ -105,8 +114,9 @@ class DataConfig(_Section):
     """Where the data is and how it is fed."""
 
     data_dir: Optional[Path] = Field(None, description="Preprocessed directory (manifest.json).")
-    image_size: Tuple[int, int] = Field(
-        DEFAULT_IMAGE_SIZE, description="HEIGHTxWIDTH, multiples of 8 (CamVid SegNet size)."
+    image_size: Optional[Tuple[int, int]] = Field(
+        None,
+        description="HEIGHTxWIDTH the data was preprocessed at; default: the manifest's.",
     )
     augment: bool = Field(
         True, description="Augment train data: random flips, plus the two options below."
@@ -118,8 +128,8 @@ class DataConfig(_Section):
 
     @field_validator("image_size", mode="before")
     @classmethod
-    def _size(cls, value: Any) -> Tuple[int, int]:
-        return parse_size(value)
+    def _size(cls, value: Any) -> Optional[Tuple[int, int]]:
+        return None if value is None else parse_size(value)
 
     @field_validator("random_scale", mode="before")
     @classmethod
@@ -154,12 +164,23 @@ class TrainConfig(_Section):
         None, gt=0, description="Also checkpoint every N steps (always at each epoch's end)."
     )
     keep_checkpoints: int = Field(3, ge=1, description="Recent checkpoints kept (+ the best).")
+    scale_lr: bool = Field(
+        False, description="Multiply the learning rate by the number of data-parallel replicas."
+    )
 
 
 class RuntimeConfig(_Section):
     """How and where training runs: the engine choice and its knobs."""
 
     mode: Mode = Mode.single
+    engine: EngineChoice = Field(
+        EngineChoice.auto,
+        description="ddp: smddp|tf, mp: smp|tf; auto = SageMaker's library when it imports.",
+    )
+    sync_batchnorm: bool = Field(
+        False,
+        description="ddp (tf engine): batch-norm statistics over the global batch.",
+    )
     partitions: int = Field(2, ge=1, description="mp: pipeline stages.")
     microbatches: int = Field(1, ge=1, description="mp: microbatches per batch.")
     local_workers: int = Field(1, ge=1, description="ddp: worker processes on this machine.")

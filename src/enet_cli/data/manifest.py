@@ -128,3 +128,13 @@ def load_manifest(
                     f"the file is corrupt: re-run enet preprocess"
                 )
     return manifest
+
+
+def check_batch_size(manifest: Manifest, split: str, batch_size: int, option: str) -> None:
+    """A training batch larger than the split would yield no batch at all: say so up front."""
+    records = manifest.splits[split].records
+    if batch_size > records:
+        raise DataError(
+            f"{option} {batch_size} is larger than the {split} split ({records} images); "
+            f"use {option} {records} or less"
+        )

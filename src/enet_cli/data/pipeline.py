@@ -10,7 +10,6 @@ Element conventions: images float32 (N, H, W, 3) in [0, 1]; labels int32 (N, H, 
 """
 
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -36,19 +35,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def shard_files(files: List[str], input_context) -> Tuple[List[str], Optional[Tuple[int, int]]]:
-    """Split the input between pipelines: by file when each gets one, else by record.
-
-    Returns (files for this pipeline, record shard (count, index) or None).
-    """
-    if input_context is None or input_context.num_input_pipelines <= 1:
-        return files, None
-    count, index = input_context.num_input_pipelines, input_context.input_pipeline_id
-    if len(files) >= count:
-        return files[index::count], None
-    return files, (count, index)
-
-
 def _decode(record, image_size):
     parsed = tf.io.parse_single_example(record, FEATURES)
     height, width = image_size
@@ -59,7 +45,7 @@ def _decode(record, image_size):
     return image, label, parsed["name"]
 
 
-def _scale_flip_crop(image, label, seeds, flip, data: DataConfig, ignore_index: int):
+def _scale_flip_crop(image, label, seeds, flip, data: DataConfig, image_size, ignore_index: int):
     """Random scale, flip and crop back to the image size as ONE resampling per tensor.
 
     A window of 1/scale of the image (larger than the image when scale < 1: the outside
@@ -67,7 +53,7 @@ def _scale_flip_crop(image, label, seeds, flip, data: DataConfig, ignore_index: 
     bilinear for the image and nearest for the label, at the same sample points, so they
     stay aligned. Swapping the window's left and right edges mirrors it: the flip is free.
     """
-    height, width = data.image_size
+    height, width = image_size
     low, high = data.random_scale
     scale = tf.random.stateless_uniform([], seeds[1], low, high)
     extent = 1.0 / scale
@@ -118,7 +104,9 @@ def _example_fn(data: DataConfig, image_size, ignore_index: int, augment: bool, 
         label = tf.cast(label, tf.float32)  # exact for values < 2**24
         if augment:
             if data.random_scale is not None:
-                image, label = _scale_flip_crop(image, label, seeds, flip, data, ignore_index)
+                image, label = _scale_flip_crop(
+                    image, label, seeds, flip, data, image_size, ignore_index
+                )
             if data.color_jitter > 0:
                 image = _jitter(image, seeds[3], data.color_jitter)
         height, width = image_size
@@ -146,7 +134,7 @@ def make_examples(
     """
     if data.data_dir is None:
         raise DataError("no data directory given; pass DATA_DIR (the output of enet preprocess)")
-    if tuple(data.image_size) != tuple(manifest.image_size):
+    if data.image_size is not None and tuple(data.image_size) != tuple(manifest.image_size):
         raise DataError(
             f"--size {data.image_size[0]}x{data.image_size[1]} differs from the preprocessed "
             f"size {manifest.image_size[0]}x{manifest.image_size[1]} in {data.data_dir}; "
@@ -156,8 +144,6 @@ def make_examples(
     epoch_seed = _epoch_seed(seed, epoch)
     if training:
         files = [files[i] for i in np.random.default_rng(epoch_seed).permutation(len(files))]
-    files, record_shard = shard_files(files, input_context)
-
     ds = tf.data.Dataset.from_tensor_slices(files)
     ds = ds.interleave(
         tf.data.TFRecordDataset,
@@ -165,8 +151,6 @@ def make_examples(
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )
-    if record_shard is not None:
-        ds = ds.shard(*record_shard)
     if training:
         ds = ds.shuffle(SHUFFLE_BUFFER, seed=epoch_seed, reshuffle_each_iteration=False)
     fn = _example_fn(
@@ -176,12 +160,18 @@ def make_examples(
         training and data.augment,
         epoch_seed,
     )
+    # The index is the record's place in the GLOBAL order: it seeds the augmentation, and
+    # pipeline i takes places i, i+n, i+2n...: so step k's batches of n data-parallel
+    # workers together are exactly step k's batch of one process with the global batch,
+    # augmented identically. Only the selected records are decoded.
     ds = ds.enumerate()
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if skip:
         ds = ds.skip(skip)
     ds = ds.map(fn, num_parallel_calls=AUTOTUNE, deterministic=True)
     options = tf.data.Options()
-    # We shard ourselves (above); tf.distribute must not shard again.
+    # We shard ourselves (above): tf.distribute must not shard again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return ds.with_options(options)
 
@@ -207,13 +197,3 @@ def make_dataset(
     ds = ds.map(lambda e: (e["image"], e["label"]), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=training)
     return ds.prefetch(AUTOTUNE)
-
-
-def check_batch_size(manifest: Manifest, split: str, batch_size: int, option: str) -> None:
-    """A training batch larger than the split would yield no batch at all: say so up front."""
-    records = manifest.splits[split].records
-    if batch_size > records:
-        raise DataError(
-            f"{option} {batch_size} is larger than the {split} split ({records} images); "
-            f"use {option} {records} or less"
-        )

@@ -61,6 +61,7 @@ def build_enet(
     cfg: Optional[ModelConfig] = None,
     image_size: Optional[Tuple[Optional[int], Optional[int]]] = None,
     name: str = "enet",
+    sync_batchnorm: bool = False,
 ) -> keras.Model:
     """Build ENet as a functional Keras 2 model: images (N,H,W,3) -> logits (N,H,W,classes).
 
@@ -68,6 +69,8 @@ def build_enet(
         cfg: class count and dropout rates; defaults to `ModelConfig()`.
         image_size: (H, W) fixed at build time, or None / (None, None) for any size that is
             a multiple of 8 (a SavedModel that serves several resolutions).
+        sync_batchnorm: batch-norm statistics over all replicas of the current
+            tf.distribute strategy (same variables, so checkpoints are interchangeable).
 
     Raises:
         ConfigError: H or W is not a multiple of 8 (the message names the nearest valid size).
@@ -77,17 +80,18 @@ def build_enet(
     if height is not None and width is not None:
         check_image_size(height, width)
 
+    bn = {"sync_batchnorm": sync_batchnorm}
     # ---- Layers and functional graph ------------------------------------------------
     images = keras.Input(shape=(height, width, 3), name="images")
-    x = InitialBlock(16, activation="prelu", name="initial")(images)
+    x = InitialBlock(16, activation="prelu", name="initial", **bn)(images)
 
     skip1 = x
-    x = DownsamplingBottleneck(64, dropout=cfg.stage1_dropout, name="stage1_0_down")(x)
+    x = DownsamplingBottleneck(64, dropout=cfg.stage1_dropout, name="stage1_0_down", **bn)(x)
     for i in range(1, 5):
-        x = Bottleneck(64, dropout=cfg.stage1_dropout, name=f"stage1_{i}_regular")(x)
+        x = Bottleneck(64, dropout=cfg.stage1_dropout, name=f"stage1_{i}_regular", **bn)(x)
 
     skip2 = x
-    x = DownsamplingBottleneck(128, dropout=cfg.dropout, name="stage2_0_down")(x)
+    x = DownsamplingBottleneck(128, dropout=cfg.dropout, name="stage2_0_down", **bn)(x)
     for stage in (2, 3):
         for i, (kind, dilation) in enumerate(STAGE2_PLAN, start=1):
             x = Bottleneck(
@@ -96,18 +100,21 @@ def build_enet(
                 dilation=dilation,
                 dropout=cfg.dropout,
                 name=_bottleneck_name(stage, i, kind, dilation),
+                **bn,
             )(x)
 
-    x = UpsamplingBottleneck(64, dropout=cfg.dropout, activation="relu", name="stage4_0_up")(
+    x = UpsamplingBottleneck(64, dropout=cfg.dropout, activation="relu", name="stage4_0_up", **bn)(
         [x, skip2]
     )
     for i in (1, 2):
-        x = Bottleneck(64, dropout=cfg.dropout, activation="relu", name=f"stage4_{i}_regular")(x)
+        x = Bottleneck(
+            64, dropout=cfg.dropout, activation="relu", name=f"stage4_{i}_regular", **bn
+        )(x)
 
-    x = UpsamplingBottleneck(16, dropout=cfg.dropout, activation="relu", name="stage5_0_up")(
+    x = UpsamplingBottleneck(16, dropout=cfg.dropout, activation="relu", name="stage5_0_up", **bn)(
         [x, skip1]
     )
-    x = Bottleneck(16, dropout=cfg.dropout, activation="relu", name="stage5_1_regular")(x)
+    x = Bottleneck(16, dropout=cfg.dropout, activation="relu", name="stage5_1_regular", **bn)(x)
 
     x = FullConv(cfg.num_classes, name="fullconv")(x)
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(x)

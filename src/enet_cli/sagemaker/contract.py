@@ -11,7 +11,7 @@ SM_* variables only as overrides. ENET_SAGEMAKER_ROOT replaces /opt/ml (for test
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, NamedTuple
+from typing import Any, Dict, NamedTuple, Optional
 
 ROOT_ENV = "ENET_SAGEMAKER_ROOT"
 DEFAULT_ROOT = "/opt/ml"
@@ -90,3 +90,28 @@ def write_failure(message: str) -> None:
         path.write_text(message[:1024] + "\n")
     except OSError:
         pass
+
+
+# SageMaker's MultiWorkerMirroredStrategy support puts every host's worker on this port.
+MWMS_PORT = 8890
+
+
+def resource_config() -> Optional[Dict[str, Any]]:
+    """resourceconfig.json: {"current_host": "algo-1", "hosts": ["algo-1", ...], ...}."""
+    path = root() / "input" / "config" / "resourceconfig.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def tf_config_from_resource_config() -> Optional[Dict[str, Any]]:
+    """The TF_CONFIG a multi-host job needs, built from resourceconfig.json as SageMaker's
+    toolkit builds it (workers `algo-N:8890`, this host's index); None on one host."""
+    config = resource_config()
+    if not config or len(config.get("hosts", [])) < 2:
+        return None
+    hosts = list(config["hosts"])  # the same order on every host
+    return {
+        "cluster": {"worker": [f"{host}:{MWMS_PORT}" for host in hosts]},
+        "task": {"type": "worker", "index": hosts.index(config["current_host"])},
+    }

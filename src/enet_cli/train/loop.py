@@ -19,8 +19,8 @@ import numpy as np
 from enet_cli import ui
 from enet_cli.backend import keras, tf
 from enet_cli.config import EnetConfig, LRSchedule, Precision, TrainConfig
-from enet_cli.data.manifest import Manifest, load_manifest
-from enet_cli.data.pipeline import check_batch_size, make_dataset
+from enet_cli.data.manifest import Manifest, check_batch_size, load_manifest
+from enet_cli.data.pipeline import make_dataset
 from enet_cli.errors import ConfigError, Interrupted, TrainingError
 from enet_cli.model import build_enet
 from enet_cli.sagemaker.contract import RunPaths
@@ -98,16 +98,21 @@ class _Logger:
             print(format_metrics_line(values), flush=True)
 
 
-def _evaluate(eval_step, dataset, task) -> Dict[str, object]:
-    loss_sum = weight_sum = 0.0
-    confusion = np.zeros((task.num_classes, task.num_classes), np.int64)
+def _evaluate(eval_step, dataset, task, engine: Engine) -> Dict[str, object]:
+    totals = {
+        "loss_sum": np.zeros([], np.float64),
+        "weight_sum": np.zeros([], np.float64),
+        "confusion": np.zeros((task.num_classes, task.num_classes), np.int64),
+    }
     for batch in dataset:
         out = eval_step(batch)
-        loss_sum += float(out["loss_sum"])
-        weight_sum += float(out["weight_sum"])
-        confusion += out["confusion"].numpy().astype(np.int64)
+        for key in totals:
+            totals[key] = totals[key] + out[key].numpy().astype(totals[key].dtype)
+    totals = engine.sum_over_workers(totals)
+    confusion = np.asarray(totals["confusion"]).astype(np.int64)
+    weight_sum = float(totals["weight_sum"])
     metrics = segmentation_metrics(confusion)
-    metrics["loss"] = loss_sum / weight_sum if weight_sum else float("nan")
+    metrics["loss"] = float(totals["loss_sum"]) / weight_sum if weight_sum else float("nan")
     metrics["confusion"] = confusion
     return metrics
 
@@ -131,6 +136,7 @@ def fit(cfg: EnetConfig, paths: RunPaths, engine: Engine) -> Dict[str, object]:
         return _fit(cfg, paths, engine, manifest, global_batch, per_replica_batch)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+        engine.close()
 
 
 def _fit(
@@ -149,14 +155,21 @@ def _fit(
     steps_per_epoch = manifest.splits["train"].records // global_batch
     total_steps = min(tcfg.steps or 10**12, tcfg.epochs * steps_per_epoch)
     epochs = min(tcfg.epochs, -(-total_steps // steps_per_epoch))
+    if tcfg.scale_lr:  # the linear scaling rule: N replicas, N times the batch, N times the lr
+        tcfg = tcfg.model_copy(update={"learning_rate": tcfg.learning_rate * engine.num_replicas})
     schedule = build_lr_schedule(tcfg, steps_per_epoch, total_steps)
 
     seed_everything(tcfg.seed)
     with engine.scope():
-        model = build_enet(model_cfg, manifest.image_size)
+        model = build_enet(model_cfg, manifest.image_size, sync_batchnorm=engine.sync_batchnorm)
         optimizer = build_optimizer(tcfg, schedule)
         state = TrainState(
-            model, optimizer, task.num_classes, paths.checkpoints, tcfg.keep_checkpoints
+            model,
+            optimizer,
+            task.num_classes,
+            paths.checkpoints,
+            tcfg.keep_checkpoints,
+            write_directory=engine.checkpoint_dir(paths.checkpoints),
         )
     resumed = state.restore_latest() if cfg.runtime.resume else None
     if engine.is_chief:
@@ -200,7 +213,7 @@ def _fit(
         return engine.distribute_dataset(dataset_fn)
 
     def validate(epoch: int) -> Dict[str, object]:
-        metrics = _evaluate(eval_step, datasets("val", epoch), task)
+        metrics = _evaluate(eval_step, datasets("val", epoch), task, engine)
         logger.scalars(
             "val",
             step,
@@ -228,7 +241,7 @@ def _fit(
                 loss = float(out["loss"])
                 if not _finite(loss):
                     progress.close()
-                    last = state.manager.latest_checkpoint or "none yet"
+                    last = state.latest() or "none yet"
                     raise TrainingError(
                         f"loss became {loss} at step {step + 1} (epoch {epoch + 1}); stopped "
                         f"without saving it. Last good checkpoint: {last}. Lower "
@@ -246,7 +259,7 @@ def _fit(
                 rate = images / max(time.monotonic() - started, 1e-9)
                 progress.advance(loss, rate)
                 if tcfg.checkpoint_every_steps and step % tcfg.checkpoint_every_steps == 0:
-                    _save(engine, state)
+                    state.save()
                 if tcfg.val_every_steps and step % tcfg.val_every_steps == 0 and done < todo:
                     mid = validate(epoch)
                     logger.line(
@@ -257,16 +270,17 @@ def _fit(
                             "val_mean_iou": mid["mean_iou"],
                         }
                     )
-                if stop.requested:
+                if engine.any_worker(stop.requested):
                     progress.close()
-                    path = _save(engine, state)
+                    state.save()
+                    reason = stop.signal_name or "another worker was stopped"
                     raise Interrupted(
-                        f"{stop.signal_name}: stopped at step {step} (epoch {epoch + 1}); "
-                        f"checkpoint {path} saved; run the same command again to resume"
+                        f"{reason}: stopped at step {step} (epoch {epoch + 1}); checkpoint "
+                        f"{state.latest()} saved; run the same command again to resume"
                     )
             progress.close()
             if done < steps_per_epoch:  # --steps ended training inside this epoch
-                _save(engine, state)
+                state.save()
                 last_val = validate(epoch)
                 logger.line(
                     {
@@ -315,17 +329,13 @@ def _fit(
             )
             if improved:
                 state.best_val_miou.assign(last_val["mean_iou"])
-            _save(engine, state)
-            if improved and engine.is_chief:
+            state.save()
+            if improved:
                 state.save_best()
             if step >= total_steps:
                 break
 
     return _finish(cfg, paths, engine, state, meta, history, last_val, manifest)
-
-
-def _save(engine: Engine, state: TrainState) -> Optional[str]:
-    return state.save() if engine.is_chief else None
 
 
 def _finish(cfg, paths, engine, state, meta, history, last_val, manifest) -> Dict[str, object]:
@@ -343,9 +353,13 @@ def _finish(cfg, paths, engine, state, meta, history, last_val, manifest) -> Dic
             k: last_val[k]
             for k in ("loss", "mean_iou", "pixel_accuracy", "class_accuracy", "iou", "accuracy")
         }
-    if not engine.is_chief:
+    write_dir = engine.checkpoint_dir(paths.checkpoints)
+    if write_dir is None:
         return summary
     best = state.load_best_weights()
+    if not engine.is_chief:  # a worker whose export is part of a collective: to scratch
+        export_saved_model(state.model, meta, write_dir.parent / "model")
+        return summary
     export_saved_model(state.model, meta, paths.export)
     summary["exported_weights"] = best or "final"
     summary["saved_model"] = str(paths.export)

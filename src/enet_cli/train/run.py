@@ -7,10 +7,10 @@ settings layer, and a one-line failure reason in /opt/ml/output/failure.
 """
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from enet_cli.config import EnetConfig, load_config
-from enet_cli.errors import EnetError
+from enet_cli.config import EnetConfig, EngineChoice, Mode, load_config
+from enet_cli.errors import ConfigError, EnetError
 from enet_cli.sagemaker import contract
 from enet_cli.sagemaker.contract import RunPaths
 
@@ -33,10 +33,18 @@ def run_training(cfg: EnetConfig, paths: RunPaths) -> Dict[str, object]:
     from enet_cli.train.engines import get_engine
     from enet_cli.train.loop import fit
 
-    try:
+    def run():
         for directory in (paths.checkpoints, paths.logs, paths.outputs):
             directory.mkdir(parents=True, exist_ok=True)
         return fit(cfg, paths, get_engine(cfg.runtime))
+
+    return _reporting_failures(run)
+
+
+def _reporting_failures(fn, *args):
+    """In SageMaker every user error also goes to the failure file (the job's reason)."""
+    try:
+        return fn(*args)
     except EnetError as err:
         if contract.in_sagemaker():
             contract.write_failure(f"{type(err).__name__}: {err}")
@@ -46,14 +54,44 @@ def run_training(cfg: EnetConfig, paths: RunPaths) -> Dict[str, object]:
 def train_from_settings(
     config_file: Optional[Path], overrides: Dict[str, Dict[str, Any]]
 ) -> Tuple[Dict[str, object], RunPaths]:
-    """`enet train`: settings -> run; in SageMaker every user error also goes to the failure file.
-
-    (Config errors happen before run_training, so they are caught here too.)
-    """
-    try:
-        cfg, paths = prepare_run(config_file, overrides)
-    except EnetError as err:
-        if contract.in_sagemaker():
-            contract.write_failure(f"{type(err).__name__}: {err}")
-        raise
+    """`enet train` in this process: settings -> run."""
+    cfg, paths = _reporting_failures(prepare_run, config_file, overrides)
     return run_training(cfg, paths), paths
+
+
+def launch_if_requested(
+    config_file: Optional[Path], overrides: Dict[str, Dict[str, Any]], argv: List[str]
+) -> Optional[int]:
+    """`--local-workers N` (N > 1): start the workers, each running this same command, and
+    return the chief's exit code; None when this process should train by itself."""
+    return _reporting_failures(_launch, config_file, overrides, argv)
+
+
+def _launch(config_file, overrides, argv) -> Optional[int]:
+    from enet_cli.data.manifest import check_batch_size, load_manifest
+    from enet_cli.train import launcher
+    from enet_cli.train.engines import resolve_engine
+
+    cfg, paths = prepare_run(config_file, overrides)
+    workers = cfg.runtime.local_workers
+    if workers <= 1:
+        return None
+    if cfg.runtime.mode != Mode.ddp:
+        raise ConfigError(
+            f"--local-workers {workers} needs --mode ddp (got --mode {cfg.runtime.mode.value})"
+        )
+    if resolve_engine(cfg.runtime) != EngineChoice.tf:
+        raise ConfigError(
+            "--local-workers starts TensorFlow workers; use --engine tf (SMDDP's processes "
+            "are started by smddprun inside SageMaker)"
+        )
+    if cfg.train.batch_size % workers:
+        raise ConfigError(
+            f"--batch-size {cfg.train.batch_size} is not divisible by --local-workers "
+            f"{workers}; use a multiple of {workers}"
+        )
+    if cfg.data.data_dir is None:
+        raise ConfigError("no data directory given; pass DATA_DIR (the output of enet preprocess)")
+    manifest = load_manifest(cfg.data.data_dir, splits=["train", "val"])
+    check_batch_size(manifest, "train", cfg.train.batch_size, "--batch-size")
+    return launcher.launch_local_workers([*argv, "--engine", "tf"], workers, paths.logs)

@@ -62,9 +62,22 @@ class RunMeta(BaseModel):
 
 
 class TrainState:
-    """The checkpointed state of a run and its two managers: recent, and best by val mIoU."""
+    """The checkpointed state of a run and its two managers: recent, and best by val mIoU.
 
-    def __init__(self, model, optimizer, num_classes: int, directory: Path, keep: int):
+    `directory` is the run's checkpoint directory, which every process restores from;
+    `write_directory` is where this process saves (the same for the chief, a scratch
+    directory for workers that must take part in saving, None for workers that do not save).
+    """
+
+    def __init__(
+        self,
+        model,
+        optimizer,
+        num_classes: int,
+        directory: Path,
+        keep: int,
+        write_directory: Optional[Path] = None,
+    ):
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
         self.best_val_miou = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best")
@@ -82,12 +95,19 @@ class TrainState:
             epoch_confusion=self.epoch_confusion,
         )
         self.directory = Path(directory)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, str(directory), keep)
-        self.best = tf.train.CheckpointManager(self.checkpoint, str(Path(directory) / BEST), 1)
+        self.writes = write_directory is not None
+        self.manager = self.best = None
+        if write_directory is not None:
+            write_directory = Path(write_directory)
+            self.manager = tf.train.CheckpointManager(self.checkpoint, str(write_directory), keep)
+            self.best = tf.train.CheckpointManager(self.checkpoint, str(write_directory / BEST), 1)
         self.model = model
 
+    def latest(self) -> Optional[str]:
+        return tf.train.latest_checkpoint(str(self.directory))
+
     def restore_latest(self) -> Optional[str]:
-        path = self.manager.latest_checkpoint
+        path = self.latest()
         if path:
             try:
                 # Partial on purpose: the optimizer may own a learning-rate variable in one
@@ -102,16 +122,20 @@ class TrainState:
                 ) from None
         return path
 
-    def save(self) -> str:
+    def save(self) -> Optional[str]:
         """Checkpoints are numbered by global step: ckpt-120 is the state after step 120."""
+        if self.manager is None:
+            return None
         return self.manager.save(checkpoint_number=self.checkpoint.optimizer.iterations)
 
-    def save_best(self) -> str:
+    def save_best(self) -> Optional[str]:
+        if self.best is None:
+            return None
         return self.best.save(checkpoint_number=self.checkpoint.optimizer.iterations)
 
     def load_best_weights(self) -> Optional[str]:
         """Put the best checkpoint's model weights into the model (for export)."""
-        path = self.best.latest_checkpoint
+        path = self.best.latest_checkpoint if self.best is not None else None
         if path:
             tf.train.Checkpoint(model=self.model).restore(path).expect_partial()
         return path

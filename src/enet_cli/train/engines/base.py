@@ -10,7 +10,12 @@ strategy it is the single-device engine, with (MultiWorker)MirroredStrategy the 
 """
 
 import contextlib
-from typing import Callable, Dict, Iterable
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Optional
+
+import numpy as np
 
 from enet_cli.backend import keras, tf
 from enet_cli.train.task import SegmentationTask
@@ -22,12 +27,33 @@ class Engine:
     name = "engine"
     num_replicas = 1
     is_chief = True
+    sync_batchnorm = False  # batch-norm statistics over the global batch (build_enet option)
 
     def describe(self) -> str:
         return f"{self.name} engine, {self.num_replicas} replica(s)"
 
     def scope(self):
         return contextlib.nullcontext()
+
+    def checkpoint_dir(self, run_checkpoints: Path) -> Optional[Path]:
+        """Where this process writes checkpoints and exports; None: it does not write them.
+
+        The chief writes into the run. Engines whose saving is a collective operation (every
+        worker must take part) give the other workers a scratch directory, removed by close().
+        """
+        return run_checkpoints if self.is_chief else None
+
+    def any_worker(self, flag: bool) -> bool:
+        """True when `flag` is True on any worker: a stop request must stop all of them at
+        the same step, or the others wait forever in their next collective."""
+        return flag
+
+    def sum_over_workers(self, totals: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Evaluation totals of this process -> totals over the whole cluster."""
+        return totals
+
+    def close(self) -> None:
+        """Release what the engine made (scratch directories); called once after training."""
 
     def distribute_dataset(self, dataset_fn: Callable) -> Iterable:
         """`dataset_fn(input_context)` -> this replica's (or worker's) tf.data.Dataset."""
@@ -42,15 +68,52 @@ class Engine:
 
 
 class StrategyEngine(Engine):
-    """An engine on a tf.distribute strategy (the default strategy = one device)."""
+    """An engine on a tf.distribute strategy (the default strategy = one device).
 
-    def __init__(self, strategy=None, name: str = "single"):
+    With several workers (MultiWorkerMirroredStrategy) reading a batch-norm moving statistic
+    is a cross-worker reduction, so saving a checkpoint or a SavedModel is a collective:
+    every worker saves, the non-chief ones into scratch directories (TensorFlow's documented
+    pattern for custom loops).
+    """
+
+    def __init__(self, strategy=None, name: str = "single", sync_batchnorm: bool = False):
         self.strategy = strategy or tf.distribute.get_strategy()
         self.name = name
         self.num_replicas = self.strategy.num_replicas_in_sync
+        self.sync_batchnorm = sync_batchnorm and self.num_replicas > 1
+        self.multi_worker = _is_multi_worker(self.strategy)
+        self._scratch: Optional[Path] = None
+        self._any = None
 
     def scope(self):
         return self.strategy.scope()
+
+    def checkpoint_dir(self, run_checkpoints: Path) -> Optional[Path]:
+        if self.is_chief:
+            return run_checkpoints
+        if not self.multi_worker:
+            return None
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="enet-worker-scratch-"))
+        return self._scratch / "checkpoints"
+
+    def any_worker(self, flag: bool) -> bool:
+        if not self.multi_worker:
+            return flag
+        if self._any is None:
+
+            @tf.function(autograph=False)
+            def any_flag(value):
+                per_replica = self.strategy.run(tf.identity, args=(value,))
+                return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+            self._any = any_flag
+        return float(self._any(tf.constant(1.0 if flag else 0.0))) > 0
+
+    def close(self) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     def distribute_dataset(self, dataset_fn):
         if self.num_replicas == 1 and not _is_multi_worker(self.strategy):
