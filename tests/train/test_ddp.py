@@ -1,0 +1,311 @@
+"""--mode ddp: a real 2-worker MultiWorkerMirroredStrategy cluster on 127.0.0.1, and SMDDP
+against the stand-in library in tests/stand_ins (two real rank processes)."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, checkpoint_values, enet_env, error_lines, run_enet
+
+STAND_INS = REPO / "tests" / "stand_ins"
+NO_DROPOUT = ("--dropout", "0", "--stage1-dropout", "0")
+LONG_RUN = ("--local-workers", "2", "--batch-size", "4", "--epochs", "50")
+
+
+def optimizer_moments(values: dict) -> np.ndarray:
+    """Adam's m and v slots, concatenated in a stable order (names differ across TF versions)."""
+    keys = sorted(
+        k
+        for k, v in values.items()
+        if ("OPTIMIZER_SLOT" in k or k.startswith("optimizer/_variables/")) and v.size > 1
+    )
+    return np.concatenate([values[k].ravel().astype(np.float64) for k in keys])
+
+
+def model_values(values: dict) -> np.ndarray:
+    keys = sorted(
+        k
+        for k, v in values.items()
+        if k.startswith("model/") and "OPTIMIZER_SLOT" not in k and v.dtype.kind == "f"
+    )
+    return np.concatenate([values[k].ravel().astype(np.float64) for k in keys])
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def metrics_lines(text: str):
+    return [line for line in text.splitlines() if line.startswith("enet-metrics:")]
+
+
+def test_two_workers_step_equals_one_process_at_the_global_batch(small_data, tmp_path):
+    """One step of 2 workers x batch 2 (synchronised batch norm) = one step of batch 4.
+
+    Adam's first moments are 0.1 x the gradient, so comparing them compares gradients. The
+    classifier's gradient (no batch norm between it and the loss) agrees to 2e-4. Through
+    the batch-norm layers float32 round-off grows: all moments differ by ~4%, as much as a
+    single process differs from itself between Keras' fused and unfused batch norm (same
+    math, 2-3% measured). For scale: per-replica batch norm gives ~140%, averaging instead
+    of summing the replicas' gradients 50%.
+    """
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    env_tmp = tmp_path / "scratch"
+    env_tmp.mkdir()
+
+    def common(steps):
+        return (str(small_data), "--batch-size", "4", "--steps", str(steps), "--seed", "3")
+
+    result = _run_with_env(
+        [
+            "train",
+            *common(1),
+            *NO_DROPOUT,
+            "--mode",
+            "ddp",
+            "--local-workers",
+            "2",
+            "--sync-batchnorm",
+            "--run-dir",
+            str(ddp),
+        ],
+        {"TMPDIR": str(env_tmp)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MultiWorkerMirroredStrategy over 2 workers, 2 CPU replica(s)" in result.stderr
+    assert "global batch 4 (2 per replica)" in result.stderr
+    # The chief writes the metrics lines; the other worker's log has none.
+    assert len(metrics_lines(result.stdout)) == 1
+    worker_log = (ddp / "logs" / "worker-1.log").read_text()
+    assert metrics_lines(worker_log) == [] and "worker done: 1 steps" in worker_log
+    # One set of checkpoints and one model, in the run; the worker's scratch copies are gone.
+    assert sorted(p.name for p in (ddp / "checkpoints").glob("ckpt-*.index")) == ["ckpt-1.index"]
+    assert (ddp / "model" / "saved_model.pb").is_file()
+    assert list(env_tmp.iterdir()) == []
+
+    result = run_enet("train", *common(1), *NO_DROPOUT, "--run-dir", str(single))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    a, b = checkpoint_values(ddp / "checkpoints"), checkpoint_values(single / "checkpoints")
+    assert sorted(a) == sorted(b)
+    classifier_m = [k for k in a if a[k].shape == (3, 3, 11, 16) and a[k].min() < 0]
+    assert len(classifier_m) == 2  # the kernel and its first moment (v is >= 0)
+    for key in classifier_m:
+        assert relative_error(a[key], b[key]) < 2e-3, key
+    assert relative_error(optimizer_moments(a), optimizer_moments(b)) < 0.1
+    assert relative_error(model_values(a), model_values(b)) < 3e-3
+    loss, reference_loss = (v["epoch_loss_sum/.ATTRIBUTES/VARIABLE_VALUE"] for v in (a, b))
+    assert abs(loss - reference_loss) < 1e-5 * reference_loss
+    confusion = a["epoch_confusion/.ATTRIBUTES/VARIABLE_VALUE"]
+    reference = b["epoch_confusion/.ATTRIBUTES/VARIABLE_VALUE"]
+    assert confusion.sum() == reference.sum() > 0  # the same non-void pixels: same examples
+    assert np.abs(confusion - reference).sum() < 0.01 * reference.sum()
+
+    # Checkpoints move between modes: the ddp checkpoint scores in evaluate (a single
+    # process), and ddp resumes the single run where it stopped.
+    result = run_enet("evaluate", str(ddp / "checkpoints"), str(small_data), "--split", "val")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mean IoU" in result.stdout
+    result = _run_with_env(
+        [
+            "train",
+            *common(2),
+            *NO_DROPOUT,
+            "--mode",
+            "ddp",
+            "--local-workers",
+            "2",
+            "--run-dir",
+            str(single),
+        ],
+        {"TMPDIR": str(env_tmp)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stderr and "(epoch 1, step 1)" in result.stderr
+    assert (single / "checkpoints" / "ckpt-2.index").is_file()
+    assert json.loads((single / "metrics.json").read_text())["steps"] == 2
+
+
+def _run_with_env(args, extra_env, timeout=600):
+    env = {**enet_env(), **extra_env}
+    return subprocess.run(
+        [sys.executable, "-m", "enet_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_killing_a_worker_stops_the_whole_run(small_data, tmp_path):
+    """SIGKILL worker 1 mid-run: the launcher stops the chief (blocked in a collective) and
+    reports the dead worker within a bounded time; no worker process survives."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "enet_cli",
+            "train",
+            str(small_data),
+            "--mode",
+            "ddp",
+            *LONG_RUN,
+            "--run-dir",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=enet_env(),
+    )
+    pids = []
+    for line in proc.stderr:  # "started 2 workers on ... (pids A, B); ..."
+        match = re.search(r"\(pids (\d+), (\d+)\)", line)
+        if match:
+            pids = [int(match.group(1)), int(match.group(2))]
+            break
+    assert pids, "the launcher did not report its workers"
+    for line in proc.stderr:  # the chief says which engine runs once the cluster is up
+        if "MultiWorkerMirroredStrategy" in line:
+            break
+    time.sleep(5)  # inside the first step's collectives
+    os.kill(pids[1], signal.SIGKILL)
+    killed = time.monotonic()
+    _, rest = proc.communicate(timeout=120)
+    elapsed = time.monotonic() - killed
+    assert proc.returncode == 5
+    errors = error_lines(rest)
+    assert errors[-1].startswith("error: worker 1 was killed by SIGKILL")
+    assert "worker-1.log" in errors[-1] and "resume" in errors[-1]
+    assert elapsed < 60  # detection (0.2 s polls) + 3 s for the chief's own error + 10 s grace
+    for pid in pids:
+        assert not _alive(pid), f"worker pid {pid} survived"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by a dead parent) counts as gone.
+    status = Path(f"/proc/{pid}/status")
+    return status.is_file() and "zombie" not in status.read_text()
+
+
+@pytest.mark.compat
+def test_smddp_engine_two_ranks_average_gradients_and_only_rank_0_writes(small_data, tmp_path):
+    """Two rank processes as smddprun starts them, on the stand-in library (which really
+    reduces across processes). Checked against the same step computed here by hand: each
+    rank's half batch (its own batch-norm statistics), the loss normalised by the pixels of
+    both halves, gradients summed over the halves, weight decay added once."""
+    from enet_cli.train.launcher import free_ports
+
+    port = free_ports(1)[0]
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    runs = [tmp_path / "rank0", tmp_path / "rank1"]
+    args = ["train", str(small_data), "--mode", "ddp", "--batch-size", "4", "--steps", "1"]
+    procs = []
+    for rank in (0, 1):
+        env = enet_env()
+        env.update(
+            PYTHONPATH=os.pathsep.join([str(STAND_INS), env.get("PYTHONPATH", "")]),
+            OMPI_COMM_WORLD_RANK=str(rank),
+            OMPI_COMM_WORLD_SIZE="2",
+            OMPI_COMM_WORLD_LOCAL_RANK=str(rank),
+            SMDDP_STANDIN_ADDR=f"127.0.0.1:{port}",
+            SMDDP_STANDIN_LOG=str(calls),
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "enet_cli",
+                    *args,
+                    "--seed",
+                    "3",
+                    *NO_DROPOUT,
+                    "--run-dir",
+                    str(runs[rank]),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
+    outs = [p.communicate(timeout=600) for p in procs]
+    for proc, (_out, err) in zip(procs, outs):
+        assert proc.returncode == 0, err[-3000:]
+    assert "smddp engine, 2 rank(s) on CPU (this is rank 0" in outs[0][1]  # auto picked it
+    assert len(metrics_lines(outs[0][0])) == 1 and metrics_lines(outs[1][0]) == []
+    assert [p for p in runs[1].rglob("*") if p.is_file()] == []  # rank 1 wrote nothing
+    assert (runs[0] / "checkpoints" / "ckpt-1.index").is_file()
+    assert (runs[0] / "model" / "saved_model.pb").is_file()
+
+    expected = _smddp_reference_step(small_data, seed=3)
+    for rank in (0, 1):
+        log = [json.loads(line) for line in (calls / f"rank-{rank}.jsonl").read_text().splitlines()]
+        broadcasts = [c for c in log if c["call"] == "broadcast_variables"]
+        # Once, after the first step: the model's variables, then the optimizer's.
+        assert [c["count"] for c in broadcasts][:1] == [expected["model_variables"]]
+        assert len(broadcasts) == 2 and all(c["root_rank"] == 0 for c in broadcasts)
+        assert any(c["call"] == "gradient_tape" and c["op"] == "average" for c in log)
+
+    values = checkpoint_values(runs[0] / "checkpoints")
+    moments = [k for k, v in values.items() if v.shape == (3, 3, 11, 16) and "model/" not in k]
+    first_moment = [values[k] for k in moments if values[k].min() < 0]  # v is >= 0
+    assert len(first_moment) == 1
+    assert relative_error(first_moment[0], 0.1 * expected["classifier_gradient"]) < 2e-3
+    loss = float(values["epoch_loss_sum/.ATTRIBUTES/VARIABLE_VALUE"])
+    assert abs(loss - expected["loss"]) < 1e-4 * expected["loss"]
+    confusion = values["epoch_confusion/.ATTRIBUTES/VARIABLE_VALUE"]
+    assert confusion.sum() == expected["pixels"]
+
+
+def _smddp_reference_step(data_dir: Path, seed: int) -> dict:
+    from enet_cli.backend import tf
+    from enet_cli.config import ClassWeighting, DataConfig, ModelConfig
+    from enet_cli.data.manifest import load_manifest
+    from enet_cli.data.pipeline import make_dataset
+    from enet_cli.model import build_enet
+    from enet_cli.train.loop import seed_everything
+    from enet_cli.train.task import build_task
+
+    manifest = load_manifest(data_dir)
+    task = build_task(manifest, ClassWeighting.enet)
+    seed_everything(seed)
+    cfg = ModelConfig(num_classes=manifest.num_classes, dropout=0, stage1_dropout=0)
+    model = build_enet(cfg, manifest.image_size)
+    data = DataConfig(data_dir=data_dir)
+    images, labels = next(iter(make_dataset(data, manifest, "train", 4, True, seed=seed)))
+    halves = [(images[r::2], labels[r::2]) for r in (0, 1)]  # rank r's records
+    weight = sum(
+        float(task.loss_terms(tf.zeros([2, *labels.shape[1:], 11]), y)[1]) for _, y in halves
+    )
+    kernel = model.get_layer("fullconv").trainable_variables[0]
+    gradient, loss, pixels = 0.0, 0.0, 0
+    for x, y in halves:
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss_sum, _ = task.loss_terms(logits, y)
+            part = loss_sum / weight
+        gradient = gradient + tape.gradient(part, kernel).numpy()
+        loss += float(part)
+        pixels += int(task.confusion(logits, y).numpy().sum())
+    return {
+        "classifier_gradient": gradient + 2e-4 * kernel.numpy(),  # + weight decay, once
+        "loss": loss,
+        "pixels": pixels,
+        "model_variables": len(model.variables),
+    }
