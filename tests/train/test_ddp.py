@@ -14,10 +14,92 @@ import numpy as np
 import pytest
 
 from conftest import REPO, checkpoint_values, enet_env, error_lines, run_enet
+from enet_cli.sagemaker.contract import ROOT_ENV
 
 STAND_INS = REPO / "tests" / "stand_ins"
 NO_DROPOUT = ("--dropout", "0", "--stage1-dropout", "0")
 LONG_RUN = ("--local-workers", "2", "--batch-size", "4", "--epochs", "50")
+
+
+@pytest.fixture
+def smddp_importable(monkeypatch):
+    """The stand-in SMDDP on sys.path for this test only."""
+    monkeypatch.syspath_prepend(str(STAND_INS))
+    yield
+    for name in [m for m in sys.modules if m.startswith("smdistributed")]:
+        del sys.modules[name]
+
+
+@pytest.mark.compat
+def test_engine_choice_follows_mode_and_library(smddp_importable):
+    from enet_cli.config import EngineChoice, RuntimeConfig
+    from enet_cli.errors import ConfigError
+    from enet_cli.train.engines import resolve_engine
+
+    assert resolve_engine(RuntimeConfig(mode="ddp")) == EngineChoice.smddp  # auto: it imports
+    assert resolve_engine(RuntimeConfig(mode="ddp", engine="tf")) == EngineChoice.tf
+    assert resolve_engine(RuntimeConfig(mode="single")) == EngineChoice.tf
+    with pytest.raises(ConfigError, match="--engine smp does not run --mode ddp; use one of"):
+        resolve_engine(RuntimeConfig(mode="ddp", engine="smp"))
+    with pytest.raises(ConfigError, match="--engine smddp does not run --mode single"):
+        resolve_engine(RuntimeConfig(mode="single", engine="smddp"))
+
+
+@pytest.mark.compat
+def test_auto_is_tensorflow_without_the_library():
+    from enet_cli.config import EngineChoice, RuntimeConfig
+    from enet_cli.train.engines import resolve_engine
+
+    assert resolve_engine(RuntimeConfig(mode="ddp")) == EngineChoice.tf
+
+
+@pytest.mark.compat
+def test_multi_host_tf_config_comes_from_sagemaker_resourceconfig(tmp_path, monkeypatch):
+    from enet_cli.train.engines.mirrored import cluster_from_environment, is_chief_task
+
+    config_dir = tmp_path / "ml" / "input" / "config"
+    config_dir.mkdir(parents=True)
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path / "ml"))
+    monkeypatch.setenv("TF_CONFIG", "")
+    hosts = {"current_host": "algo-2", "hosts": ["algo-1", "algo-2", "algo-3"]}
+    (config_dir / "resourceconfig.json").write_text(json.dumps(hosts))
+    cluster = cluster_from_environment()
+    assert cluster == {
+        "cluster": {"worker": ["algo-1:8890", "algo-2:8890", "algo-3:8890"]},
+        "task": {"type": "worker", "index": 1},
+    }
+    assert json.loads(os.environ["TF_CONFIG"]) == cluster  # MWMS reads the environment
+    assert not is_chief_task(cluster)
+    assert is_chief_task({**cluster, "task": {"type": "worker", "index": 0}})
+    monkeypatch.setenv("TF_CONFIG", "")
+    (config_dir / "resourceconfig.json").write_text(
+        json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]})
+    )
+    assert cluster_from_environment() is None  # one host: MirroredStrategy on its GPUs
+
+
+@pytest.mark.parametrize(
+    "options, code, message",
+    [
+        (["--local-workers", "2"], 2, "--local-workers 2 needs --mode ddp (got --mode single)"),
+        (
+            ["--mode", "ddp", "--local-workers", "2", "--batch-size", "5"],
+            2,
+            "--batch-size 5 is not divisible by --local-workers 2; use a multiple of 2",
+        ),
+        (["--sync-batchnorm"], 2, "--sync-batchnorm works with --mode ddp --engine tf only"),
+        (
+            ["--mode", "ddp", "--engine", "smddp"],
+            6,
+            "--engine smddp needs smdistributed.dataparallel.tensorflow",
+        ),
+    ],
+)
+def test_ddp_misuse_is_one_clear_line(small_data, tmp_path, options, code, message):
+    result = run_enet("train", str(small_data), "--run-dir", str(tmp_path / "run"), *options)
+    assert result.returncode == code, result.stderr[-2000:]
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0]
 
 
 def optimizer_moments(values: dict) -> np.ndarray:
