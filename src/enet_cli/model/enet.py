@@ -27,7 +27,7 @@ Where we differ, and why:
   image in [0, 1] (the port's `ToTensor` scaling), H and W multiples of 8.
 """
 
-from typing import Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from enet_cli.backend import keras
 from enet_cli.config import ModelConfig, check_image_size
@@ -57,6 +57,87 @@ def _bottleneck_name(stage: int, index: int, kind: str, dilation: int) -> str:
     return f"stage{stage}_{index}_{suffix}"
 
 
+# Upsampling blocks unpool with the input of their downsampling block, i.e. the output of
+# the block before it: the two skip connections of the graph.
+SKIPS = {"stage4_0_up": "stage1_4_regular", "stage5_0_up": "initial"}
+INPUT = "images"
+
+
+class Block(NamedTuple):
+    """One ENet block and the names of the outputs it consumes (in graph order)."""
+
+    layer: keras.layers.Layer
+    inputs: Tuple[str, ...]
+
+
+def enet_blocks(cfg: ModelConfig, sync_batchnorm: bool = False) -> List[Block]:
+    """ENet as an ordered list of blocks: what `build_enet` wires into a Keras model and what
+    the model-parallel engine splits into pipeline stages."""
+    bn = {"sync_batchnorm": sync_batchnorm}
+    layers = [InitialBlock(16, activation="prelu", name="initial", **bn)]
+    layers.append(
+        DownsamplingBottleneck(64, dropout=cfg.stage1_dropout, name="stage1_0_down", **bn)
+    )
+    for i in range(1, 5):
+        layers.append(Bottleneck(64, dropout=cfg.stage1_dropout, name=f"stage1_{i}_regular", **bn))
+    layers.append(DownsamplingBottleneck(128, dropout=cfg.dropout, name="stage2_0_down", **bn))
+    for stage in (2, 3):
+        for i, (kind, dilation) in enumerate(STAGE2_PLAN, start=1):
+            layers.append(
+                Bottleneck(
+                    128,
+                    kind=kind,
+                    dilation=dilation,
+                    dropout=cfg.dropout,
+                    name=_bottleneck_name(stage, i, kind, dilation),
+                    **bn,
+                )
+            )
+    decoder = {"dropout": cfg.dropout, "activation": "relu", **bn}
+    layers.append(UpsamplingBottleneck(64, name="stage4_0_up", **decoder))
+    layers += [Bottleneck(64, name=f"stage4_{i}_regular", **decoder) for i in (1, 2)]
+    layers.append(UpsamplingBottleneck(16, name="stage5_0_up", **decoder))
+    layers.append(Bottleneck(16, name="stage5_1_regular", **decoder))
+    layers.append(FullConv(cfg.num_classes, name="fullconv"))
+    layers.append(keras.layers.Activation("linear", dtype="float32", name="logits"))
+    return _wire(layers)
+
+
+def _wire(layers: Sequence[keras.layers.Layer]) -> List[Block]:
+    """Each block consumes the previous block's output, plus its skip connection if any."""
+    blocks, previous = [], INPUT
+    for layer in layers:
+        inputs = (previous, SKIPS[layer.name]) if layer.name in SKIPS else (previous,)
+        blocks.append(Block(layer, inputs))
+        previous = layer.name
+    return blocks
+
+
+def run_blocks(
+    blocks: Sequence[Block],
+    tensors: Dict[str, object],
+    training=None,
+) -> Dict[str, object]:
+    """Apply `blocks` in order to the named tensors (symbolic or eager); returns all outputs.
+
+    A caller that runs the blocks in pieces (pipeline stages) passes the outputs of the
+    earlier pieces that the later ones consume (the skip connections).
+    """
+    tensors = dict(tensors)
+    for block in blocks:
+        args = [tensors[name] for name in block.inputs]
+        kwargs = {} if isinstance(block.layer, keras.layers.Activation) else {"training": training}
+        tensors[block.layer.name] = block.layer(args[0] if len(args) == 1 else args, **kwargs)
+    return tensors
+
+
+def model_blocks(model: keras.Model) -> List[Block]:
+    """The blocks of a model from `build_enet`, in graph order, with their inputs."""
+    return _wire(
+        [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    )
+
+
 def build_enet(
     cfg: Optional[ModelConfig] = None,
     image_size: Optional[Tuple[Optional[int], Optional[int]]] = None,
@@ -79,43 +160,7 @@ def build_enet(
     height, width = image_size or (None, None)
     if height is not None and width is not None:
         check_image_size(height, width)
-
-    bn = {"sync_batchnorm": sync_batchnorm}
-    # ---- Layers and functional graph ------------------------------------------------
-    images = keras.Input(shape=(height, width, 3), name="images")
-    x = InitialBlock(16, activation="prelu", name="initial", **bn)(images)
-
-    skip1 = x
-    x = DownsamplingBottleneck(64, dropout=cfg.stage1_dropout, name="stage1_0_down", **bn)(x)
-    for i in range(1, 5):
-        x = Bottleneck(64, dropout=cfg.stage1_dropout, name=f"stage1_{i}_regular", **bn)(x)
-
-    skip2 = x
-    x = DownsamplingBottleneck(128, dropout=cfg.dropout, name="stage2_0_down", **bn)(x)
-    for stage in (2, 3):
-        for i, (kind, dilation) in enumerate(STAGE2_PLAN, start=1):
-            x = Bottleneck(
-                128,
-                kind=kind,
-                dilation=dilation,
-                dropout=cfg.dropout,
-                name=_bottleneck_name(stage, i, kind, dilation),
-                **bn,
-            )(x)
-
-    x = UpsamplingBottleneck(64, dropout=cfg.dropout, activation="relu", name="stage4_0_up", **bn)(
-        [x, skip2]
-    )
-    for i in (1, 2):
-        x = Bottleneck(
-            64, dropout=cfg.dropout, activation="relu", name=f"stage4_{i}_regular", **bn
-        )(x)
-
-    x = UpsamplingBottleneck(16, dropout=cfg.dropout, activation="relu", name="stage5_0_up", **bn)(
-        [x, skip1]
-    )
-    x = Bottleneck(16, dropout=cfg.dropout, activation="relu", name="stage5_1_regular", **bn)(x)
-
-    x = FullConv(cfg.num_classes, name="fullconv")(x)
-    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
-    return keras.Model(images, logits, name=name)
+    blocks = enet_blocks(cfg, sync_batchnorm)
+    images = keras.Input(shape=(height, width, 3), name=INPUT)
+    outputs = run_blocks(blocks, {INPUT: images})
+    return keras.Model(images, outputs[blocks[-1].layer.name], name=name)
