@@ -9,13 +9,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from _common import FIXTURES, Timer, describe, machine
+from _common import COPIES, FIXTURES, Timer, describe, machine, segnet_copies
 from PIL import Image
 
 from enet_cli.config import PreprocessConfig
 from enet_cli.data.preprocess import preprocess
-
-COPIES = 4  # each sample image 4 times: start-up costs stop dominating
 
 
 def kaggle_960x720(dest: Path) -> Path:
@@ -33,17 +31,6 @@ def kaggle_960x720(dest: Path) -> Path:
             for k in range(COPIES):
                 big_image.save(dest / folder / f"{image.stem}x{k}.png")
                 big_label.save(dest / f"{folder}_labels" / f"{image.stem}x{k}_L.png")
-    return dest
-
-
-def segnet_copies(dest: Path) -> Path:
-    src = FIXTURES / "camvid-segnet-mini"
-    for folder in ("train", "val", "test"):
-        for sub in (folder, f"{folder}annot"):
-            (dest / sub).mkdir(parents=True)
-            for png in sorted((src / sub).glob("*.png")):
-                for k in range(COPIES):
-                    shutil.copy(png, dest / sub / f"{png.stem}x{k}.png")
     return dest
 
 
