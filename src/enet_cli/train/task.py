@@ -32,6 +32,15 @@ class SegmentationTask(NamedTuple):
         weights = weights * tf.cast(valid, tf.float32)
         return tf.reduce_sum(ce * weights), tf.reduce_sum(weights)
 
+    def eval_terms(self, logits, labels):
+        """What evaluation sums over batches (and replicas): loss, its normaliser, confusion."""
+        loss_sum, weight_sum = self.loss_terms(logits, labels)
+        return {
+            "loss_sum": loss_sum,
+            "weight_sum": weight_sum,
+            "confusion": self.confusion(logits, labels),
+        }
+
     def confusion(self, logits, labels):
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
         return confusion_matrix(labels, predictions, self.num_classes, self.ignore_index)
