@@ -4,7 +4,8 @@
 checkpoint, trains epoch by epoch with validation, writes one metrics line per epoch,
 TensorBoard scalars and checkpoints (recent + best by val mean IoU), stops cleanly on
 SIGTERM/SIGINT after saving, and exports a SavedModel with metrics.json at the end. Only
-the chief engine process writes anything.
+the chief engine process writes into the run (workers whose saving is a collective save
+too, into scratch directories the engine removes).
 """
 
 import json

@@ -116,7 +116,7 @@ class StrategyEngine(Engine):
             self._scratch = None
 
     def distribute_dataset(self, dataset_fn):
-        if self.num_replicas == 1 and not _is_multi_worker(self.strategy):
+        if self.num_replicas == 1 and not self.multi_worker:
             return dataset_fn(None)
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
