@@ -18,6 +18,9 @@ from typing import Callable, Dict, Iterable, Optional
 import numpy as np
 
 from enet_cli.backend import keras, tf
+from enet_cli.config import ModelConfig
+from enet_cli.errors import ConfigError
+from enet_cli.model import build_enet
 from enet_cli.train.task import SegmentationTask
 
 
@@ -34,6 +37,18 @@ class Engine:
 
     def scope(self):
         return contextlib.nullcontext()
+
+    def check_batch(self, global_batch: int) -> None:
+        """Refuse a global batch the engine cannot split evenly."""
+        if global_batch % self.num_replicas:
+            raise ConfigError(
+                f"--batch-size {global_batch} is not divisible by the {self.num_replicas} "
+                f"replicas; use a multiple of {self.num_replicas}"
+            )
+
+    def build_model(self, cfg: ModelConfig, image_size) -> keras.Model:
+        """The ENet this engine trains (called in scope(); engines may place or wrap it)."""
+        return build_enet(cfg, image_size, sync_batchnorm=self.sync_batchnorm)
 
     def checkpoint_dir(self, run_checkpoints: Path) -> Optional[Path]:
         """Where this process writes checkpoints and exports; None: it does not write them.
