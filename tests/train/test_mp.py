@@ -1,0 +1,150 @@
+"""--mode mp on TensorFlow: the stage plan, and a pipeline over 2 logical CPU devices that
+trains like one process (M=1) or like gradient accumulation over microbatches (M=2)."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from conftest import checkpoint_values, error_lines, run_enet
+
+NO_DROPOUT = ("--dropout", "0", "--stage1-dropout", "0")
+
+
+def brute_force_best(costs, parts):
+    n = len(costs)
+    best = None
+    for cuts in itertools.combinations(range(1, n), parts - 1):
+        bounds = [0, *cuts, n]
+        worst = max(sum(costs[a:b]) for a, b in zip(bounds, bounds[1:]))
+        best = worst if best is None else min(best, worst)
+    return best
+
+
+@pytest.mark.compat
+def test_balanced_cuts_are_optimal_and_contiguous():
+    from enet_cli.train.engines.pipeline import balanced_cuts
+
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        costs = [int(c) for c in rng.integers(0, 100, rng.integers(4, 11))]
+        parts = int(rng.integers(1, min(5, len(costs)) + 1))
+        starts = balanced_cuts(costs, parts)
+        assert starts[0] == 0 and starts == sorted(set(starts)) and len(starts) == parts
+        bounds = [*starts, len(costs)]
+        worst = max(sum(costs[a:b]) for a, b in zip(bounds, bounds[1:]))
+        assert worst == brute_force_best(costs, parts)
+
+
+@pytest.mark.compat
+@pytest.mark.parametrize("partitions", [2, 3, 4])
+def test_stage_plan_covers_every_block_once_in_order_and_is_balanced(partitions):
+    from enet_cli.config import ModelConfig
+    from enet_cli.model.enet import build_enet, model_blocks
+    from enet_cli.model.summary import summarize
+    from enet_cli.train.engines.pipeline import plan_stages
+
+    model = build_enet(ModelConfig(num_classes=11), (360, 480))
+    devices = [f"/CPU:{k}" for k in range(partitions)]
+    stages = plan_stages(model, devices)
+    assert [s.device for s in stages] == devices
+    assert [n for s in stages for n in s.blocks] == [b.layer.name for b in model_blocks(model)]
+    rows = summarize(model)
+    total, largest = sum(r.multiply_adds for r in rows), max(r.multiply_adds for r in rows)
+    assert sum(s.multiply_adds for s in stages) == total
+    assert sum(s.params for s in stages) == sum(r.params for r in rows)
+    # The optimal contiguous cut is never worse than an even share plus one block.
+    assert max(s.multiply_adds for s in stages) <= total / partitions + largest
+
+
+def moments(values):
+    keys = sorted(
+        k
+        for k, v in values.items()
+        if ("OPTIMIZER_SLOT" in k or k.startswith("optimizer/_variables/")) and v.size > 1
+    )
+    return np.concatenate([values[k].ravel().astype(np.float64) for k in keys])
+
+
+def relative_error(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def test_two_stages_one_microbatch_train_like_one_process(small_data, tmp_path):
+    common = (str(small_data), "--batch-size", "4", "--steps", "1", "--seed", "5", *NO_DROPOUT)
+    mp = run_enet(
+        "train", *common, "--mode", "mp", "--partitions", "2", "--microbatches", "1",
+        "--run-dir", str(tmp_path / "mp"),
+    )  # fmt: skip
+    assert mp.returncode == 0, mp.stderr[-3000:]
+    assert "stage 0 on /CPU:0: initial .. " in mp.stderr and "stage 1 on /CPU:1: " in mp.stderr
+    single = run_enet("train", *common, "--run-dir", str(tmp_path / "single"))
+    assert single.returncode == 0, single.stderr[-3000:]
+    a = checkpoint_values(tmp_path / "mp" / "checkpoints")
+    b = checkpoint_values(tmp_path / "single" / "checkpoints")
+    assert sorted(a) == sorted(b)  # the same checkpoint layout: they restore in each other
+    assert relative_error(moments(a), moments(b)) < 1e-4
+    for key in a:
+        if a[key].dtype.kind == "f" and "model/" in key:
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_two_microbatches_accumulate_the_microbatch_gradients(small_data, tmp_path):
+    """M=2: the step's gradient is the sum of each microbatch's gradient of its share of the
+    batch loss (each normalised by the whole batch's pixels), batch norm per microbatch."""
+    run = tmp_path / "mp"
+    result = run_enet(
+        "train", str(small_data), "--batch-size", "4", "--steps", "1", "--seed", "5",
+        *NO_DROPOUT, "--mode", "mp", "--partitions", "2", "--microbatches", "2",
+        "--run-dir", str(run),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    values = checkpoint_values(run / "checkpoints")
+    expected = _reference(small_data, seed=5)
+    slots = [k for k, v in values.items() if v.shape == (3, 3, 11, 16) and "model/" not in k]
+    first_moment = [values[k] for k in slots if values[k].min() < 0]
+    assert len(first_moment) == 1
+    assert relative_error(first_moment[0], 0.1 * expected["classifier_gradient"]) < 1e-4
+    loss = float(values["epoch_loss_sum/.ATTRIBUTES/VARIABLE_VALUE"])
+    assert abs(loss - expected["loss"]) < 1e-5 * expected["loss"]
+
+
+def _reference(data_dir, seed):
+    from enet_cli.backend import tf
+    from enet_cli.config import ClassWeighting, DataConfig, ModelConfig
+    from enet_cli.data.manifest import load_manifest
+    from enet_cli.data.pipeline import make_dataset
+    from enet_cli.model import build_enet
+    from enet_cli.train.loop import seed_everything
+    from enet_cli.train.task import build_task
+
+    manifest = load_manifest(data_dir)
+    task = build_task(manifest, ClassWeighting.enet)
+    seed_everything(seed)
+    model = build_enet(
+        ModelConfig(num_classes=manifest.num_classes, dropout=0, stage1_dropout=0),
+        manifest.image_size,
+    )
+    batch = make_dataset(DataConfig(data_dir=data_dir), manifest, "train", 4, True, seed=seed)
+    images, labels = next(iter(batch))
+    weight = float(task.weight_sum(labels))
+    kernel = model.get_layer("fullconv").trainable_variables[0]
+    gradient, loss = 0.0, 0.0
+    for x, y in ((images[:2], labels[:2]), (images[2:], labels[2:])):
+        with tf.GradientTape() as tape:
+            part = task.loss_terms(model(x, training=True), y)[0] / weight
+        gradient = gradient + tape.gradient(part, kernel).numpy()
+        loss += float(part)
+    return {"classifier_gradient": gradient + 2e-4 * kernel.numpy(), "loss": loss}
+
+
+def test_batch_must_divide_into_microbatches(small_data, tmp_path):
+    result = run_enet(
+        "train", str(small_data), "--mode", "mp", "--microbatches", "3", "--batch-size", "4",
+        "--run-dir", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    errors = error_lines(result.stderr)
+    assert errors[-1] == (
+        "error: --batch-size 4 is not divisible by --microbatches 3; use a multiple of 3"
+    )
