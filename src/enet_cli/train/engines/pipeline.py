@@ -146,10 +146,13 @@ class PipelineEngine(Engine):
     def build_model(self, cfg, image_size):
         """Build on the stage devices: each block's variables (and later its optimizer
         slots) are created on the device of its stage."""
-        model = build_enet(cfg, image_size)  # to measure the blocks
-        self.stages = plan_stages(model, self.devices)
+        measured = build_enet(cfg, image_size)  # to measure the blocks
+        self.stages = plan_stages(measured, self.devices)
         device_of = {name: s.device for s in self.stages for name in s.blocks}
         model = build_enet(cfg, image_size, placement=device_of.get)
+        # The first build drew the initial weights from the seeded generators: keep those,
+        # so a run starts from the same weights in every mode.
+        model.set_weights(measured.get_weights())
         ui.info("pipeline stages:\n" + describe_plan(self.stages))
         return model
 
