@@ -113,11 +113,12 @@ def fit_quietly(cfg):
     return run_training(cfg, local_paths(cfg.runtime.run_dir))
 
 
-def checkpoint_values(directory: Path) -> dict:
-    """name -> array for every variable in the latest checkpoint of `directory`."""
+def checkpoint_values(directory: Path, name: str = "") -> dict:
+    """name -> array for every variable in checkpoint `name` (default: the latest) of
+    `directory`."""
     import tensorflow as tf
 
-    path = tf.train.latest_checkpoint(str(directory))
+    path = str(directory / name) if name else tf.train.latest_checkpoint(str(directory))
     reader = tf.train.load_checkpoint(path)
     return {
         name: reader.get_tensor(name)
