@@ -1,12 +1,13 @@
-"""What the TF pipeline (--mode mp) buys on this machine: memory per device, and its cost.
+"""The throughput cost of the TF pipeline (--mode mp) on this machine.
 
-The CPU is split into 2 logical devices (as `enet train --mode mp` does without GPUs), and
-TensorFlow reports each device's peak allocation (`tf.config.experimental.get_memory_info`).
-For each input size, one training step at batch 1 runs on one device (single) and as a
-2-stage pipeline; the largest size whose most loaded device stays under --cap-mb is what a
-device of that memory could train. Then the throughput of both at 360x480, batch 4, with 1
-and 2 microbatches.
-Run: python benchmarks/mp.py [--cap-mb 1024] [--steps 5]
+The CPU is split into 2 logical devices (as `enet train --mode mp` does without GPUs); one
+training step at 360x480, batch 4, runs on one device (single) and as a 2-stage pipeline
+with 1 and 2 microbatches; medians after warm-up.
+
+Not here yet: memory per stage. Logical CPU devices share one allocator, so
+`tf.config.experimental.get_memory_info` reports the same peak for both; a per-stage figure
+needs each stage run alone (to do with the SMP engine).
+Run: python benchmarks/mp.py [--steps 5]
 """
 
 import argparse
@@ -28,7 +29,6 @@ from enet_cli.train.engines.single import SingleEngine  # noqa: E402
 from enet_cli.train.loop import build_lr_schedule, build_optimizer  # noqa: E402
 from enet_cli.train.task import SegmentationTask  # noqa: E402
 
-SIZES = [(360, 480), (480, 640), (720, 960), (960, 1280), (1080, 1440)]
 TASK = SegmentationTask(11, 11, tuple([1.0] * 11))
 
 
@@ -47,16 +47,6 @@ def _step(engine, size, batch):
     return step, (images, labels)
 
 
-def peak_mb(engine, size) -> list:
-    devices = ["CPU:0", "CPU:1"]
-    for d in devices:
-        tf.config.experimental.reset_memory_stats(d)
-    step, batch = _step(engine, size, 1)
-    with tf.device("/CPU:0"):
-        step(batch)["loss"].numpy()
-    return [tf.config.experimental.get_memory_info(d)["peak"] / 2**20 for d in devices]
-
-
 def rate(engine, steps: int) -> float:
     step, batch = _step(engine, (360, 480), 4)
     with tf.device("/CPU:0"):
@@ -72,26 +62,9 @@ def rate(engine, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--cap-mb", type=float, default=1024)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
     print(f"machine: {machine()}; TensorFlow {tf.__version__}")
-    largest = {"single": None, "mp 2 stages": None}
-    for size in SIZES:
-        single = peak_mb(None, size)
-        pipeline = peak_mb(PIPELINE, size)
-        print(
-            f"{size[0]}x{size[1]} batch 1: single peak {single[0]:.0f} MB on one device; "
-            f"mp peaks {pipeline[0]:.0f} / {pipeline[1]:.0f} MB "
-            f"(most loaded device {max(pipeline) / single[0]:.2f}x single)"
-        )
-        if single[0] <= args.cap_mb:
-            largest["single"] = size
-        if max(pipeline) <= args.cap_mb:
-            largest["mp 2 stages"] = size
-    for name, size in largest.items():
-        shown = f"{size[0]}x{size[1]}" if size else "none of the sizes tried"
-        print(f"largest size at batch 1 under {args.cap_mb:.0f} MB per device, {name}: {shown}")
     base = rate(None, args.steps)
     print(f"360x480 batch 4, single: {base:.2f} images/s")
     for microbatches in (1, 2):
