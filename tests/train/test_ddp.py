@@ -146,21 +146,11 @@ def test_two_workers_step_equals_one_process_at_the_global_batch(small_data, tmp
     def common(steps):
         return (str(small_data), "--batch-size", "4", "--steps", str(steps), "--seed", "3")
 
-    result = _run_with_env(
-        [
-            "train",
-            *common(1),
-            *NO_DROPOUT,
-            "--mode",
-            "ddp",
-            "--local-workers",
-            "2",
-            "--sync-batchnorm",
-            "--run-dir",
-            str(ddp),
-        ],
-        {"TMPDIR": str(env_tmp)},
-    )
+    def two_workers(steps, run, *extra):
+        args = ["train", *common(steps), *NO_DROPOUT, "--mode", "ddp", "--local-workers", "2"]
+        return _run_with_env([*args, *extra, "--run-dir", str(run)], {"TMPDIR": str(env_tmp)})
+
+    result = two_workers(1, ddp, "--sync-batchnorm")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MultiWorkerMirroredStrategy over 2 workers, 2 CPU replica(s)" in result.stderr
     assert "global batch 4 (2 per replica)" in result.stderr
@@ -196,20 +186,7 @@ def test_two_workers_step_equals_one_process_at_the_global_batch(small_data, tmp
     result = run_enet("evaluate", str(ddp / "checkpoints"), str(small_data), "--split", "val")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mean IoU" in result.stdout
-    result = _run_with_env(
-        [
-            "train",
-            *common(2),
-            *NO_DROPOUT,
-            "--mode",
-            "ddp",
-            "--local-workers",
-            "2",
-            "--run-dir",
-            str(single),
-        ],
-        {"TMPDIR": str(env_tmp)},
-    )
+    result = two_workers(2, single)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from" in result.stderr and "(epoch 1, step 1)" in result.stderr
     assert (single / "checkpoints" / "ckpt-2.index").is_file()

@@ -41,6 +41,15 @@ class SegmentationTask(NamedTuple):
         """The loss normaliser of a batch, from its labels alone."""
         return tf.reduce_sum(self._pixel_weights(labels)[1])
 
+    def eval_terms(self, logits, labels):
+        """What evaluation sums over batches (and replicas): loss, its normaliser, confusion."""
+        loss_sum, weight_sum = self.loss_terms(logits, labels)
+        return {
+            "loss_sum": loss_sum,
+            "weight_sum": weight_sum,
+            "confusion": self.confusion(logits, labels),
+        }
+
     def confusion(self, logits, labels):
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
         return confusion_matrix(labels, predictions, self.num_classes, self.ignore_index)

@@ -172,13 +172,7 @@ class StrategyEngine(Engine):
 
     def make_eval_step(self, model, task):
         def replica_step(images, labels):
-            logits = model(images, training=False)
-            loss_sum, weight_sum = task.loss_terms(logits, labels)
-            return {
-                "loss_sum": loss_sum,
-                "weight_sum": weight_sum,
-                "confusion": task.confusion(logits, labels),
-            }
+            return task.eval_terms(model(images, training=False), labels)
 
         @tf.function(autograph=False)  # plain Python control flow only: tracing 2x faster
         def step(batch):

@@ -201,12 +201,6 @@ class PipelineEngine(Engine):
         @tf.function(autograph=False)
         def step(batch):
             images, labels = batch
-            logits = self._forward(model, images, False)
-            loss_sum, weight_sum = task.loss_terms(logits, labels)
-            return {
-                "loss_sum": loss_sum,
-                "weight_sum": weight_sum,
-                "confusion": task.confusion(logits, labels),
-            }
+            return task.eval_terms(self._forward(model, images, False), labels)
 
         return step

@@ -120,13 +120,7 @@ class SMDDPEngine(Engine):
         @tf.function(autograph=False)
         def step(batch):
             images, labels = batch
-            logits = model(images, training=False)
-            loss_sum, weight_sum = task.loss_terms(logits, labels)
-            return {
-                "loss_sum": loss_sum,
-                "weight_sum": weight_sum,
-                "confusion": task.confusion(logits, labels),
-            }
+            return task.eval_terms(model(images, training=False), labels)
 
         return step
 
