@@ -102,13 +102,15 @@ def test_ddp_misuse_is_one_clear_line(small_data, tmp_path, options, code, messa
     assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0]
 
 
+def _is_slot(key: str) -> bool:
+    """An optimizer slot's checkpoint key: TF 2.6 nests them under the variable
+    (`model/.../.OPTIMIZER_SLOT/optimizer/m`), tf-keras 2.21 lists `optimizer/_variables/N`."""
+    return "OPTIMIZER_SLOT" in key or key.startswith("optimizer/_variables/")
+
+
 def optimizer_moments(values: dict) -> np.ndarray:
     """Adam's m and v slots, concatenated in a stable order (names differ across TF versions)."""
-    keys = sorted(
-        k
-        for k, v in values.items()
-        if ("OPTIMIZER_SLOT" in k or k.startswith("optimizer/_variables/")) and v.size > 1
-    )
+    keys = sorted(k for k, v in values.items() if _is_slot(k) and v.size > 1)
     return np.concatenate([values[k].ravel().astype(np.float64) for k in keys])
 
 
@@ -116,7 +118,7 @@ def model_values(values: dict) -> np.ndarray:
     keys = sorted(
         k
         for k, v in values.items()
-        if k.startswith("model/") and "OPTIMIZER_SLOT" not in k and v.dtype.kind == "f"
+        if k.startswith("model/") and not _is_slot(k) and v.dtype.kind == "f"
     )
     return np.concatenate([values[k].ravel().astype(np.float64) for k in keys])
 
@@ -322,7 +324,7 @@ def test_smddp_engine_two_ranks_average_gradients_and_only_rank_0_writes(small_d
         assert any(c["call"] == "gradient_tape" and c["op"] == "average" for c in log)
 
     values = checkpoint_values(runs[0] / "checkpoints")
-    moments = [k for k, v in values.items() if v.shape == (3, 3, 11, 16) and "model/" not in k]
+    moments = [k for k, v in values.items() if v.shape == (3, 3, 11, 16) and _is_slot(k)]
     first_moment = [values[k] for k in moments if values[k].min() < 0]  # v is >= 0
     assert len(first_moment) == 1
     assert relative_error(first_moment[0], 0.1 * expected["classifier_gradient"]) < 2e-3
