@@ -86,19 +86,22 @@ def small_data(tmp_path_factory) -> Path:
 
 
 def train_config(data_dir: Path, run_dir: Path, **train):
-    """A config for quick real training on `small_data`; keyword args go to the train section."""
+    """A config for quick real training on `small_data`; keyword args go to the train
+    section, or to runtime / model for the keys of those."""
     from enet_cli.config import load_config
 
     runtime = {"run_dir": run_dir}
-    for key in ("resume",):
+    for key in ("resume", "mode", "engine", "partitions", "microbatches", "pipeline"):
         if key in train:
             runtime[key] = train.pop(key)
+    model = {key: train.pop(key) for key in ("dropout", "stage1_dropout") if key in train}
     settings = {"batch_size": 4, "epochs": 2, "learning_rate": 2e-3, "seed": 1}
     settings.update(train)
     return load_config(
         None,
         {
             "data": {"data_dir": data_dir, "image_size": SMALL_SIZE},
+            "model": model,
             "train": settings,
             "runtime": runtime,
         },

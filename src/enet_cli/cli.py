@@ -23,6 +23,7 @@ from enet_cli.config import (
     Interpolation,
     LRSchedule,
     Mode,
+    PipelineSchedule,
     Precision,
     PreprocessConfig,
     load_config,
@@ -225,6 +226,7 @@ def train(
     seed: Optional[int] = _opt("train", "seed", PANEL_TRAIN),
     partitions: Optional[int] = _opt("runtime", "partitions", PANEL_DIST),
     microbatches: Optional[int] = _opt("runtime", "microbatches", PANEL_DIST),
+    pipeline: Optional[PipelineSchedule] = _opt("runtime", "pipeline", PANEL_DIST),
     local_workers: Optional[int] = _opt("runtime", "local_workers", PANEL_DIST),
     sync_batchnorm: Optional[bool] = _opt(
         "runtime", "sync_batchnorm", PANEL_DIST, decls=["--sync-batchnorm/--no-sync-batchnorm"]

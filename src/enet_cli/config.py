@@ -37,6 +37,18 @@ class EngineChoice(str, enum.Enum):
     smp = "smp"
 
 
+class PipelineSchedule(str, enum.Enum):
+    """SMP's `pipeline` parameter: the order in which microbatches run through the stages.
+
+    interleaved: a microbatch's backward pass runs as soon as its forward pass is done, so
+    at most a few microbatches' activations are alive at once; simple (GPipe): every
+    forward pass first, then every backward pass. Same gradients, different peak memory.
+    """
+
+    interleaved = "interleaved"
+    simple = "simple"
+
+
 class Precision(str, enum.Enum):
     float32 = "float32"
     mixed_float16 = "mixed_float16"
@@ -183,6 +195,10 @@ class RuntimeConfig(_Section):
     )
     partitions: int = Field(2, ge=1, description="mp: pipeline stages.")
     microbatches: int = Field(1, ge=1, description="mp: microbatches per batch.")
+    pipeline: PipelineSchedule = Field(
+        PipelineSchedule.interleaved,
+        description="mp: interleaved (backward as soon as possible) or simple (GPipe).",
+    )
     local_workers: int = Field(1, ge=1, description="ddp: worker processes on this machine.")
     run_dir: Path = Field(
         Path("runs/enet"),

@@ -1,12 +1,16 @@
 """--mode mp on TensorFlow: the stage plan, and a pipeline over 2 logical CPU devices that
-trains like one process (M=1) or like gradient accumulation over microbatches (M=2)."""
+trains like one process (M=1) or like gradient accumulation over microbatches (M=2); and
+on SMP: the engine against the stand-in library's documented API."""
 
 import itertools
+import json
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import checkpoint_values, error_lines, run_enet
+from conftest import REPO, checkpoint_values, error_lines, fit_quietly, run_enet, train_config
+from enet_cli.sagemaker.contract import ROOT_ENV
 from enet_cli.train.metrics import parse_metrics_line
 
 NO_DROPOUT = ("--dropout", "0", "--stage1-dropout", "0")
@@ -155,3 +159,115 @@ def test_batch_must_divide_into_microbatches(small_data, tmp_path):
     assert errors[-1] == (
         "error: --batch-size 4 is not divisible by --microbatches 3; use a multiple of 3"
     )
+
+
+# ---------------------------------------------------------------------------------------
+# The SMP engine, against the stand-in library in tests/stand_ins (documented SMP v1 API)
+# ---------------------------------------------------------------------------------------
+STAND_INS = REPO / "tests" / "stand_ins"
+
+
+@pytest.fixture
+def smp(monkeypatch):
+    """The stand-in SMP importable for this test only; yields its module."""
+    monkeypatch.syspath_prepend(str(STAND_INS))
+    for name in ("SM_HP_MP_PARAMETERS", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    import smdistributed.modelparallel.tensorflow as module
+
+    yield module
+    for name in [m for m in sys.modules if m.startswith("smdistributed")]:
+        del sys.modules[name]
+    from enet_cli.model.layers import SpatialDropout
+
+    SpatialDropout.REPLICA_SEED = 0
+
+
+def smp_config(small_data, run, **train):
+    settings = dict(seed=5, dropout=0, stage1_dropout=0, mode="mp", microbatches=2)
+    settings.update(train)
+    return train_config(small_data, run, **settings)
+
+
+@pytest.mark.compat
+def test_smp_step_splits_microbatches_and_accumulates_their_gradients(smp, small_data, tmp_path):
+    """One step through smp.step with M=2 equals the microbatch gradients computed by hand;
+    checkpoints go through smp.CheckpointManager, resume through it, and restore in single
+    mode's evaluate."""
+    from enet_cli.evaluate import evaluate
+
+    run = tmp_path / "smp"
+    summary = fit_quietly(smp_config(small_data, run, steps=1, checkpoint_every_steps=1))
+    assert summary["steps"] == 1
+    assert ("init", {"partitions": 2, "microbatches": 2, "pipeline": "interleaved"}) in smp.calls
+    assert ("step", "microbatch", 2) in smp.calls  # the batch of 4 went in as 2 x 2
+    saves = [c[1] for c in smp.calls if c[0] == "save"]
+    assert saves and all(str(run / "checkpoints") in path for path in saves)
+    values = checkpoint_values(run / "checkpoints")
+    expected = _reference(small_data, seed=5)
+    slots = [k for k, v in values.items() if v.shape == (3, 3, 11, 16) and is_slot(k)]
+    first_moment = [values[k] for k in slots if values[k].min() < 0]
+    assert len(first_moment) == 1
+    assert relative_error(first_moment[0], 0.1 * expected["classifier_gradient"]) < 1e-4
+    loss = float(values["epoch_loss_sum/.ATTRIBUTES/VARIABLE_VALUE"])
+    assert abs(loss - expected["loss"]) < 1e-5 * expected["loss"]
+
+    # Resume: smp.CheckpointManager.restore() brings back step 1, the run goes on to 2.
+    smp.calls.clear()
+    summary = fit_quietly(smp_config(small_data, run, steps=2, checkpoint_every_steps=1))
+    assert summary["steps"] == 2
+    assert [c[0] for c in smp.calls if c[0] == "restore"][:1] == ["restore"]
+    # The checkpoint and the SavedModel of an smp run are single mode's.
+    for model in (run, run / "checkpoints"):
+        metrics = evaluate(model, small_data, "val", 2, None, None)
+        assert 0 <= metrics["mean_iou"] <= 1 and metrics["images"] > 0
+
+
+@pytest.mark.compat
+def test_smp_ranks_other_than_zero_write_nothing(smp, small_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    run = tmp_path / "rank1"
+    summary = fit_quietly(smp_config(small_data, run, steps=1, checkpoint_every_steps=1))
+    assert summary["steps"] == 1 and "saved_model" not in summary
+    written = sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file())
+    assert written == []  # no model, logs, metrics; its partition's checkpoint is SMP's
+
+
+@pytest.mark.compat
+def test_smp_parameters_come_from_sagemaker(smp, tmp_path, monkeypatch):
+    from enet_cli.config import RuntimeConfig
+    from enet_cli.errors import ConfigError
+    from enet_cli.train.engines import get_engine
+
+    runtime = RuntimeConfig(mode="mp", partitions=2, microbatches=1)
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path / "ml"))
+    config = tmp_path / "ml" / "input" / "config"
+    config.mkdir(parents=True)
+    params = {"partitions": 2, "microbatches": 4, "pipeline": "simple"}
+    # As SageMaker SDK 2 writes it: every value JSON-encoded into a string.
+    hyperparameters = {"mp_parameters": json.dumps(params), "epochs": "3"}
+    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+    engine = get_engine(runtime)
+    assert type(engine).__name__ == "SMPEngine"  # auto: the library imports
+    assert smp.calls[-1] == ("init", params)
+    assert "4 microbatch(es) per batch, simple pipeline (from SageMaker's mp_parameters" in (
+        engine.describe()
+    )
+    with pytest.raises(ConfigError, match="--batch-size 6 is not divisible by 4 microbatches"):
+        engine.check_batch(6)
+    monkeypatch.setenv("SM_HP_MP_PARAMETERS", json.dumps({**params, "microbatches": 8}))
+    assert get_engine(runtime).microbatches == 8  # the toolkit's variable, which SMP reads
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    with pytest.raises(ConfigError, match="SMP runs 4 processes for 2 partitions"):
+        get_engine(runtime)
+
+
+@pytest.mark.compat
+def test_smp_engine_without_the_library_says_where_it_exists():
+    from enet_cli.config import RuntimeConfig
+    from enet_cli.errors import EnvironmentProblem
+    from enet_cli.train.engines import get_engine
+
+    with pytest.raises(EnvironmentProblem, match=r"exists only in SageMaker's TensorFlow 2\.6"):
+        get_engine(RuntimeConfig(mode="mp", engine="smp"))

@@ -165,6 +165,7 @@ def _fit(
             paths.checkpoints,
             tcfg.keep_checkpoints,
             write_directory=engine.checkpoint_dir(paths.checkpoints),
+            backend=engine.checkpoints,
         )
     resumed = state.restore_latest() if cfg.runtime.resume else None
     if engine.is_chief:
@@ -348,14 +349,13 @@ def _finish(cfg, paths, engine, state, meta, history, last_val, manifest) -> Dic
             k: last_val[k]
             for k in ("loss", "mean_iou", "pixel_accuracy", "class_accuracy", "iou", "accuracy")
         }
-    write_dir = engine.checkpoint_dir(paths.checkpoints)
-    if write_dir is None:
+    export_dir = engine.export_dir(paths.export)
+    if export_dir is None:
         return summary
     best = state.load_best_weights()
+    export_saved_model(state.model, meta, export_dir)
     if not engine.is_chief:  # a worker whose export is part of a collective: to scratch
-        export_saved_model(state.model, meta, write_dir.parent / "model")
         return summary
-    export_saved_model(state.model, meta, paths.export)
     summary["exported_weights"] = best or "final"
     summary["saved_model"] = str(paths.export)
     paths.outputs.mkdir(parents=True, exist_ok=True)

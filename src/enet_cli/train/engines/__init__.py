@@ -66,10 +66,9 @@ def get_engine(runtime: RuntimeConfig):
 
         return MirroredEngine(runtime)
     if engine == EngineChoice.smp:
-        raise ConfigError(
-            "--engine smp is not available yet in this version; use --engine tf (a pipeline "
-            "across this machine's devices)"
-        )
+        from enet_cli.train.engines.smp import SMPEngine
+
+        return SMPEngine(runtime)
     from enet_cli.train.engines.pipeline import PipelineEngine
 
     return PipelineEngine(runtime)

@@ -21,6 +21,7 @@ from enet_cli.backend import keras, tf
 from enet_cli.config import ModelConfig
 from enet_cli.errors import ConfigError
 from enet_cli.model import build_enet
+from enet_cli.train.state import CheckpointBackend
 from enet_cli.train.task import SegmentationTask
 
 
@@ -31,6 +32,7 @@ class Engine:
     num_replicas = 1
     is_chief = True
     sync_batchnorm = False  # batch-norm statistics over the global batch (build_enet option)
+    checkpoints = CheckpointBackend()  # how checkpoints are written and read
 
     def describe(self) -> str:
         return f"{self.name} engine, {self.num_replicas} replica(s)"
@@ -57,6 +59,10 @@ class Engine:
         worker must take part) give the other workers a scratch directory, removed by close().
         """
         return run_checkpoints if self.is_chief else None
+
+    def export_dir(self, run_export: Path) -> Optional[Path]:
+        """Where this process writes the final SavedModel; None: it does not write one."""
+        return run_export if self.is_chief else None
 
     def any_worker(self, flag: bool) -> bool:
         """True when `flag` is True on any worker: a stop request must stop all of them at
@@ -104,13 +110,19 @@ class StrategyEngine(Engine):
         return self.strategy.scope()
 
     def checkpoint_dir(self, run_checkpoints: Path) -> Optional[Path]:
-        if self.is_chief:
-            return run_checkpoints
-        if not self.multi_worker:
-            return None
+        if self.is_chief or not self.multi_worker:
+            return super().checkpoint_dir(run_checkpoints)
+        return self._scratch_dir() / "checkpoints"
+
+    def export_dir(self, run_export: Path) -> Optional[Path]:
+        if self.is_chief or not self.multi_worker:
+            return super().export_dir(run_export)
+        return self._scratch_dir() / "model"
+
+    def _scratch_dir(self) -> Path:
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix="enet-worker-scratch-"))
-        return self._scratch / "checkpoints"
+        return self._scratch
 
     def any_worker(self, flag: bool) -> bool:
         if not self.multi_worker:

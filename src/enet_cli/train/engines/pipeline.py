@@ -9,17 +9,19 @@ memory. Without SageMaker's SMP library the engine does what SMP v1 does, by han
   or logical CPU device k when there are no GPUs (so the engine runs, and is tested, here);
 - each batch is split into M microbatches that go through the stages one after the other;
   TensorFlow's executor overlaps microbatch m+1 on stage 1 with microbatch m on stage 2;
+  `--pipeline` orders the backward passes as SMP's parameter does (see PipelineSchedule);
 - gradients are accumulated over the microbatches and applied in one optimizer step; the
   loss is normalised by the non-void pixel count of the whole batch, so with M microbatches
   the step's gradient is the sum of the microbatches' gradients of their share of the loss;
 - batch norm normalises each microbatch by its own statistics, as SMP does.
 """
 
+import contextlib
 from typing import List, NamedTuple, Sequence
 
 from enet_cli import ui
 from enet_cli.backend import keras, tf
-from enet_cli.config import RuntimeConfig
+from enet_cli.config import PipelineSchedule, RuntimeConfig
 from enet_cli.errors import ConfigError, EnvironmentProblem
 from enet_cli.model.enet import INPUT, build_enet, model_blocks, run_blocks
 from enet_cli.model.summary import summarize
@@ -127,13 +129,14 @@ class PipelineEngine(Engine):
     def __init__(self, runtime: RuntimeConfig):
         self.partitions = runtime.partitions
         self.microbatches = runtime.microbatches
+        self.schedule = runtime.pipeline
         self.devices = stage_devices(self.partitions)
         self.stages: List[Stage] = []
 
     def describe(self) -> str:
         return (
             f"tf engine, pipeline of {self.partitions} stages on {', '.join(self.devices)}, "
-            f"{self.microbatches} microbatch(es) per batch"
+            f"{self.microbatches} microbatch(es) per batch, {self.schedule.value} schedule"
         )
 
     def check_batch(self, global_batch: int) -> None:
@@ -171,6 +174,12 @@ class PipelineEngine(Engine):
         variables = model.trainable_variables
         scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
         m = self.microbatches
+        simple = self.schedule == PipelineSchedule.simple
+
+        def gradients(tape, loss):
+            target = optimizer.get_scaled_loss(loss) if scaled else loss
+            grads = tape.gradient(target, variables)
+            return optimizer.get_unscaled_gradients(grads) if scaled else grads
 
         @tf.function(autograph=False)
         def step(batch):
@@ -178,19 +187,24 @@ class PipelineEngine(Engine):
             image_parts, label_parts = tf.split(images, m), tf.split(labels, m)
             total_weight = tf.add_n([task.weight_sum(y) for y in label_parts])
             total_weight = tf.maximum(total_weight, 1e-12)
-            grads, loss, confusion = None, 0.0, 0
-            for x, y in zip(image_parts, label_parts):
-                with tf.GradientTape() as tape:
-                    logits = self._forward(model, x, True)
-                    loss_sum, _ = task.loss_terms(logits, y)
-                    part = loss_sum / total_weight
-                    target = optimizer.get_scaled_loss(part) if scaled else part
-                part_grads = tape.gradient(target, variables)
-                if scaled:
-                    part_grads = optimizer.get_unscaled_gradients(part_grads)
-                grads = part_grads if grads is None else [a + b for a, b in zip(grads, part_grads)]
-                loss = loss + part
-                confusion = confusion + task.confusion(logits, y)
+            grads, losses, confusion = None, [], 0
+            # simple: one tape over every microbatch's forward pass, then one backward pass
+            # over all of them (all activations alive at once). interleaved: a tape per
+            # microbatch, whose backward pass frees its activations before the next one.
+            with tf.GradientTape() if simple else contextlib.nullcontext() as whole:
+                for x, y in zip(image_parts, label_parts):
+                    with contextlib.nullcontext(whole) if simple else tf.GradientTape() as tape:
+                        logits = self._forward(model, x, True)
+                        loss_sum, _ = task.loss_terms(logits, y)
+                        part = loss_sum / total_weight
+                    losses.append(part)
+                    confusion = confusion + task.confusion(logits, y)
+                    if not simple:
+                        part_grads = gradients(tape, part)
+                        grads = part_grads if grads is None else _add(grads, part_grads)
+                loss = tf.add_n(losses)
+            if simple:
+                grads = gradients(whole, loss)
             grads = [g + weight_decay * v for g, v in zip(grads, variables)]
             optimizer.apply_gradients(zip(grads, variables))
             return {"loss": loss, "confusion": confusion}
@@ -204,3 +218,7 @@ class PipelineEngine(Engine):
             return task.eval_terms(self._forward(model, images, False), labels)
 
         return step
+
+
+def _add(a, b):
+    return [x + y for x, y in zip(a, b)]
