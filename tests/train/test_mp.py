@@ -96,28 +96,37 @@ def test_two_stages_one_microbatch_train_like_one_process(small_data, tmp_path):
 
 def test_two_microbatches_accumulate_the_microbatch_gradients_and_train(small_data, tmp_path):
     """M=2: the step's gradient is the sum of each microbatch's gradient of its share of the
-    batch loss (each normalised by the whole batch's pixels), batch norm per microbatch.
-    Then two epochs of 2 stages x 2 microbatches on the CamVid sample lower the loss."""
-    run = tmp_path / "mp"
-    result = run_enet(
-        "train", str(small_data), "--batch-size", "4", "--epochs", "2", "--seed", "5",
-        *NO_DROPOUT, "--mode", "mp", "--partitions", "2", "--microbatches", "2",
-        "--learning-rate", "2e-3", "--checkpoint-every-steps", "1", "--keep-checkpoints", "20",
-        "--run-dir", str(run),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    epochs = [parse_metrics_line(line) for line in result.stdout.splitlines()]
-    losses = [e["loss"] for e in epochs if "loss" in e]
-    assert len(losses) == 2 and losses[1] < losses[0]
-    values = checkpoint_values(run / "checkpoints", "ckpt-1")
+    batch loss (each normalised by the whole batch's pixels), batch norm per microbatch, in
+    both pipeline schedules. An epoch of 2 stages x 2 microbatches on the CamVid sample,
+    resumed for a second one, lowers the loss."""
     expected = _reference(small_data, seed=5)
-    slots = [k for k, v in values.items() if v.shape == (3, 3, 11, 16) and is_slot(k)]
-    first_moment = [values[k] for k in slots if values[k].min() < 0]
-    assert len(first_moment) == 1
-    gradient = expected["classifier_gradient"]
-    assert relative_error(first_moment[0], 0.1 * gradient) < 1e-4
-    loss = float(values["epoch_loss_sum/.ATTRIBUTES/VARIABLE_VALUE"])
-    assert abs(loss - expected["loss"]) < 1e-5 * expected["loss"]
+    common = (
+        str(small_data), "--batch-size", "4", "--seed", "5", *NO_DROPOUT, "--mode", "mp",
+        "--partitions", "2", "--microbatches", "2", "--learning-rate", "2e-3",
+        "--checkpoint-every-steps", "1", "--keep-checkpoints", "20",
+    )  # fmt: skip
+    losses = []
+    for epochs, schedule in ((1, "interleaved"), (2, "interleaved"), (None, "simple")):
+        run = tmp_path / schedule
+        length = ("--epochs", str(epochs)) if epochs else ("--steps", "1")
+        result = run_enet("train", *common, *length, "--pipeline", schedule, "--run-dir", str(run))
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"{schedule} schedule" in result.stderr
+        if epochs == 2:
+            assert "resuming from" in result.stderr
+        lines = [parse_metrics_line(line) for line in result.stdout.splitlines()]
+        losses += [e["loss"] for e in lines if "loss" in e]
+        if epochs == 2:
+            continue
+        values = checkpoint_values(run / "checkpoints", "ckpt-1")
+        slots = [k for k, v in values.items() if v.shape == (3, 3, 11, 16) and is_slot(k)]
+        first_moment = [values[k] for k in slots if values[k].min() < 0]
+        assert len(first_moment) == 1
+        gradient = expected["classifier_gradient"]
+        assert relative_error(first_moment[0], 0.1 * gradient) < 1e-4, schedule
+        loss = float(values["epoch_loss_sum/.ATTRIBUTES/VARIABLE_VALUE"])
+        assert abs(loss - expected["loss"]) < 1e-5 * expected["loss"], schedule
+    assert len(losses) == 2 and losses[1] < losses[0]  # epoch 2 (resumed) below epoch 1
 
 
 def _reference(data_dir, seed):
