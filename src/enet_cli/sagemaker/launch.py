@@ -25,6 +25,8 @@ DEFAULT_PREFIX = "enet"
 
 
 def _sdk():
+    # SDK 2 tells every user about SDK 3 on import; we are on 2 on purpose (module docstring).
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     try:
         import boto3
         import sagemaker
