@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import enet_env, error_lines
+from conftest import REPO, enet_env, error_lines
 from enet_cli.sagemaker.contract import ROOT_ENV
 from enet_cli.train.metrics import METRICS_PREFIX, metric_definitions
 
@@ -366,3 +366,47 @@ def test_staged_source_trains_in_the_container_contract(small_data, tmp_path):
     code = stage_source(tmp_path / "ml" / "code")
     root = tmp_path / "ml"
     _check_trained(run_container(code, hyperparameters, small_data, root), root)
+
+
+@pytest.mark.compat
+def test_entry_install_keeps_the_container_tensorflow(tmp_path, monkeypatch):
+    """The entry script's pip command, resolved by pip itself (--dry-run) in this
+    environment - the container stand-in of its job (TF 2.6 / 2.11 / current): it installs
+    enet-cli and nothing of TensorFlow."""
+    import enet_cli
+    from enet_cli.sagemaker import entry
+    from enet_cli.sagemaker.source import stage_source
+
+    monkeypatch.setattr(enet_cli, "__version__", enet_cli.__version__ + ".post999")  # a new one
+    code = stage_source(tmp_path / "code")
+    wheel = str(next(code.glob("enet_cli-*.whl")))
+    report = tmp_path / "report.json"
+    command = [*entry.install_command(wheel), "--dry-run", "--no-index", "--report", str(report)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    installs = {
+        item["metadata"]["name"].lower(): item["metadata"]["version"]
+        for item in json.loads(report.read_text())["install"]
+    }
+    assert installs == {"enet-cli": enet_cli.__version__}
+    constraints = (code / "constraints.txt").read_text().split()
+    import tensorflow as tf
+
+    assert f"tensorflow=={tf.__version__}" in constraints
+
+
+@pytest.mark.compat
+def test_dockerfile_matches_the_launch_defaults_and_the_entry_script():
+    """No Docker engine here: check the Dockerfile against the code it builds on."""
+    from enet_cli.sagemaker.plan import DEFAULTS
+    from enet_cli.sagemaker.source import ENTRY_SCRIPT
+
+    text = (REPO / "Dockerfile").read_text()
+    bases = dict(re.findall(r"ARG BASE_(\w+)=\S+/tensorflow-training:(\S+)", text))
+    for (mode, engine), default in DEFAULTS.items():
+        if engine.value in ("smddp", "smp") or mode.value == "single":
+            assert bases[mode.value] == f"{default.framework_version}-gpu-{default.py_version}"
+    assert f"SAGEMAKER_PROGRAM={ENTRY_SCRIPT}" in text
+    assert f"python /opt/ml/code/{ENTRY_SCRIPT} --install-only" in text
+    assert "COPY build/source/ /opt/ml/code/" in text  # python -m enet_cli.sagemaker.source
+    assert "ENTRYPOINT" not in text  # AWS's entry point runs the training toolkit

@@ -13,6 +13,7 @@ k=v,...] --<hyperparameter> <value> ...`. It:
 3. replaces itself with `python -m enet_cli train`, which reads the job's settings from
    /opt/ml/input/config/hyperparameters.json through the same config models as the CLI.
 
+`python enet_entry.py --install-only` only installs (the Dockerfile runs that).
 Standard library only, Python 3.8: it runs before enet-cli is installed.
 """
 
@@ -108,6 +109,9 @@ def install(here: str = HERE) -> None:
 
 
 def main(argv: List[str]) -> None:
+    if argv == ["--install-only"]:  # the Dockerfile's install: the same command as a job's
+        install()
+        return
     _, toolkit = parse_arguments(argv)
     if "mp_parameters" in toolkit and not os.environ.get("SM_HP_MP_PARAMETERS"):
         os.environ["SM_HP_MP_PARAMETERS"] = mp_parameters_json(toolkit["mp_parameters"])

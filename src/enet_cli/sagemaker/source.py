@@ -94,3 +94,8 @@ def stage_source(directory: Path) -> Path:
     entry = Path(enet_cli.__file__).resolve().parent / "sagemaker" / "entry.py"
     shutil.copyfile(entry, directory / ENTRY_SCRIPT)
     return directory
+
+
+if __name__ == "__main__":  # python -m enet_cli.sagemaker.source DIR: a Docker build context
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "build/source")
+    print(stage_source(target))
