@@ -410,3 +410,14 @@ def test_dockerfile_matches_the_launch_defaults_and_the_entry_script():
     assert f"python /opt/ml/code/{ENTRY_SCRIPT} --install-only" in text
     assert "COPY build/source/ /opt/ml/code/" in text  # python -m enet_cli.sagemaker.source
     assert "ENTRYPOINT" not in text  # AWS's entry point runs the training toolkit
+
+
+def test_wait_follows_the_job_to_its_end(aws, small_data):
+    env, _ = aws
+    job = "enet-test-wait"
+    result = launch(env, str(small_data), "--s3-prefix", PREFIX, "--job-name", job, "--wait")
+    assert result.returncode == 0, result.stderr[-3000:]  # moto completes jobs at once
+    assert f"job {job} finished; model in {PREFIX}/output/{job}/output/model.tar.gz" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr  # no telemetry call to AWS behind our back

@@ -108,7 +108,22 @@ def _sessions(launch_cfg: LaunchConfig):
             f"no IAM role for the job: pass --role arn:aws:iam::<account>:role/<name> or set "
             f"{ROLE_ENV}"
         )
-    return session, sagemaker.Session(boto_session=session), role
+    return session, sagemaker.Session(boto_session=session, sagemaker_config=_sdk_config()), role
+
+
+def _sdk_config() -> dict:
+    """The user's SageMaker SDK defaults (VPC, KMS, tags...), with the SDK's telemetry off
+    unless they set it: a CLI should not report its users' jobs to anyone on its own."""
+    import logging
+
+    from sagemaker.config import load_sagemaker_config
+
+    logging.getLogger("sagemaker.config").setLevel(logging.WARNING)  # "not applying ..." lines
+    config = load_sagemaker_config() or {}
+    modules = config.setdefault("SageMaker", {}).setdefault("PythonSDK", {})
+    modules.setdefault("Modules", {}).setdefault("TelemetryOptOut", True)
+    config.setdefault("SchemaVersion", "1.0")
+    return config
 
 
 def _submit(plan: LaunchPlan, launch_cfg: LaunchConfig, data: str, prefix: str) -> str:
