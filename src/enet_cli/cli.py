@@ -155,10 +155,6 @@ def model_summary(
 # Commands that later work fills in. They parse their options for real, so config mistakes
 # are reported now, then say plainly that the capability is not there yet.
 # ---------------------------------------------------------------------------------------
-def _not_yet(command: str) -> None:
-    raise EnetError(f"`enet {command}` is not available yet in enet-cli {__version__}")
-
-
 def _pp_opt(field: str, **kwargs: Any) -> Any:
     return _opt("preprocess", field, PANEL_DATA, **kwargs)
 
