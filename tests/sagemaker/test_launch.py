@@ -3,6 +3,7 @@ unmodified SageMaker SDK 2, the refusals, and the container contract end to end:
 own source and hyperparameters run through the entry script on the CamVid sample."""
 
 import base64
+import importlib.util
 import json
 import re
 import subprocess
@@ -332,8 +333,10 @@ def _check_trained(result, root: Path):
             assert found and found[-1] == pytest.approx(final[key], rel=1e-4, abs=1e-6), key
 
 
-def test_uploaded_source_trains_in_the_container_contract(aws, small_data, tmp_path):
-    env, clients = aws
+def _uploaded_job(env, clients, small_data, tmp_path):
+    """The source and hyperparameters `enet launch` sent (to the moto server)."""
+    import io
+
     job = "enet-test-contract"
     args = ("--epochs", "1", "--batch-size", "4", "--job-name", job, "--s3-prefix", PREFIX)
     result = launch(env, str(small_data), *args)
@@ -342,19 +345,14 @@ def test_uploaded_source_trains_in_the_container_contract(aws, small_data, tmp_p
     bucket, _, key = json.loads(hyperparameters["sagemaker_submit_directory"])[5:].partition("/")
     code = tmp_path / "ml" / "code"
     code.mkdir(parents=True)
-    import io
-
     body = clients["s3"].get_object(Bucket=bucket, Key=key)["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
         tar.extractall(code)
-    root = tmp_path / "ml"
-    _check_trained(run_container(code, hyperparameters, small_data, root), root)
+    return code, hyperparameters
 
 
-@pytest.mark.compat
-def test_staged_source_trains_in_the_container_contract(small_data, tmp_path):
-    """The same contract without AWS: the source staged as launch stages it, the
-    hyperparameters encoded as SDK 2 encodes them (this runs in the container-version jobs)."""
+def _staged_job(tmp_path):
+    """The source staged as launch stages it, hyperparameters encoded as SDK 2 does."""
     from enet_cli.config import LaunchConfig, load_config
     from enet_cli.sagemaker.plan import make_plan
     from enet_cli.sagemaker.source import stage_source
@@ -363,7 +361,19 @@ def test_staged_source_trains_in_the_container_contract(small_data, tmp_path):
     plan = make_plan(cfg, LaunchConfig())
     hyperparameters = {k: json.dumps(v) for k, v in plan.hyperparameters.items()}
     hyperparameters["sagemaker_program"] = json.dumps("enet_entry.py")
-    code = stage_source(tmp_path / "ml" / "code")
+    return stage_source(tmp_path / "ml" / "code"), hyperparameters
+
+
+@pytest.mark.compat
+def test_the_jobs_source_trains_in_the_container_contract(small_data, tmp_path, request):
+    """Where the SDK is installed (the main job) the source and hyperparameters are the
+    ones `enet launch` submitted; the container-version jobs have no SDK 2 (Python 3.8) or
+    no need of it, and stage them the way launch and the SDK do."""
+    if importlib.util.find_spec("sagemaker") is not None:
+        env, clients = request.getfixturevalue("aws")
+        code, hyperparameters = _uploaded_job(env, clients, small_data, tmp_path)
+    else:
+        code, hyperparameters = _staged_job(tmp_path)
     root = tmp_path / "ml"
     _check_trained(run_container(code, hyperparameters, small_data, root), root)
 
