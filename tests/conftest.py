@@ -85,6 +85,19 @@ def small_data(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def single_step_run(small_data, tmp_path_factory) -> Path:
+    """One single-mode step at batch 4 (seed 3, no dropout): the reference the distributed
+    engines' first steps are compared with. Read-only: copy it to continue it."""
+    run = tmp_path_factory.mktemp("single-step") / "run"
+    result = run_enet(
+        "train", str(small_data), "--batch-size", "4", "--steps", "1", "--seed", "3",
+        "--dropout", "0", "--stage1-dropout", "0", "--run-dir", str(run),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
 def train_config(data_dir: Path, run_dir: Path, **train):
     """A config for quick real training on `small_data`; keyword args go to the train
     section, or to runtime / model for the keys of those."""
