@@ -159,8 +159,8 @@ def test_cli_data_errors(small_data, tmp_path):
         ([str(small_data), "--batch-size", "99"], 3, "--batch-size 99 is larger"),
         (
             [str(small_data), "--mode", "mp", "--engine", "smp"],
-            2,
-            "--engine smp is not available yet",
+            6,
+            "--engine smp needs smdistributed.modelparallel.tensorflow",
         ),
     ):
         result = run_enet("train", *args, "--run-dir", str(tmp_path / "r"), "--size", SMALL_SIZE)
