@@ -158,6 +158,15 @@ def test_launch_creates_the_job_the_mode_needs(aws, small_data, case):
         assert hyperparameters[key] == value, key
     for absent in ("data_dir", "run_dir", "local_workers"):
         assert absent not in hyperparameters
+    # Every other training setting passes through, and parses back with the same models.
+    from enet_cli.config import SECTIONS, load_config
+
+    settings = {f for model in SECTIONS.values() for f in model.model_fields}
+    settings -= {"data_dir", "run_dir", "local_workers", "image_size"}  # size: the manifest's
+    assert settings <= set(hyperparameters), settings - set(hyperparameters)
+    ours = {k: v for k, v in hyperparameters.items() if not k.startswith("sagemaker_")}
+    ours.pop("mp_parameters", None)
+    assert load_config(None, hyperparameters=ours).train.epochs == 7
     if case == "single":
         assert not any(
             k.startswith(("sagemaker_mpi", "sagemaker_distributed")) for k in hyperparameters
@@ -194,6 +203,21 @@ def test_data_already_uploaded_is_skipped(aws, small_data):
     assert second.returncode == 0, second.stderr[-3000:]
     files = sum(1 for p in small_data.rglob("*") if p.is_file())
     assert f"0 file(s) uploaded, {files} already there" in second.stderr
+    # DATA given as an S3 URI is the channel as it is; nothing is uploaded.
+    uri = f"{PREFIX}/data/{small_data.name}"
+    third = launch(env, uri, "--s3-prefix", PREFIX, "--job-name", "enet-test-upload-3")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "uploaded" not in third.stderr
+    channel = created(env, "enet-test-upload-3")["InputDataConfig"][0]
+    assert channel["DataSource"]["S3DataSource"]["S3Uri"] == uri
+
+
+def test_local_data_must_be_preprocess_output(tmp_path):
+    (tmp_path / "raw").mkdir()
+    result = launch({}, str(tmp_path / "raw"), "--dry-run")
+    assert result.returncode == 3, result.stderr[-2000:]
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and "no manifest.json in" in errors[0], errors
 
 
 def test_dry_run_prints_the_plan_and_touches_no_aws(small_data):
