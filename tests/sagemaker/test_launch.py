@@ -159,10 +159,11 @@ def test_launch_creates_the_job_the_mode_needs(aws, small_data, case):
     for absent in ("data_dir", "run_dir", "local_workers"):
         assert absent not in hyperparameters
     # Every other training setting passes through, and parses back with the same models.
-    from enet_cli.config import SECTIONS, load_config
+    from enet_cli.config import EnetConfig, load_config
 
-    settings = {f for model in SECTIONS.values() for f in model.model_fields}
-    settings -= {"data_dir", "run_dir", "local_workers", "image_size"}  # size: the manifest's
+    defaults = EnetConfig().model_dump()
+    settings = {k for section in defaults.values() for k, v in section.items() if v is not None}
+    settings -= {"run_dir", "local_workers"}  # None (unset, e.g. --steps) is left out too
     assert settings <= set(hyperparameters), settings - set(hyperparameters)
     ours = {k: v for k, v in hyperparameters.items() if not k.startswith("sagemaker_")}
     ours.pop("mp_parameters", None)
