@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, enet_env, error_lines
-from enet_cli.sagemaker.contract import ROOT_ENV
+from enet_cli.sagemaker.contract import FOREIGN_HYPERPARAMETERS, ROOT_ENV
 from enet_cli.train.metrics import METRICS_PREFIX, metric_definitions
 
 REGION = "us-east-1"
@@ -165,8 +165,11 @@ def test_launch_creates_the_job_the_mode_needs(aws, small_data, case):
     settings = {k for section in defaults.values() for k, v in section.items() if v is not None}
     settings -= {"run_dir", "local_workers"}  # None (unset, e.g. --steps) is left out too
     assert settings <= set(hyperparameters), settings - set(hyperparameters)
-    ours = {k: v for k, v in hyperparameters.items() if not k.startswith("sagemaker_")}
-    ours.pop("mp_parameters", None)
+    ours = {
+        k: v
+        for k, v in hyperparameters.items()
+        if not k.startswith("sagemaker_") and k not in FOREIGN_HYPERPARAMETERS
+    }
     assert load_config(None, hyperparameters=ours).train.epochs == 7
     if case == "single":
         assert not any(
