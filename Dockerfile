@@ -1,27 +1,32 @@
-# enet-cli training image for Amazon SageMaker (first sketch; `enet launch` will finish it).
+# enet-cli training image for Amazon SageMaker: AWS's TensorFlow training container of the
+# mode, with this enet-cli installed and set as the job's program.
 #
-# Built FROM the AWS Deep Learning Container that carries the distributed library of the
-# mode: MODE=ddp -> TF 2.11 + SMDDP (Python 3.9), MODE=mp -> TF 2.6 + SMP v1 (Python 3.8).
-# The container's TensorFlow is kept: enet-cli installs without replacing it.
+# Built FROM the Deep Learning Container (the tags the SageMaker SDK uses) that carries the
+# distributed library of the mode: MODE=ddp -> TF 2.11 + SMDDP (Python 3.9), MODE=mp ->
+# TF 2.6 + SMP v1 (Python 3.8), MODE=single -> the newest TF container. The container's
+# TensorFlow is kept: the entry script installs the wheel with that TensorFlow pinned (the
+# same command a job without --image-uri runs). The image keeps AWS's entry point, so the
+# SageMaker training toolkit still starts the program - through mpirun (SMP) or smddprun
+# (SMDDP) when the job's distribution asks for them.
 #
+#   python -m enet_cli.sagemaker.source build/source     # the wheel + enet_entry.py
 #   docker build --build-arg MODE=ddp --build-arg REGION=us-east-1 -t enet-cli:ddp .
+#   (push to ECR, then: enet launch DATA --mode ddp --image-uri <that image>)
 ARG MODE=ddp
 ARG REGION=us-east-1
-ARG BASE_ddp=763104351884.dkr.ecr.${REGION}.amazonaws.com/tensorflow-training:2.11.0-gpu-py39-cu112-ubuntu20.04-sagemaker
-ARG BASE_mp=763104351884.dkr.ecr.${REGION}.amazonaws.com/tensorflow-training:2.6.0-gpu-py38-cu112-ubuntu20.04
+ARG BASE_single=763104351884.dkr.ecr.${REGION}.amazonaws.com/tensorflow-training:2.19.0-gpu-py312
+ARG BASE_ddp=763104351884.dkr.ecr.${REGION}.amazonaws.com/tensorflow-training:2.11.0-gpu-py39
+ARG BASE_mp=763104351884.dkr.ecr.${REGION}.amazonaws.com/tensorflow-training:2.6.0-gpu-py38
 
+FROM ${BASE_single} AS base-single
 FROM ${BASE_ddp} AS base-ddp
 FROM ${BASE_mp} AS base-mp
 FROM base-${MODE}
 
-COPY pyproject.toml README.md /opt/enet-cli/
-COPY src /opt/enet-cli/src
-RUN pip install --no-cache-dir /opt/enet-cli \
- && python -c "import enet_cli.backend"
+COPY build/source/ /opt/ml/code/
+RUN python /opt/ml/code/enet_entry.py --install-only \
+ && python -c "import enet_cli.backend, tensorflow as tf; print('enet-cli on TF', tf.__version__)"
 
-ENV TF_CPP_MIN_LOG_LEVEL=2
-# SageMaker starts a training image as `docker run IMAGE train`: with this entry point that
-# is `enet train`, which finds the job's data, hyperparameters and output paths under
-# /opt/ml by itself (src/enet_cli/sagemaker/contract.py). Distributed modes will go through
-# the training toolkit (mpirun/smddprun) instead; `enet launch` finishes that part.
-ENTRYPOINT ["enet"]
+ENV TF_CPP_MIN_LOG_LEVEL=2 \
+    SAGEMAKER_PROGRAM=enet_entry.py \
+    SAGEMAKER_SUBMIT_DIRECTORY=/opt/ml/code

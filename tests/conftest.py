@@ -85,20 +85,36 @@ def small_data(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def single_step_run(small_data, tmp_path_factory) -> Path:
+    """One single-mode step at batch 4 (seed 3, no dropout): the reference the distributed
+    engines' first steps are compared with. Read-only: copy it to continue it."""
+    run = tmp_path_factory.mktemp("single-step") / "run"
+    result = run_enet(
+        "train", str(small_data), "--batch-size", "4", "--steps", "1", "--seed", "3",
+        "--dropout", "0", "--stage1-dropout", "0", "--run-dir", str(run),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
 def train_config(data_dir: Path, run_dir: Path, **train):
-    """A config for quick real training on `small_data`; keyword args go to the train section."""
+    """A config for quick real training on `small_data`; keyword args go to the train
+    section, or to runtime / model for the keys of those."""
     from enet_cli.config import load_config
 
     runtime = {"run_dir": run_dir}
-    for key in ("resume",):
+    for key in ("resume", "mode", "engine", "partitions", "microbatches", "pipeline"):
         if key in train:
             runtime[key] = train.pop(key)
+    model = {key: train.pop(key) for key in ("dropout", "stage1_dropout") if key in train}
     settings = {"batch_size": 4, "epochs": 2, "learning_rate": 2e-3, "seed": 1}
     settings.update(train)
     return load_config(
         None,
         {
             "data": {"data_dir": data_dir, "image_size": SMALL_SIZE},
+            "model": model,
             "train": settings,
             "runtime": runtime,
         },
@@ -113,11 +129,12 @@ def fit_quietly(cfg):
     return run_training(cfg, local_paths(cfg.runtime.run_dir))
 
 
-def checkpoint_values(directory: Path) -> dict:
-    """name -> array for every variable in the latest checkpoint of `directory`."""
+def checkpoint_values(directory: Path, name: str = "") -> dict:
+    """name -> array for every variable in checkpoint `name` (default: the latest) of
+    `directory`."""
     import tensorflow as tf
 
-    path = tf.train.latest_checkpoint(str(directory))
+    path = str(directory / name) if name else tf.train.latest_checkpoint(str(directory))
     reader = tf.train.load_checkpoint(path)
     return {
         name: reader.get_tensor(name)

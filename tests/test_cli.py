@@ -80,10 +80,3 @@ def test_bad_options_give_one_line_and_no_traceback(args, code, needle):
     assert len(lines) == 1, result.stderr
     assert needle in lines[0] and lines[0].startswith("error:")
     assert "Traceback" not in result.stderr
-
-
-@pytest.mark.parametrize("command", ["launch"])
-def test_unfinished_commands_say_so_and_fail(command):
-    result = run_enet(*command.split())
-    assert result.returncode != 0
-    assert "not available yet" in " ".join(error_lines(result.stderr))

@@ -5,6 +5,7 @@ TensorFlow is imported inside the commands that need it, so `enet --help` stays 
 code (see errors.py); anything else is a bug and keeps its traceback.
 """
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -21,8 +22,10 @@ from enet_cli.config import (
     ClassWeighting,
     EngineChoice,
     Interpolation,
+    LaunchConfig,
     LRSchedule,
     Mode,
+    PipelineSchedule,
     Precision,
     PreprocessConfig,
     load_config,
@@ -62,14 +65,12 @@ def _opt(section: str, field: str, panel: str, **kwargs: Any) -> Any:
         default = default.value
     if isinstance(default, tuple) and field == "image_size":
         default = "x".join(str(v) for v in default)
-    if default is None:
-        default = ""
     decls = kwargs.pop("decls", None) or [option_name(field)]
     return typer.Option(
         None,
         *decls,
         help=info.description or "",
-        show_default=str(default),
+        show_default=False if default is None else str(default),
         rich_help_panel=panel,
         **kwargs,
     )
@@ -154,10 +155,6 @@ def model_summary(
 # Commands that later work fills in. They parse their options for real, so config mistakes
 # are reported now, then say plainly that the capability is not there yet.
 # ---------------------------------------------------------------------------------------
-def _not_yet(command: str) -> None:
-    raise EnetError(f"`enet {command}` is not available yet in enet-cli {__version__}")
-
-
 def _pp_opt(field: str, **kwargs: Any) -> Any:
     return _opt("preprocess", field, PANEL_DATA, **kwargs)
 
@@ -225,6 +222,7 @@ def train(
     seed: Optional[int] = _opt("train", "seed", PANEL_TRAIN),
     partitions: Optional[int] = _opt("runtime", "partitions", PANEL_DIST),
     microbatches: Optional[int] = _opt("runtime", "microbatches", PANEL_DIST),
+    pipeline: Optional[PipelineSchedule] = _opt("runtime", "pipeline", PANEL_DIST),
     local_workers: Optional[int] = _opt("runtime", "local_workers", PANEL_DIST),
     sync_batchnorm: Optional[bool] = _opt(
         "runtime", "sync_batchnorm", PANEL_DIST, decls=["--sync-batchnorm/--no-sync-batchnorm"]
@@ -348,10 +346,65 @@ def demo(
         stdout.print(f"  {label}: {path}", soft_wrap=True)
 
 
-@app.command()
-def launch() -> None:
-    """Submit this training as an Amazon SageMaker job. Example: enet launch --mode ddp data/"""
-    _not_yet("launch")
+PANEL_LAUNCH = "SageMaker job"
+# Training options that describe this machine, not the job (the container decides them).
+_NOT_LAUNCHED = ("data_dir", "run_dir", "local_workers", "resume")
+
+
+def launch(**options: Any) -> None:
+    """Submit this package's `enet train` as an Amazon SageMaker training job.
+
+    DATA is an s3:// URI or a local preprocessed directory (uploaded, skipping files already
+    there). Every training option passes through as a hyperparameter.
+
+    Example: enet launch data/camvid --mode ddp --epochs 300 --dry-run
+    """
+    from enet_cli.sagemaker.launch import launch as submit
+
+    data = options.pop("data")
+    launch_values = {k: options.pop(k) for k in list(options) if k in LaunchConfig.model_fields}
+    launch_cfg = make_options(LaunchConfig, launch_values)
+    cfg = load_config(options.pop("config"), _overrides(options))
+    submit(cfg, launch_cfg, data)
+
+
+def _launch_signature() -> None:
+    """launch() takes train's options (minus the local ones) and LaunchConfig's: one list of
+    training options for both commands, so every one of them passes through."""
+    _OPTION_MODELS["launch"] = LaunchConfig
+    data = inspect.Parameter(
+        "data",
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        default=typer.Argument(..., help="s3:// URI or a local preprocessed directory."),
+        annotation=str,
+    )
+    train_params = [
+        p for name, p in inspect.signature(train).parameters.items() if name not in _NOT_LAUNCHED
+    ]
+    launch_params = []
+    for name, info in LaunchConfig.model_fields.items():
+        annotation = Optional[bool] if info.annotation is bool else Optional[str]
+        if info.annotation in (int, Optional[int]):
+            annotation = Optional[int]
+        decls = None
+        if info.annotation is bool:
+            flag = option_name(name)
+            decls = [f"{flag}/--no-{flag[2:]}"] if name == "spot" else [flag]
+        launch_params.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=_opt("launch", name, PANEL_LAUNCH, decls=decls),
+                annotation=annotation,
+            )
+        )
+    params = [data] + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in train_params]
+    launch.__signature__ = inspect.Signature(params + launch_params)  # type: ignore[attr-defined]
+    launch.__annotations__ = {p.name: p.annotation for p in params + launch_params}
+    app.command()(launch)
+
+
+_launch_signature()
 
 
 # ---------------------------------------------------------------------------------------

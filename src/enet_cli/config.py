@@ -37,6 +37,18 @@ class EngineChoice(str, enum.Enum):
     smp = "smp"
 
 
+class PipelineSchedule(str, enum.Enum):
+    """SMP's `pipeline` parameter: the order in which microbatches run through the stages.
+
+    interleaved: a microbatch's backward pass runs as soon as its forward pass is done, so
+    at most a few microbatches' activations are alive at once; simple (GPipe): every
+    forward pass first, then every backward pass. Same gradients, different peak memory.
+    """
+
+    interleaved = "interleaved"
+    simple = "simple"
+
+
 class Precision(str, enum.Enum):
     float32 = "float32"
     mixed_float16 = "mixed_float16"
@@ -183,6 +195,10 @@ class RuntimeConfig(_Section):
     )
     partitions: int = Field(2, ge=1, description="mp: pipeline stages.")
     microbatches: int = Field(1, ge=1, description="mp: microbatches per batch.")
+    pipeline: PipelineSchedule = Field(
+        PipelineSchedule.interleaved,
+        description="mp: interleaved (backward as soon as possible) or simple (GPipe).",
+    )
     local_workers: int = Field(1, ge=1, description="ddp: worker processes on this machine.")
     run_dir: Path = Field(
         Path("runs/enet"),
@@ -230,6 +246,38 @@ class PreprocessConfig(_Section):
     @classmethod
     def _size(cls, value: Any) -> Tuple[int, int]:
         return parse_size(value)
+
+
+class LaunchConfig(_Section):
+    """`enet launch`: how the SageMaker training job runs (the training settings are the
+    EnetConfig, passed through as hyperparameters). None = the mode's default
+    (sagemaker/plan.py holds those defaults)."""
+
+    instance_type: Optional[str] = Field(None, description="e.g. ml.p4d.24xlarge.")
+    instance_count: Optional[int] = Field(None, ge=1, description="Instances (hosts).")
+    framework_version: Optional[str] = Field(
+        None, description="TensorFlow container version, e.g. 2.11.0."
+    )
+    py_version: Optional[str] = Field(None, description="Container Python, e.g. py39.")
+    image_uri: Optional[str] = Field(
+        None, description="An image built from this repository's Dockerfile instead."
+    )
+    role: Optional[str] = Field(
+        None, description="IAM role ARN SageMaker assumes (default: $SAGEMAKER_ROLE)."
+    )
+    region: Optional[str] = Field(None, description="AWS region (default: the AWS config's).")
+    s3_prefix: Optional[str] = Field(
+        None, description="s3://bucket/prefix for data, code and checkpoints."
+    )
+    job_name: Optional[str] = Field(None, description="Training job name (default: generated).")
+    spot: bool = Field(True, description="Managed spot training (resumes from checkpoints).")
+    max_run: int = Field(24 * 3600, ge=60, description="Seconds the job may train.")
+    max_wait: Optional[int] = Field(
+        None, ge=60, description="Seconds to wait for spot capacity + train (>= max-run)."
+    )
+    volume_size: int = Field(30, ge=1, description="GB of EBS storage per instance.")
+    dry_run: bool = Field(False, description="Print the plan; touch no AWS API.")
+    wait: bool = Field(False, description="Stream the job's logs until it ends.")
 
 
 class EnetConfig(_Section):

@@ -7,17 +7,19 @@ carriage returns, so we print a few plain lines instead.
 import contextlib
 import signal
 import time
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 
 T = TypeVar("T")
@@ -59,6 +61,33 @@ def track(items: Iterable[T], total: int, description: str, unit: str = "images"
         if done in marks:
             rate = done / max(time.monotonic() - start, 1e-9)
             info(f"{description}: {done}/{total} {unit} ({rate:.1f} {unit}/s)")
+
+
+@contextlib.contextmanager
+def byte_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """Yields advance(n_bytes) (boto3's transfer Callback): a rich bar on a terminal, else a
+    line at each quarter."""
+    if stderr.is_terminal:
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=stderr) as progress:
+            task = progress.add_task(description, total=total)
+            yield lambda n: progress.advance(task, n)
+        return
+    done, marks = [0], [total * q // 4 for q in (1, 2, 3, 4)]
+    info(f"{description}: 0 of {total / 1e6:.1f} MB")
+
+    def advance(n: int) -> None:
+        before, done[0] = done[0], done[0] + n
+        if any(before < mark <= done[0] for mark in marks):
+            info(f"{description}: {done[0] / 1e6:.1f} of {total / 1e6:.1f} MB")
+
+    yield advance
 
 
 @contextlib.contextmanager

@@ -157,7 +157,11 @@ def test_cli_data_errors(small_data, tmp_path):
         ([str(tmp_path / "missing")], 3, "does not exist"),
         ([str(newer)], 3, "upgrade enet-cli"),
         ([str(small_data), "--batch-size", "99"], 3, "--batch-size 99 is larger"),
-        ([str(small_data), "--mode", "mp"], 2, "--mode mp is not available yet"),
+        (
+            [str(small_data), "--mode", "mp", "--engine", "smp"],
+            6,
+            "--engine smp needs smdistributed.modelparallel.tensorflow",
+        ),
     ):
         result = run_enet("train", *args, "--run-dir", str(tmp_path / "r"), "--size", SMALL_SIZE)
         assert result.returncode == code, result.stderr

@@ -27,9 +27,10 @@ Where we differ, and why:
   image in [0, 1] (the port's `ToTensor` scaling), H and W multiples of 8.
 """
 
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+import contextlib
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from enet_cli.backend import keras
+from enet_cli.backend import keras, tf
 from enet_cli.config import ModelConfig, check_image_size
 from enet_cli.model.layers import (
     Bottleneck,
@@ -117,17 +118,22 @@ def run_blocks(
     blocks: Sequence[Block],
     tensors: Dict[str, object],
     training=None,
+    placement: Optional[Callable[[str], Optional[str]]] = None,
 ) -> Dict[str, object]:
     """Apply `blocks` in order to the named tensors (symbolic or eager); returns all outputs.
 
     A caller that runs the blocks in pieces (pipeline stages) passes the outputs of the
-    earlier pieces that the later ones consume (the skip connections).
+    earlier pieces that the later ones consume (the skip connections). `placement` maps a
+    block name to the device its ops (and, on first call, its variables) go to.
     """
     tensors = dict(tensors)
     for block in blocks:
         args = [tensors[name] for name in block.inputs]
         kwargs = {} if isinstance(block.layer, keras.layers.Activation) else {"training": training}
-        tensors[block.layer.name] = block.layer(args[0] if len(args) == 1 else args, **kwargs)
+        device = placement(block.layer.name) if placement else None
+        with tf.device(device) if device else contextlib.nullcontext():
+            out = block.layer(args[0] if len(args) == 1 else args, **kwargs)
+        tensors[block.layer.name] = out
     return tensors
 
 
@@ -143,6 +149,7 @@ def build_enet(
     image_size: Optional[Tuple[Optional[int], Optional[int]]] = None,
     name: str = "enet",
     sync_batchnorm: bool = False,
+    placement: Optional[Callable[[str], Optional[str]]] = None,
 ) -> keras.Model:
     """Build ENet as a functional Keras 2 model: images (N,H,W,3) -> logits (N,H,W,classes).
 
@@ -152,6 +159,7 @@ def build_enet(
             a multiple of 8 (a SavedModel that serves several resolutions).
         sync_batchnorm: batch-norm statistics over all replicas of the current
             tf.distribute strategy (same variables, so checkpoints are interchangeable).
+        placement: block name -> device for its variables (model-parallel stages).
 
     Raises:
         ConfigError: H or W is not a multiple of 8 (the message names the nearest valid size).
@@ -162,5 +170,5 @@ def build_enet(
         check_image_size(height, width)
     blocks = enet_blocks(cfg, sync_batchnorm)
     images = keras.Input(shape=(height, width, 3), name=INPUT)
-    outputs = run_blocks(blocks, {INPUT: images})
+    outputs = run_blocks(blocks, {INPUT: images}, placement=placement)
     return keras.Model(images, outputs[blocks[-1].layer.name], name=name)

@@ -67,19 +67,38 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def hyperparameters() -> Dict[str, Any]:
-    """hyperparameters.json as enet settings: snake_case keys, decoded values, no foreign keys."""
+def _raw_hyperparameters() -> Dict[str, Any]:
     path = root() / "input" / "config" / "hyperparameters.json"
     if not path.is_file():
         return {}
-    raw = json.loads(path.read_text() or "{}")
+    return json.loads(path.read_text() or "{}")
+
+
+def hyperparameters() -> Dict[str, Any]:
+    """hyperparameters.json as enet settings: snake_case keys, decoded values, no foreign keys."""
     out = {}
-    for key, value in raw.items():
+    for key, value in _raw_hyperparameters().items():
         key = key.replace("-", "_")
         if key in FOREIGN_HYPERPARAMETERS or key.startswith(("sagemaker_", "_")):
             continue
         out[key] = _decode(value)
     return out
+
+
+MP_PARAMETERS_ENV = "SM_HP_MP_PARAMETERS"
+
+
+def mp_parameters() -> Optional[Dict[str, Any]]:
+    """The job's SMP parameters (distribution's modelparallel "parameters"), or None.
+
+    The training toolkit exports them as SM_HP_MP_PARAMETERS, which SMP itself reads; an
+    entry point started without the toolkit finds them in hyperparameters.json.
+    """
+    raw = os.environ.get(MP_PARAMETERS_ENV) or _raw_hyperparameters().get("mp_parameters")
+    if not raw:
+        return None
+    value = _decode(raw) if isinstance(raw, str) else raw
+    return dict(value) if isinstance(value, dict) else None
 
 
 def write_failure(message: str) -> None:

@@ -22,8 +22,7 @@ from enet_cli.backend import keras, tf
 from enet_cli.config import EnetConfig, LRSchedule, Precision, TrainConfig
 from enet_cli.data.manifest import Manifest, check_batch_size, load_manifest
 from enet_cli.data.pipeline import make_dataset
-from enet_cli.errors import ConfigError, Interrupted, TrainingError
-from enet_cli.model import build_enet
+from enet_cli.errors import Interrupted, TrainingError
 from enet_cli.sagemaker.contract import RunPaths
 from enet_cli.train.engines.base import Engine
 from enet_cli.train.metrics import format_metrics_line, segmentation_metrics
@@ -123,11 +122,7 @@ def fit(cfg: EnetConfig, paths: RunPaths, engine: Engine) -> Dict[str, object]:
     manifest = load_manifest(cfg.data.data_dir, splits=["train", "val"])
     global_batch = cfg.train.batch_size
     check_batch_size(manifest, "train", global_batch, "--batch-size")
-    if global_batch % engine.num_replicas:
-        raise ConfigError(
-            f"--batch-size {global_batch} is not divisible by the {engine.num_replicas} "
-            f"replicas; use a multiple of {engine.num_replicas}"
-        )
+    engine.check_batch(global_batch)
     per_replica_batch = global_batch // engine.num_replicas
     if not cfg.runtime.resume and paths.checkpoints.exists() and engine.is_chief:
         shutil.rmtree(paths.checkpoints)
@@ -162,7 +157,7 @@ def _fit(
 
     seed_everything(tcfg.seed)
     with engine.scope():
-        model = build_enet(model_cfg, manifest.image_size, sync_batchnorm=engine.sync_batchnorm)
+        model = engine.build_model(model_cfg, manifest.image_size)
         optimizer = build_optimizer(tcfg, schedule)
         state = TrainState(
             model,
@@ -171,6 +166,7 @@ def _fit(
             paths.checkpoints,
             tcfg.keep_checkpoints,
             write_directory=engine.checkpoint_dir(paths.checkpoints),
+            backend=engine.checkpoints,
         )
     resumed = state.restore_latest() if cfg.runtime.resume else None
     if engine.is_chief:
@@ -354,14 +350,13 @@ def _finish(cfg, paths, engine, state, meta, history, last_val, manifest) -> Dic
             k: last_val[k]
             for k in ("loss", "mean_iou", "pixel_accuracy", "class_accuracy", "iou", "accuracy")
         }
-    write_dir = engine.checkpoint_dir(paths.checkpoints)
-    if write_dir is None:
+    export_dir = engine.export_dir(paths.export)
+    if export_dir is None:
         return summary
     best = state.load_best_weights()
+    export_saved_model(state.model, meta, export_dir)
     if not engine.is_chief:  # a worker whose export is part of a collective: to scratch
-        export_saved_model(state.model, meta, write_dir.parent / "model")
         return summary
-    export_saved_model(state.model, meta, paths.export)
     summary["exported_weights"] = best or "final"
     summary["saved_model"] = str(paths.export)
     paths.outputs.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,25 @@ class RunMeta(BaseModel):
         return cls.model_validate_json(path.read_text())
 
 
+class CheckpointBackend:
+    """How checkpoints are written and read. TensorFlow's CheckpointManager everywhere but
+    under SMP, whose partitioned model must be saved and restored by the library's own
+    manager (engines/smp.py)."""
+
+    def manager(self, checkpoint: tf.train.Checkpoint, directory: Path, keep: int):
+        return tf.train.CheckpointManager(checkpoint, str(directory), keep)
+
+    def save(self, manager, step) -> Optional[str]:
+        """Checkpoints are numbered by global step: ckpt-120 is the state after step 120."""
+        return manager.save(checkpoint_number=step)
+
+    def restore(self, checkpoint: tf.train.Checkpoint, path: str) -> None:
+        # Partial on purpose: the optimizer may own a learning-rate variable in one run and
+        # not in the next (a schedule vs a constant); model mismatches are caught by
+        # check_compatible() and by the shape errors the caller turns into a ConfigError.
+        checkpoint.restore(path).expect_partial()
+
+
 class TrainState:
     """The checkpointed state of a run and its two managers: recent, and best by val mIoU.
 
@@ -77,6 +96,7 @@ class TrainState:
         directory: Path,
         keep: int,
         write_directory: Optional[Path] = None,
+        backend: Optional[CheckpointBackend] = None,
     ):
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
@@ -95,12 +115,13 @@ class TrainState:
             epoch_confusion=self.epoch_confusion,
         )
         self.directory = Path(directory)
+        self.backend = backend or CheckpointBackend()
         self.writes = write_directory is not None
         self.manager = self.best = None
         if write_directory is not None:
             write_directory = Path(write_directory)
-            self.manager = tf.train.CheckpointManager(self.checkpoint, str(write_directory), keep)
-            self.best = tf.train.CheckpointManager(self.checkpoint, str(write_directory / BEST), 1)
+            self.manager = self.backend.manager(self.checkpoint, write_directory, keep)
+            self.best = self.backend.manager(self.checkpoint, write_directory / BEST, 1)
         self.model = model
 
     def latest(self) -> Optional[str]:
@@ -110,10 +131,7 @@ class TrainState:
         path = self.latest()
         if path:
             try:
-                # Partial on purpose: the optimizer may own a learning-rate variable in one
-                # run and not in the next (a schedule vs a constant); model mismatches are
-                # caught by check_compatible() and by the shape errors below.
-                self.checkpoint.restore(path).expect_partial()
+                self.backend.restore(self.checkpoint, path)
             except (AssertionError, ValueError, tf.errors.OpError) as err:
                 first = str(err).strip().splitlines()[0][:200]
                 raise ConfigError(
@@ -123,21 +141,20 @@ class TrainState:
         return path
 
     def save(self) -> Optional[str]:
-        """Checkpoints are numbered by global step: ckpt-120 is the state after step 120."""
         if self.manager is None:
             return None
-        return self.manager.save(checkpoint_number=self.checkpoint.optimizer.iterations)
+        return self.backend.save(self.manager, self.checkpoint.optimizer.iterations)
 
     def save_best(self) -> Optional[str]:
         if self.best is None:
             return None
-        return self.best.save(checkpoint_number=self.checkpoint.optimizer.iterations)
+        return self.backend.save(self.best, self.checkpoint.optimizer.iterations)
 
     def load_best_weights(self) -> Optional[str]:
         """Put the best checkpoint's model weights into the model (for export)."""
         path = self.best.latest_checkpoint if self.best is not None else None
         if path:
-            tf.train.Checkpoint(model=self.model).restore(path).expect_partial()
+            self.backend.restore(tf.train.Checkpoint(model=self.model), path)
         return path
 
 

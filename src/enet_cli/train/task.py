@@ -22,15 +22,24 @@ class SegmentationTask(NamedTuple):
     ignore_index: int
     class_weights: Sequence[float]
 
-    def loss_terms(self, logits, labels):
-        """(sum of w * CE over this replica's non-void pixels, sum of their weights)."""
-        logits = tf.cast(logits, tf.float32)
+    def _pixel_weights(self, labels):
+        """Each pixel's loss weight: its class's weight, 0 for void (and stray labels)."""
         valid = tf.logical_and(tf.not_equal(labels, self.ignore_index), labels < self.num_classes)
         safe_labels = tf.where(valid, labels, tf.zeros_like(labels))
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=logits)
         weights = tf.gather(tf.constant(self.class_weights, tf.float32), safe_labels)
-        weights = weights * tf.cast(valid, tf.float32)
+        return safe_labels, weights * tf.cast(valid, tf.float32)
+
+    def loss_terms(self, logits, labels):
+        """(sum of w * CE over this replica's non-void pixels, sum of their weights)."""
+        safe_labels, weights = self._pixel_weights(labels)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=safe_labels, logits=tf.cast(logits, tf.float32)
+        )
         return tf.reduce_sum(ce * weights), tf.reduce_sum(weights)
+
+    def weight_sum(self, labels):
+        """The loss normaliser of a batch, from its labels alone."""
+        return tf.reduce_sum(self._pixel_weights(labels)[1])
 
     def eval_terms(self, logits, labels):
         """What evaluation sums over batches (and replicas): loss, its normaliser, confusion."""

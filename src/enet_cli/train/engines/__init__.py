@@ -65,7 +65,10 @@ def get_engine(runtime: RuntimeConfig):
         from enet_cli.train.engines.mirrored import MirroredEngine
 
         return MirroredEngine(runtime)
-    raise ConfigError(
-        f"--mode {runtime.mode.value} is not available yet in this version; use --mode single "
-        f"or ddp"
-    )
+    if engine == EngineChoice.smp:
+        from enet_cli.train.engines.smp import SMPEngine
+
+        return SMPEngine(runtime)
+    from enet_cli.train.engines.pipeline import PipelineEngine
+
+    return PipelineEngine(runtime)

@@ -18,6 +18,10 @@ from typing import Callable, Dict, Iterable, Optional
 import numpy as np
 
 from enet_cli.backend import keras, tf
+from enet_cli.config import ModelConfig
+from enet_cli.errors import ConfigError
+from enet_cli.model import build_enet
+from enet_cli.train.state import CheckpointBackend
 from enet_cli.train.task import SegmentationTask
 
 
@@ -28,12 +32,25 @@ class Engine:
     num_replicas = 1
     is_chief = True
     sync_batchnorm = False  # batch-norm statistics over the global batch (build_enet option)
+    checkpoints = CheckpointBackend()  # how checkpoints are written and read
 
     def describe(self) -> str:
         return f"{self.name} engine, {self.num_replicas} replica(s)"
 
     def scope(self):
         return contextlib.nullcontext()
+
+    def check_batch(self, global_batch: int) -> None:
+        """Refuse a global batch the engine cannot split evenly."""
+        if global_batch % self.num_replicas:
+            raise ConfigError(
+                f"--batch-size {global_batch} is not divisible by the {self.num_replicas} "
+                f"replicas; use a multiple of {self.num_replicas}"
+            )
+
+    def build_model(self, cfg: ModelConfig, image_size) -> keras.Model:
+        """The ENet this engine trains (called in scope(); engines may place or wrap it)."""
+        return build_enet(cfg, image_size, sync_batchnorm=self.sync_batchnorm)
 
     def checkpoint_dir(self, run_checkpoints: Path) -> Optional[Path]:
         """Where this process writes checkpoints and exports; None: it does not write them.
@@ -42,6 +59,10 @@ class Engine:
         worker must take part) give the other workers a scratch directory, removed by close().
         """
         return run_checkpoints if self.is_chief else None
+
+    def export_dir(self, run_export: Path) -> Optional[Path]:
+        """Where this process writes the final SavedModel; None: it does not write one."""
+        return run_export if self.is_chief else None
 
     def any_worker(self, flag: bool) -> bool:
         """True when `flag` is True on any worker: a stop request must stop all of them at
@@ -89,13 +110,19 @@ class StrategyEngine(Engine):
         return self.strategy.scope()
 
     def checkpoint_dir(self, run_checkpoints: Path) -> Optional[Path]:
-        if self.is_chief:
-            return run_checkpoints
-        if not self.multi_worker:
-            return None
+        if self.is_chief or not self.multi_worker:
+            return super().checkpoint_dir(run_checkpoints)
+        return self._scratch_dir() / "checkpoints"
+
+    def export_dir(self, run_export: Path) -> Optional[Path]:
+        if self.is_chief or not self.multi_worker:
+            return super().export_dir(run_export)
+        return self._scratch_dir() / "model"
+
+    def _scratch_dir(self) -> Path:
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix="enet-worker-scratch-"))
-        return self._scratch / "checkpoints"
+        return self._scratch
 
     def any_worker(self, flag: bool) -> bool:
         if not self.multi_worker:

@@ -1,0 +1,461 @@
+"""`enet launch` against a real moto server (ThreadedMotoServer on 127.0.0.1) with the
+unmodified SageMaker SDK 2, the refusals, and the container contract end to end: the job's
+own source and hyperparameters run through the entry script on the CamVid sample."""
+
+import base64
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+import tarfile
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, enet_env, error_lines
+from enet_cli.sagemaker.contract import FOREIGN_HYPERPARAMETERS, ROOT_ENV
+from enet_cli.train.metrics import METRICS_PREFIX, metric_definitions
+
+REGION = "us-east-1"
+ROLE = "arn:aws:iam::123456789012:role/enet-training"
+PREFIX = "s3://enet-test-bucket/jobs"
+ECR = "763104351884.dkr.ecr.us-east-1.amazonaws.com/tensorflow-training:"
+
+
+@pytest.fixture(scope="module")
+def aws(tmp_path_factory):
+    """A moto server and the environment a user's shell would have for it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "SAGEMAKER_ROLE": ROLE,
+        "HOME": str(tmp_path_factory.mktemp("home")),  # no ~/.aws, no ~/.sagemaker config
+    }
+    session = boto3.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+    )
+    endpoint = env["AWS_ENDPOINT_URL"]
+    clients = {name: session.client(name, endpoint_url=endpoint) for name in ("s3", "sagemaker")}
+    clients["s3"].create_bucket(Bucket="enet-test-bucket")
+    urllib.request.urlopen(
+        urllib.request.Request(f"{endpoint}/moto-api/recorder/start-recording", method="POST")
+    )
+    yield env, clients
+    server.stop()
+
+
+def created(env, job: str) -> dict:
+    """The CreateTrainingJob request exactly as the SDK sent it (moto's request recorder;
+    moto's own describe_training_job does not echo every field back)."""
+    url = f"{env['AWS_ENDPOINT_URL']}/moto-api/recorder/download-recording"
+    for line in urllib.request.urlopen(url).read().decode().splitlines():
+        entry = json.loads(line)
+        if entry["headers"].get("X-Amz-Target") != "SageMaker.CreateTrainingJob":
+            continue
+        body = json.loads(base64.b64decode(entry["body"]))
+        if body["TrainingJobName"] == job:
+            return body
+    raise AssertionError(f"no CreateTrainingJob request for {job}")
+
+
+def launch(env, *args, timeout=300):
+    full_env = {**enet_env(), **env}
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", ROOT_ENV, "SM_HP_MP_PARAMETERS"):
+        full_env.pop(name, None)
+    return subprocess.run(
+        [sys.executable, "-m", "enet_cli", "launch", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+
+
+CASES = {
+    "single": (
+        ["--mode", "single"],
+        {"image": r"2\.19\.0-gpu-py312", "instance": ("ml.g5.xlarge", 1)},
+        {},
+    ),
+    "ddp-smddp": (
+        ["--mode", "ddp", "--batch-size", "16"],
+        {"image": r"2\.11\.0-gpu-py39", "instance": ("ml.p4d.24xlarge", 2)},
+        {"sagemaker_distributed_dataparallel_enabled": True, "engine": "smddp"},
+    ),
+    "ddp-tf": (
+        ["--mode", "ddp", "--engine", "tf", "--batch-size", "16"],
+        {"image": r"2\.19\.0-gpu-py312", "instance": ("ml.p4d.24xlarge", 2)},
+        {"sagemaker_multi_worker_mirrored_strategy_enabled": True, "engine": "tf"},
+    ),
+    "mp-smp": (
+        ["--mode", "mp", "--partitions", "4", "--microbatches", "2", "--pipeline", "simple"],
+        {"image": r"2\.6\.\d+-gpu-py38", "instance": ("ml.p3.16xlarge", 1)},
+        {
+            "engine": "smp",
+            "sagemaker_mpi_enabled": True,
+            "sagemaker_mpi_num_of_processes_per_host": 4,
+            "mp_parameters": {"partitions": 4, "microbatches": 2, "pipeline": "simple"},
+        },
+    ),
+}
+
+
+def decoded(hyperparameters):
+    """SDK 2 JSON-encodes every value into a string (as SageMaker then writes them)."""
+    out = {}
+    for key, value in hyperparameters.items():
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_launch_creates_the_job_the_mode_needs(aws, small_data, case):
+    env, clients = aws
+    args, expect, extra_hyperparameters = CASES[case]
+    job = f"enet-test-{case}"
+    result = launch(
+        env, str(small_data), *args, "--epochs", "7", "--job-name", job, "--s3-prefix", PREFIX
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    described = created(env, job)
+    assert clients["sagemaker"].describe_training_job(TrainingJobName=job)["TrainingJobName"] == job
+
+    image = described["AlgorithmSpecification"]["TrainingImage"]
+    assert image.startswith(ECR) and re.search(expect["image"], image), image
+    resources = described["ResourceConfig"]
+    assert (resources["InstanceType"], resources["InstanceCount"]) == expect["instance"]
+    assert resources["VolumeSizeInGB"] == 30
+    assert described["EnableManagedSpotTraining"] is True
+    assert described["StoppingCondition"] == {
+        "MaxRuntimeInSeconds": 86400,
+        "MaxWaitTimeInSeconds": 172800,
+    }
+    assert described["CheckpointConfig"]["S3Uri"] == f"{PREFIX}/{job}/checkpoints"
+    assert described["RoleArn"] == ROLE
+    assert described["AlgorithmSpecification"]["MetricDefinitions"] == metric_definitions()
+    channels = {c["ChannelName"]: c for c in described["InputDataConfig"]}
+    assert list(channels) == ["train"]
+    data_uri = channels["train"]["DataSource"]["S3DataSource"]["S3Uri"]
+    assert data_uri == f"{PREFIX}/data/{small_data.name}"
+
+    hyperparameters = decoded(described["HyperParameters"])
+    assert hyperparameters["epochs"] == 7 and hyperparameters["mode"] == args[1]
+    assert hyperparameters["sagemaker_program"] == "enet_entry.py"
+    for key, value in extra_hyperparameters.items():
+        assert hyperparameters[key] == value, key
+    for absent in ("data_dir", "run_dir", "local_workers"):
+        assert absent not in hyperparameters
+    # Every other training setting passes through, and parses back with the same models.
+    from enet_cli.config import EnetConfig, load_config
+
+    defaults = EnetConfig().model_dump()
+    settings = {k for section in defaults.values() for k, v in section.items() if v is not None}
+    settings -= {"run_dir", "local_workers"}  # None (unset, e.g. --steps) is left out too
+    assert settings <= set(hyperparameters), settings - set(hyperparameters)
+    ours = {
+        k: v
+        for k, v in hyperparameters.items()
+        if not k.startswith("sagemaker_") and k not in FOREIGN_HYPERPARAMETERS
+    }
+    assert load_config(None, hyperparameters=ours).train.epochs == 7
+    if case == "single":
+        assert not any(
+            k.startswith(("sagemaker_mpi", "sagemaker_distributed")) for k in hyperparameters
+        )
+
+    # The uploaded source is this package's wheel and the entry script.
+    source = hyperparameters["sagemaker_submit_directory"]
+    bucket, _, key = source[len("s3://") :].partition("/")
+    body = clients["s3"].get_object(Bucket=bucket, Key=key)["Body"].read()
+    names = _tar_names(body)
+    assert "enet_entry.py" in names
+    assert any(re.fullmatch(r"enet_cli-[\w.]+-py3-none-any\.whl", n) for n in names), names
+
+    # The data: every local file is in S3 under the channel.
+    listed = clients["s3"].list_objects_v2(Bucket="enet-test-bucket", Prefix="jobs/data/")
+    keys = {o["Key"][len(f"jobs/data/{small_data.name}/") :] for o in listed["Contents"]}
+    local = {p.relative_to(small_data).as_posix() for p in small_data.rglob("*") if p.is_file()}
+    assert keys == local
+
+
+def _tar_names(body: bytes):
+    import io
+
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        return {Path(n).name for n in tar.getnames()}
+
+
+def test_data_already_uploaded_is_skipped(aws, small_data):
+    env, _ = aws
+    common = (str(small_data), "--s3-prefix", PREFIX)
+    first = launch(env, *common, "--job-name", "enet-test-upload-1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = launch(env, *common, "--job-name", "enet-test-upload-2")
+    assert second.returncode == 0, second.stderr[-3000:]
+    files = sum(1 for p in small_data.rglob("*") if p.is_file())
+    assert f"0 file(s) uploaded, {files} already there" in second.stderr
+    # DATA given as an S3 URI is the channel as it is; nothing is uploaded.
+    uri = f"{PREFIX}/data/{small_data.name}"
+    third = launch(env, uri, "--s3-prefix", PREFIX, "--job-name", "enet-test-upload-3")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "uploaded" not in third.stderr
+    channel = created(env, "enet-test-upload-3")["InputDataConfig"][0]
+    assert channel["DataSource"]["S3DataSource"]["S3Uri"] == uri
+
+
+def test_local_data_must_be_preprocess_output(tmp_path):
+    (tmp_path / "raw").mkdir()
+    result = launch({}, str(tmp_path / "raw"), "--dry-run")
+    assert result.returncode == 3, result.stderr[-2000:]
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and "no manifest.json in" in errors[0], errors
+
+
+def test_dry_run_prints_the_plan_and_touches_no_aws(small_data):
+    # No endpoint, no credentials: any AWS call would fail.
+    env = {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_ACCESS_KEY_ID": "",
+        "HOME": "/nonexistent",
+    }
+    result = launch(env, str(small_data), "--mode", "ddp", "--batch-size", "16", "--dry-run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = " ".join(result.stdout.split())
+    for needle in (
+        "2 x ml.p4d.24xlarge",
+        '"smdistributed": {"dataparallel": {"enabled": true}}',
+        "AWS TensorFlow 2.11.0 training image (py39)",
+        "max_wait 172800 s",
+        "metric validation:mean_iou",
+        f"/data/{small_data.name}",
+    ):
+        assert needle in text, needle
+
+
+REFUSALS = {
+    "smddp on p5": (
+        ["--mode", "ddp", "--instance-type", "ml.p5.48xlarge"],
+        "--instance-type ml.p5.48xlarge cannot run --engine smddp (smdistributed's TensorFlow "
+        "containers predate p5 instances)",
+    ),
+    "smp on g5": (
+        ["--mode", "mp", "--instance-type", "ml.g5.12xlarge"],
+        "--instance-type ml.g5.12xlarge cannot run --engine smp",
+    ),
+    "microbatches": (
+        ["--mode", "mp", "--microbatches", "3", "--batch-size", "4"],
+        "--batch-size 4 is not divisible by --microbatches 3",
+    ),
+    "max_wait": (
+        ["--max-run", "3600", "--max-wait", "600"],
+        "--max-wait 600 is shorter than --max-run 3600",
+    ),
+    "partitions": (
+        ["--mode", "mp", "--partitions", "16", "--batch-size", "4"],
+        "--partitions 16 needs 16 GPUs on one instance; the instance type has 8",
+    ),
+    "global batch": (
+        ["--mode", "ddp", "--batch-size", "4"],
+        "--batch-size 4 (the global batch) is not divisible by the job's 16 replicas",
+    ),
+    "single on two": (["--instance-count", "2"], "--mode single trains on one instance"),
+    "engine": (["--mode", "mp", "--engine", "smddp"], "--engine smddp does not run --mode mp"),
+    "s3 prefix": (["--s3-prefix", "bucket/x"], "--s3-prefix 'bucket/x' must be an s3:// URI"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_refusals_come_before_anything_is_uploaded(small_data, case):
+    args, message = REFUSALS[case]
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "SAGEMAKER_ROLE": ROLE}
+    result = launch(env, str(small_data), *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_missing_region_credentials_and_role_say_how(small_data, tmp_path):
+    base = {"HOME": str(tmp_path), "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    cases = [
+        ({**base, "AWS_DEFAULT_REGION": ""}, "no AWS region: pass --region"),
+        ({**base, "AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": ""}, "no AWS credentials"),
+        (
+            {**base, "AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "a",
+             "AWS_SECRET_ACCESS_KEY": "b", "SAGEMAKER_ROLE": ""},
+            "no IAM role for the job: pass --role",
+        ),
+    ]  # fmt: skip
+    for env, message in cases:
+        result = launch(env, str(small_data))
+        assert result.returncode == 2, result.stderr[-2000:]
+        errors = error_lines(result.stderr)
+        assert len(errors) == 1 and message in errors[0], errors
+
+
+# ---------------------------------------------------------------------------------------
+# The container contract, end to end
+# ---------------------------------------------------------------------------------------
+def _toolkit_arguments(hyperparameters):
+    """What the training toolkit passes the entry point: every hyperparameter as
+    `--key value` (SDK-encoded), --model_dir, and under SMP --mp_parameters k=v,..."""
+    args = ["--model_dir", "s3://enet-test-bucket/jobs/output/model"]
+    for key, value in hyperparameters.items():
+        if key == "mp_parameters":
+            params = json.loads(value)
+            args += ["--mp_parameters", ",".join(f"{k}={v}" for k, v in params.items())]
+        elif not key.startswith("sagemaker_"):
+            args += [f"--{key}", value]
+    return args
+
+
+def run_container(code_dir: Path, hyperparameters, data: Path, root: Path):
+    """The job as SageMaker runs it, in a temporary /opt/ml: the entry script in the code
+    directory with the toolkit's arguments, hyperparameters.json and resourceconfig.json."""
+    import shutil
+
+    config = root / "input" / "config"
+    config.mkdir(parents=True)
+    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+    (config / "resourceconfig.json").write_text(
+        json.dumps(
+            {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}
+        )
+    )
+    shutil.copytree(data, root / "input" / "data" / "train")
+    env = {**enet_env(), ROOT_ENV: str(root)}
+    command = [sys.executable, "enet_entry.py", *_toolkit_arguments(hyperparameters)]
+    return subprocess.run(
+        command, cwd=code_dir, capture_output=True, text=True, timeout=600, env=env
+    )
+
+
+def _check_trained(result, root: Path):
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (root / "model" / "1" / "saved_model.pb").is_file()  # what SageMaker collects
+    assert (root / "model" / "metrics.json").is_file()
+    assert list((root / "checkpoints").glob("ckpt-*.index"))  # synced to checkpoint_s3_uri
+    assert not (root / "output" / "failure").exists()
+    lines = [line for line in result.stdout.splitlines() if line.startswith(METRICS_PREFIX)]
+    assert lines
+    final = json.loads((root / "model" / "metrics.json").read_text())["history"][-1]
+    for definition in metric_definitions():  # the job's regexes on the job's real output
+        pattern = re.compile(definition["Regex"])
+        found = [float(m.group(1)) for m in map(pattern.search, lines) if m]
+        key = definition["Regex"].split(r"\b")[1].split("=")[0]
+        if final.get(key) is None:  # e.g. images/s: the first epoch traces, it is not timed
+            assert found == [], key
+        else:
+            assert found and found[-1] == pytest.approx(final[key], rel=1e-4, abs=1e-6), key
+
+
+def _uploaded_job(env, clients, small_data, tmp_path):
+    """The source and hyperparameters `enet launch` sent (to the moto server)."""
+    import io
+
+    job = "enet-test-contract"
+    args = ("--epochs", "1", "--batch-size", "4", "--job-name", job, "--s3-prefix", PREFIX)
+    result = launch(env, str(small_data), *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    hyperparameters = created(env, job)["HyperParameters"]
+    bucket, _, key = json.loads(hyperparameters["sagemaker_submit_directory"])[5:].partition("/")
+    code = tmp_path / "ml" / "code"
+    code.mkdir(parents=True)
+    body = clients["s3"].get_object(Bucket=bucket, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        tar.extractall(code)
+    return code, hyperparameters
+
+
+def _staged_job(tmp_path):
+    """The source staged as launch stages it, hyperparameters encoded as SDK 2 does."""
+    from enet_cli.config import LaunchConfig, load_config
+    from enet_cli.sagemaker.plan import make_plan
+    from enet_cli.sagemaker.source import stage_source
+
+    cfg = load_config(None, {"train": {"epochs": 1, "batch_size": 4}})
+    plan = make_plan(cfg, LaunchConfig())
+    hyperparameters = {k: json.dumps(v) for k, v in plan.hyperparameters.items()}
+    hyperparameters["sagemaker_program"] = json.dumps("enet_entry.py")
+    return stage_source(tmp_path / "ml" / "code"), hyperparameters
+
+
+@pytest.mark.compat
+def test_the_jobs_source_trains_in_the_container_contract(small_data, tmp_path, request):
+    """Where the SDK is installed (the main job) the source and hyperparameters are the
+    ones `enet launch` submitted; the container-version jobs have no SDK 2 (Python 3.8) or
+    no need of it, and stage them the way launch and the SDK do."""
+    if importlib.util.find_spec("sagemaker") is not None:
+        env, clients = request.getfixturevalue("aws")
+        code, hyperparameters = _uploaded_job(env, clients, small_data, tmp_path)
+    else:
+        code, hyperparameters = _staged_job(tmp_path)
+    root = tmp_path / "ml"
+    _check_trained(run_container(code, hyperparameters, small_data, root), root)
+
+
+@pytest.mark.compat
+def test_entry_install_keeps_the_container_tensorflow(tmp_path, monkeypatch):
+    """The entry script's pip command, resolved by pip itself (--dry-run) in this
+    environment - the container stand-in of its job (TF 2.6 / 2.11 / current): it installs
+    enet-cli and nothing of TensorFlow."""
+    import enet_cli
+    from enet_cli.sagemaker import entry
+    from enet_cli.sagemaker.source import stage_source
+
+    monkeypatch.setattr(enet_cli, "__version__", enet_cli.__version__ + ".post999")  # a new one
+    code = stage_source(tmp_path / "code")
+    wheel = str(next(code.glob("enet_cli-*.whl")))
+    report = tmp_path / "report.json"
+    command = [*entry.install_command(wheel), "--dry-run", "--no-index", "--report", str(report)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    installs = {
+        item["metadata"]["name"].lower(): item["metadata"]["version"]
+        for item in json.loads(report.read_text())["install"]
+    }
+    assert installs == {"enet-cli": enet_cli.__version__}
+    constraints = (code / "constraints.txt").read_text().split()
+    import tensorflow as tf
+
+    assert f"tensorflow=={tf.__version__}" in constraints
+
+
+@pytest.mark.compat
+def test_dockerfile_matches_the_launch_defaults_and_the_entry_script():
+    """No Docker engine here: check the Dockerfile against the code it builds on."""
+    from enet_cli.sagemaker.plan import DEFAULTS
+    from enet_cli.sagemaker.source import ENTRY_SCRIPT
+
+    text = (REPO / "Dockerfile").read_text()
+    bases = dict(re.findall(r"ARG BASE_(\w+)=\S+/tensorflow-training:(\S+)", text))
+    for (mode, engine), default in DEFAULTS.items():
+        if engine.value in ("smddp", "smp") or mode.value == "single":
+            assert bases[mode.value] == f"{default.framework_version}-gpu-{default.py_version}"
+    assert f"SAGEMAKER_PROGRAM={ENTRY_SCRIPT}" in text
+    assert f"python /opt/ml/code/{ENTRY_SCRIPT} --install-only" in text
+    assert "COPY build/source/ /opt/ml/code/" in text  # python -m enet_cli.sagemaker.source
+    assert "ENTRYPOINT" not in text  # AWS's entry point runs the training toolkit
+
+
+def test_wait_follows_the_job_to_its_end(aws, small_data):
+    env, _ = aws
+    job = "enet-test-wait"
+    result = launch(env, str(small_data), "--s3-prefix", PREFIX, "--job-name", job, "--wait")
+    assert result.returncode == 0, result.stderr[-3000:]  # moto completes jobs at once
+    assert f"job {job} finished; model in {PREFIX}/output/{job}/output/model.tar.gz" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr  # no telemetry call to AWS behind our back
