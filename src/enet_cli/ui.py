@@ -6,6 +6,7 @@ carriage returns, so we print a few plain lines instead.
 
 import contextlib
 import signal
+import threading
 import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -79,13 +80,14 @@ def byte_progress(description: str, total: int) -> Iterator[Callable[[int], None
             task = progress.add_task(description, total=total)
             yield lambda n: progress.advance(task, n)
         return
-    done, marks = [0], [total * q // 4 for q in (1, 2, 3, 4)]
+    done, marks, lock = [0], [total * q // 4 for q in (1, 2, 3, 4)], threading.Lock()
     info(f"{description}: 0 of {total / 1e6:.1f} MB")
 
-    def advance(n: int) -> None:
-        before, done[0] = done[0], done[0] + n
-        if any(before < mark <= done[0] for mark in marks):
-            info(f"{description}: {done[0] / 1e6:.1f} of {total / 1e6:.1f} MB")
+    def advance(n: int) -> None:  # boto3 calls it from its transfer threads
+        with lock:
+            before, done[0] = done[0], done[0] + n
+            if any(before < mark <= done[0] for mark in marks):
+                info(f"{description}: {done[0] / 1e6:.1f} of {total / 1e6:.1f} MB")
 
     yield advance
 

@@ -16,7 +16,6 @@ memory. Without SageMaker's SMP library the engine does what SMP v1 does, by han
 - batch norm normalises each microbatch by its own statistics, as SMP does.
 """
 
-import contextlib
 from typing import List, NamedTuple, Sequence
 
 from enet_cli import ui
@@ -174,37 +173,47 @@ class PipelineEngine(Engine):
         variables = model.trainable_variables
         scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
         m = self.microbatches
-        simple = self.schedule == PipelineSchedule.simple
 
         def gradients(tape, loss):
             target = optimizer.get_scaled_loss(loss) if scaled else loss
             grads = tape.gradient(target, variables)
             return optimizer.get_unscaled_gradients(grads) if scaled else grads
 
+        def forward(x, y, total_weight):
+            """One microbatch: its share of the batch loss, and its confusion matrix."""
+            logits = self._forward(model, x, True)
+            loss_sum, _ = task.loss_terms(logits, y)
+            return loss_sum / total_weight, task.confusion(logits, y)
+
+        def interleaved(parts, total_weight):
+            """A tape per microbatch: its backward pass frees its activations before the
+            next microbatch's forward pass needs memory."""
+            grads, losses, confusions = None, [], []
+            for x, y in parts:
+                with tf.GradientTape() as tape:
+                    loss, confusion = forward(x, y, total_weight)
+                part = gradients(tape, loss)
+                grads = part if grads is None else [a + b for a, b in zip(grads, part)]
+                losses.append(loss)
+                confusions.append(confusion)
+            return grads, tf.add_n(losses), tf.add_n(confusions)
+
+        def simple(parts, total_weight):
+            """GPipe: every forward pass, then one backward pass over all of them (every
+            microbatch's activations alive at once)."""
+            with tf.GradientTape() as tape:
+                results = [forward(x, y, total_weight) for x, y in parts]
+                loss = tf.add_n([r[0] for r in results])
+            return gradients(tape, loss), loss, tf.add_n([r[1] for r in results])
+
+        schedule = simple if self.schedule == PipelineSchedule.simple else interleaved
+
         @tf.function(autograph=False)
         def step(batch):
             images, labels = batch
-            image_parts, label_parts = tf.split(images, m), tf.split(labels, m)
-            total_weight = tf.add_n([task.weight_sum(y) for y in label_parts])
-            total_weight = tf.maximum(total_weight, 1e-12)
-            grads, losses, confusion = None, [], 0
-            # simple: one tape over every microbatch's forward pass, then one backward pass
-            # over all of them (all activations alive at once). interleaved: a tape per
-            # microbatch, whose backward pass frees its activations before the next one.
-            with tf.GradientTape() if simple else contextlib.nullcontext() as whole:
-                for x, y in zip(image_parts, label_parts):
-                    with contextlib.nullcontext(whole) if simple else tf.GradientTape() as tape:
-                        logits = self._forward(model, x, True)
-                        loss_sum, _ = task.loss_terms(logits, y)
-                        part = loss_sum / total_weight
-                    losses.append(part)
-                    confusion = confusion + task.confusion(logits, y)
-                    if not simple:
-                        part_grads = gradients(tape, part)
-                        grads = part_grads if grads is None else _add(grads, part_grads)
-                loss = tf.add_n(losses)
-            if simple:
-                grads = gradients(whole, loss)
+            parts = list(zip(tf.split(images, m), tf.split(labels, m)))
+            total_weight = tf.maximum(tf.add_n([task.weight_sum(y) for _, y in parts]), 1e-12)
+            grads, loss, confusion = schedule(parts, total_weight)
             grads = [g + weight_decay * v for g, v in zip(grads, variables)]
             optimizer.apply_gradients(zip(grads, variables))
             return {"loss": loss, "confusion": confusion}
@@ -218,7 +227,3 @@ class PipelineEngine(Engine):
             return task.eval_terms(self._forward(model, images, False), labels)
 
         return step
-
-
-def _add(a, b):
-    return [x + y for x, y in zip(a, b)]

@@ -21,7 +21,7 @@ and writes the model. The library is not on PyPI; it is imported here only, lazi
 
 import importlib
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from enet_cli.backend import keras, tf
 from enet_cli.config import RuntimeConfig
@@ -46,14 +46,19 @@ def import_smp():
         ) from None
 
 
-def smp_parameters(runtime: RuntimeConfig) -> Dict[str, Any]:
-    """What smp.init() gets: the job's mp_parameters inside SageMaker (the launcher set them
-    from the same options), else --partitions/--microbatches/--pipeline."""
-    return mp_parameters() or {
+def smp_parameters(runtime: RuntimeConfig) -> Tuple[Dict[str, Any], bool]:
+    """(what smp.init() gets, whether SageMaker gave it): the job's mp_parameters inside
+    SageMaker (enet launch sets them from the same options), else --partitions,
+    --microbatches and --pipeline."""
+    job = mp_parameters()
+    if job is not None:
+        return job, True
+    options = {
         "partitions": runtime.partitions,
         "microbatches": runtime.microbatches,
         "pipeline": runtime.pipeline.value,
     }
+    return options, False
 
 
 class SMPCheckpoints(CheckpointBackend):
@@ -95,8 +100,7 @@ class SMPEngine(Engine):
 
     def __init__(self, runtime: RuntimeConfig, smp=None):
         smp = smp or import_smp()
-        params = smp_parameters(runtime)
-        self.from_sagemaker = mp_parameters() is not None
+        params, self.from_sagemaker = smp_parameters(runtime)
         smp.init(params)
         self.smp = smp
         self.partitions = int(params["partitions"])
