@@ -8,7 +8,6 @@ wheel and the entry script, sagemaker/source.py); and the SageMaker Python SDK 2
 smdistributed (3.x dropped both).
 """
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Dict, Optional
 
 from enet_cli import ui
 from enet_cli.config import EnetConfig, LaunchConfig
+from enet_cli.data.manifest import file_sha256
 from enet_cli.errors import ConfigError, EnvironmentProblem, LaunchError
 from enet_cli.sagemaker.plan import LaunchPlan, make_plan
 from enet_cli.sagemaker.source import ENTRY_SCRIPT, stage_source
@@ -176,14 +176,6 @@ def _submit(plan: LaunchPlan, launch_cfg: LaunchConfig, data: str, prefix: str) 
     return job_name
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def upload_directory(s3, directory: Path, uri: str) -> Dict[str, int]:
     """Upload `directory` under `uri` with a progress bar; a file already there with the same
     SHA-256 (kept in the object's metadata) is skipped. Returns counts uploaded/skipped."""
@@ -194,7 +186,7 @@ def upload_directory(s3, directory: Path, uri: str) -> Dict[str, int]:
     with ui.byte_progress(f"uploading {directory.name}", total) as advance:
         for path in files:
             key = f"{key_prefix}/{path.relative_to(directory).as_posix()}".lstrip("/")
-            digest = _sha256(path)
+            digest = file_sha256(path)
             if _remote_sha256(s3, bucket, key) == digest:
                 counts["skipped"] += 1
                 advance(path.stat().st_size)
