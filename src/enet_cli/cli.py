@@ -318,6 +318,187 @@ def predict(
         stdout.print(f"{r.image} -> {r.overlay_png} ({summary})", soft_wrap=True)
 
 
+def _size_option(value: Optional[str]) -> Optional[str]:
+    if value is not None:
+        from enet_cli.config import parse_size
+
+        try:
+            parse_size(value)
+        except ValueError as err:
+            raise typer.BadParameter(str(err)) from None
+    return value
+
+
+def _parsed_size(value: Optional[str]):
+    from enet_cli.config import parse_size
+
+    return None if value is None else parse_size(value)
+
+
+def _mib(size_bytes: int) -> str:
+    return f"{size_bytes / 2**20:.2f} MiB"
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="Run directory, SavedModel or checkpoint directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to write (replaced if present)."),
+    format: str = typer.Option(
+        "saved_model", "--format", help="saved_model or tflite.", metavar="<saved_model|tflite>"
+    ),
+    quantize: str = typer.Option(
+        "none",
+        "--quantize",
+        help="TFLite weights/activations: none (float32), float16, or int8 (full integer, "
+        "calibrated on training images; needs --data).",
+        metavar="<none|float16|int8>",
+    ),
+    data_dir: Optional[Path] = typer.Option(
+        None,
+        "--data",
+        help="Preprocessed data: int8 calibration, and agreement with the float model.",
+    ),
+    split: str = typer.Option("val", "--split", help="Split the agreement is measured on."),
+    size: Optional[str] = typer.Option(
+        None,
+        "--size",
+        callback=_size_option,
+        help="HEIGHTxWIDTH a TFLite file takes (default: the training size).",
+    ),
+    calibration_images: int = typer.Option(
+        16, "--calibration-images", min=1, help="Training images int8 calibrates on."
+    ),
+    xla: bool = typer.Option(False, "--xla", help="SavedModel: serve XLA-compiled."),
+) -> None:
+    """Export a trained model: SavedModel, or TFLite in float32, float16 or int8.
+
+    Prints the size on disk and, with --data, how often the export predicts the float
+    model's class and the mean IoU of both on --split.
+
+    Example: enet export runs/camvid --format tflite --quantize int8 --data data/camvid
+    --out enet-int8
+    """
+    from enet_cli.export import ExportFormat, ExportRequest, Quantize, export_model
+
+    formats = [f.value for f in ExportFormat]
+    if format not in formats:
+        raise typer.BadParameter(
+            f"{format!r} is not one of {', '.join(formats)}", param_hint="--format"
+        )
+    levels = [q.value for q in Quantize]
+    if quantize not in levels:
+        raise typer.BadParameter(
+            f"{quantize!r} is not one of {', '.join(levels)}", param_hint="--quantize"
+        )
+    request = ExportRequest(
+        source=model,
+        out=out,
+        format=ExportFormat(format),
+        quantize=Quantize(quantize),
+        data_dir=data_dir,
+        split=split,
+        image_size=_parsed_size(size),
+        calibration_images=calibration_images,
+        xla=xla,
+    )
+    with ui.status(f"exporting {model} as {format} ({quantize})"):
+        report = export_model(request)
+    what = format if format == "saved_model" else f"TFLite {quantize}"
+    stdout.print(f"wrote {what} to {report.path}: {_mib(report.size_bytes)}", soft_wrap=True)
+    if report.operators:
+        stdout.print(
+            f"operators (all TFLite builtins): {', '.join(report.operators)}", soft_wrap=True
+        )
+    found = report.agreement
+    if found is None:
+        stdout.print("agreement with the float model: not measured (give --data DATA_DIR)")
+        return
+    stdout.print(
+        f"against the float model on {found.split} ({found.images} images): pixel agreement "
+        f"{100 * found.pixel_agreement:.2f}%, mean IoU {100 * found.mean_iou_export:.2f}% vs "
+        f"{100 * found.mean_iou_float:.2f}% (delta {100 * found.mean_iou_delta:+.2f} points)",
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def benchmark(
+    model: Optional[Path] = typer.Argument(
+        None, help="Trained model to time (default: a freshly initialised ENet)."
+    ),
+    what: str = typer.Option(
+        "all", "--what", help="What to time.", metavar="<train|infer|pipeline|all>"
+    ),
+    size: str = typer.Option(
+        "360x480", "--size", callback=_size_option, help="HEIGHTxWIDTH of the images."
+    ),
+    batch: int = typer.Option(4, "--batch", min=1, help="Training and pipeline batch."),
+    iterations: int = typer.Option(20, "--iterations", min=2, help="Timed iterations each."),
+    warmup: int = typer.Option(3, "--warmup", min=1, help="Untimed iterations first."),
+    variants: Optional[str] = typer.Option(
+        None,
+        "--variants",
+        help="Inference variants, comma-separated (default: all of "
+        "keras,keras_xla,saved_model,tflite_float32,tflite_float16,tflite_int8).",
+    ),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data", help="Preprocessed data for the pipeline and int8 (default: the sample)."
+    ),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON."),
+) -> None:
+    """Time training, inference and the input pipeline: medians and spread, machine, versions.
+
+    Example: enet benchmark --what infer --variants keras,tflite_float32 --json bench.json
+    """
+    from enet_cli.benchmark import INFER_VARIANTS, BenchmarkRequest, What, run_benchmark
+
+    choices = [w.value for w in What]
+    if what not in choices:
+        raise typer.BadParameter(
+            f"{what!r} is not one of {', '.join(choices)}", param_hint="--what"
+        )
+    chosen = tuple(v.strip() for v in variants.split(",") if v.strip()) if variants else None
+    unknown = [v for v in chosen or () if v not in INFER_VARIANTS]
+    if unknown or chosen == ():
+        raise typer.BadParameter(
+            f"{', '.join(unknown) or variants!r}: choose from {', '.join(INFER_VARIANTS)}",
+            param_hint="--variants",
+        )
+    request = BenchmarkRequest(
+        model=model,
+        what=What(what),
+        image_size=_parsed_size(size),
+        batch=batch,
+        iterations=iterations,
+        warmup=warmup,
+        data_dir=data_dir,
+        variants=chosen or INFER_VARIANTS,
+    )
+    report = run_benchmark(request)
+    found = report.machine
+    table = Table(
+        title=f"{found['cores']} cores, {found['cpu']}; load {found['load_average']}",
+        caption=", ".join(f"{k} {v}" for k, v in report.versions.items())
+        + f"; CPU flags {' '.join(found['cpu_flags']) or 'none of note'}",
+    )
+    for column in ("what", "variant", "median", "q1-q3", "min-max", "unit", "n", "note"):
+        table.add_column(
+            column, justify="left" if column in ("what", "variant", "note") else "right"
+        )
+    for m in report.results:
+        table.add_row(
+            m.what, m.variant, f"{m.median:.2f}", f"{m.q1:.2f}-{m.q3:.2f}",
+            f"{m.min:.2f}-{m.max:.2f}", m.unit, str(m.n), m.note,
+        )  # fmt: skip
+    stdout.print(table)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = json_path.parent / f".{json_path.name}.tmp"
+        tmp.write_text(report.model_dump_json(indent=2) + "\n")
+        tmp.replace(json_path)
+        stdout.print(f"report written to {json_path}", soft_wrap=True)
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("enet-demo"), "--out", "-o", help="Where everything goes."),

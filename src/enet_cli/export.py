@@ -1,15 +1,30 @@
-"""SavedModel export with a serving signature: uint8 images in, logits and class map out.
+"""`enet export`: a trained ENet as a SavedModel or a TFLite file, measured against itself.
 
-The exported graph accepts any batch and any H x W that is a multiple of 8 (the weights do
-not depend on the size), so one SavedModel serves several resolutions. `enet.json` beside
-`saved_model.pb` names the classes, colours and training size for evaluate and predict.
+The SavedModel's serving signature takes uint8 images of any batch and any H x W that is a
+multiple of 8 (the weights do not depend on the size), so one SavedModel serves several
+resolutions; `--xla` compiles it. TFLite files (tflite.py) have one fixed size. `enet.json`
+beside either names the classes, colours and size for evaluate and predict. With the data
+given, the export is scored against the float model on a split: the share of pixels where
+both predict the same class and each one's mean IoU (quantization's cost, in numbers).
 """
 
 import shutil
+from enum import Enum
 from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+from pydantic import BaseModel
 
 from enet_cli.backend import keras, tf
+from enet_cli.config import DataConfig, check_image_size
+from enet_cli.data.manifest import load_manifest
+from enet_cli.data.pipeline import make_dataset
+from enet_cli.errors import ConfigError, DataError
+from enet_cli.inference import TFLITE_NAME
 from enet_cli.model import build_enet
+from enet_cli.tflite import Quantize, TFLiteRunner, convert
+from enet_cli.train.metrics import confusion_matrix, segmentation_metrics
 from enet_cli.train.state import RunMeta
 
 
@@ -25,12 +40,19 @@ def serving_model(model, meta: RunMeta):
     return copy
 
 
-def export_saved_model(model, meta: RunMeta, out_dir: Path) -> Path:
-    """Write the SavedModel to `out_dir` atomically (temp sibling, then rename)."""
+def export_saved_model(model, meta: RunMeta, out_dir: Path, xla: bool = False) -> Path:
+    """Write the SavedModel to `out_dir` atomically (temp sibling, then rename).
+
+    `xla` saves the serving function with jit_compile: TensorFlow Serving and
+    `tf.saved_model.load` then run it XLA-compiled (compiled once per input shape).
+    """
     out_dir = Path(out_dir)
     copy = serving_model(model, meta)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")],
+        jit_compile=xla or None,
+    )
     def serve(images):
         logits = copy(tf.cast(images, tf.float32) / 255.0, training=False)
         return {"logits": logits, "classes": tf.argmax(logits, axis=-1, output_type=tf.int32)}
@@ -40,12 +62,181 @@ def export_saved_model(model, meta: RunMeta, out_dir: Path) -> Path:
     module = tf.Module()
     module.variables_ = list(copy.weights)
     module.serve = serve
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _fresh_temp(out_dir)
     tf.saved_model.save(module, str(tmp), signatures={"serving_default": serve})
     meta.write(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.replace(out_dir)
+    _replace(tmp, out_dir)
     return out_dir
+
+
+class ExportFormat(str, Enum):
+    saved_model = "saved_model"
+    tflite = "tflite"
+
+
+class ExportRequest(BaseModel):
+    """What `enet export` was asked for; one object instead of a row of arguments."""
+
+    source: Path
+    out: Path
+    format: ExportFormat = ExportFormat.saved_model
+    quantize: Quantize = Quantize.none
+    data_dir: Optional[Path] = None
+    split: str = "val"
+    image_size: Optional[Tuple[int, int]] = None
+    calibration_images: int = 16
+    xla: bool = False
+    measure_agreement: bool = True  # with data_dir: score the export against the float model
+
+
+class Agreement(BaseModel):
+    """The exported model against the float Keras model on one split of the data."""
+
+    split: str
+    images: int
+    pixel_agreement: float  # share of non-void pixels where both predict the same class
+    mean_iou_float: float
+    mean_iou_export: float
+
+    @property
+    def mean_iou_delta(self) -> float:
+        return self.mean_iou_export - self.mean_iou_float
+
+
+class ExportReport(BaseModel):
+    path: Path
+    format: ExportFormat
+    quantize: Quantize
+    image_size: Optional[Tuple[int, int]]
+    size_bytes: int
+    operators: List[str] = []
+    agreement: Optional[Agreement] = None
+
+
+def export_model(request: ExportRequest) -> ExportReport:
+    """Load the trained model, write the export atomically, measure it against the float model."""
+    from enet_cli.inference import load_keras_model, load_predictor
+
+    fmt, quantize = request.format, request.quantize
+    if fmt == ExportFormat.saved_model and quantize != Quantize.none:
+        raise ConfigError(
+            f"--quantize {quantize.value} applies to --format tflite; a SavedModel is float32"
+        )
+    if quantize == Quantize.int8 and request.data_dir is None:
+        raise ConfigError(
+            "--quantize int8 calibrates on training images: give the preprocessed data "
+            "with --data DATA_DIR"
+        )
+    if request.xla and fmt != ExportFormat.saved_model:
+        raise ConfigError("--xla applies to --format saved_model (TFLite runs on XNNPACK)")
+    model, meta = load_keras_model(request.source)
+    manifest = _manifest_for(request, meta) if request.data_dir is not None else None
+    size = tuple(request.image_size or meta.image_size)
+    check_image_size(*size)
+    meta = meta.model_copy(update={"image_size": size})
+    out = Path(request.out)
+    if fmt == ExportFormat.saved_model:
+        export_saved_model(model, meta, out, xla=request.xla)
+        report_path, operators = out, []
+    else:
+        copy = serving_model(model, meta)
+        calibration = None
+        if quantize == Quantize.int8:
+            calibration = _calibration(request, manifest, size)
+        blob = convert(copy, size, quantize, calibration)
+        tmp = _fresh_temp(out)
+        (tmp / TFLITE_NAME).write_bytes(blob)
+        meta.write(tmp)
+        _replace(tmp, out)
+        report_path = out / TFLITE_NAME
+        operators = sorted(set(TFLiteRunner(report_path).ops()))
+    report = ExportReport(
+        path=report_path,
+        format=fmt,
+        quantize=quantize,
+        image_size=size if fmt == ExportFormat.tflite else None,
+        size_bytes=_size_on_disk(report_path),
+        operators=operators,
+    )
+    if manifest is not None and request.measure_agreement:
+        exported = load_predictor(out)
+        report.agreement = agreement(model, exported.logits, manifest, request, size)
+    return report
+
+
+def _manifest_for(request: ExportRequest, meta: RunMeta):
+    manifest = load_manifest(request.data_dir)
+    if manifest.class_names != meta.class_names:
+        raise DataError(
+            f"the model was trained on {len(meta.class_names)} classes but {request.data_dir} "
+            f"has {manifest.num_classes}; give the data it was trained on"
+        )
+    if request.split not in manifest.splits:
+        raise DataError(
+            f"{request.data_dir} has no {request.split!r} split ({', '.join(manifest.splits)})"
+        )
+    return manifest
+
+
+def _calibration(request: ExportRequest, manifest, size):
+    """A generator factory over up to N training images (uint8, resized to `size`)."""
+    data = DataConfig(data_dir=request.data_dir, image_size=manifest.image_size)
+
+    def images():
+        dataset = make_dataset(data, manifest, "train", 1, training=False)
+        for image, _ in dataset.take(request.calibration_images):
+            resized = tf.image.resize(image, size, method="bilinear")[0]
+            yield tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 1.0) * 255.0), tf.uint8).numpy()
+
+    return images
+
+
+def agreement(model, exported_logits, manifest, request: ExportRequest, size) -> Agreement:
+    """Both models on the split at the export size: pixel agreement and each one's mean IoU."""
+    data = DataConfig(data_dir=request.data_dir, image_size=manifest.image_size)
+    k, void = manifest.num_classes, manifest.ignore_index
+    float_fn = tf.function(lambda x: model(x, training=False))
+    same = counted = 0
+    matrices = {"float": np.zeros((k, k), np.int64), "export": np.zeros((k, k), np.int64)}
+    for images, labels in make_dataset(data, manifest, request.split, 4, training=False):
+        if tuple(images.shape[1:3]) != tuple(size):
+            images = tf.image.resize(images, size, method="bilinear")
+            labels = tf.image.resize(labels[..., None], size, method="nearest")[..., 0]
+        # The export sees uint8 pixels; give the float model the same rounded pixels.
+        images = tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0) / 255.0
+        ours = np.argmax(float_fn(images).numpy(), axis=-1)
+        theirs = np.argmax(np.asarray(exported_logits(images)), axis=-1)
+        valid = labels.numpy() != void
+        same += int(np.sum((ours == theirs) & valid))
+        counted += int(np.sum(valid))
+        matrices["float"] += confusion_matrix(labels, ours, k, void).numpy()
+        matrices["export"] += confusion_matrix(labels, theirs, k, void).numpy()
+    return Agreement(
+        split=request.split,
+        images=manifest.splits[request.split].records,
+        pixel_agreement=same / max(counted, 1),
+        mean_iou_float=segmentation_metrics(matrices["float"])["mean_iou"],
+        mean_iou_export=segmentation_metrics(matrices["export"])["mean_iou"],
+    )
+
+
+def _size_on_disk(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _fresh_temp(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    if out.is_dir():
+        shutil.rmtree(out)
+    elif out.exists():
+        out.unlink()
+    tmp.replace(out)

@@ -1,18 +1,21 @@
 """Load a trained ENet for evaluate and predict, from whatever the user points at.
 
 MODEL may be a run directory (its exported SavedModel, else its latest checkpoint), a
-SavedModel directory (from `enet train` or `enet export`), or a checkpoint directory. All
-carry an `enet.json` that names the classes and the training size.
+SavedModel directory (from `enet train` or `enet export`), a TFLite export (its directory
+or its model.tflite), or a checkpoint directory. All carry an `enet.json` that names the
+classes and the size the model takes.
 """
 
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Tuple
 
 import numpy as np
 
 from enet_cli.backend import tf
 from enet_cli.errors import DataError
 from enet_cli.train.state import RunMeta, load_model_from_checkpoint
+
+TFLITE_NAME = "model.tflite"  # inside an `enet export --format tflite` directory
 
 
 class Predictor(NamedTuple):
@@ -48,23 +51,83 @@ def _from_checkpoint(directory: Path) -> Predictor:
     return Predictor(meta, fn, f"checkpoint {tf.train.latest_checkpoint(str(directory))}")
 
 
-def load_predictor(path: Path) -> Predictor:
-    """Find and load the model at `path` (see module docstring); one-line errors otherwise."""
-    path = Path(path)
+def _from_tflite(model_file: Path, meta: RunMeta) -> Predictor:
+    from enet_cli.tflite import TFLiteRunner
+
+    runner = TFLiteRunner(model_file)
+
+    def logits(images):
+        size = tuple(int(v) for v in images.shape[1:3])
+        if size != runner.size:
+            raise DataError(
+                f"{model_file} takes {runner.size[0]}x{runner.size[1]} images, got "
+                f"{size[0]}x{size[1]}; export it again with --size {size[0]}x{size[1]}"
+            )
+        pixels = np.round(np.clip(np.asarray(images, np.float32), 0.0, 1.0) * 255.0)
+        return tf.constant(runner(pixels.astype(np.uint8))[0])
+
+    logits.runner = runner
+    return Predictor(meta, logits, f"TFLite {model_file}")
+
+
+def _find(path: Path) -> Tuple[Path, RunMeta, str]:
+    """(directory, its enet.json, kind: saved_model | tflite | checkpoint) of the model at path."""
     if not path.exists():
         raise DataError(
-            f"model {path} does not exist; give a run directory, SavedModel or checkpoint directory"
+            f"model {path} does not exist; give a run directory, SavedModel, TFLite export or "
+            f"checkpoint directory"
         )
-    candidates = [path, path / "model", path / "1", path / "checkpoints"]
-    for candidate in candidates:
+    if path.is_file() and path.suffix == ".tflite":
+        meta = RunMeta.read(path.parent)
+        if meta is None:
+            raise DataError(f"{path.parent} has no enet.json beside {path.name}; export it again")
+        return path, meta, "tflite"
+    for candidate in [path, path / "model", path / "1", path / "checkpoints"]:
         meta = RunMeta.read(candidate) if candidate.is_dir() else None
         if meta is None:
             continue
         if (candidate / "saved_model.pb").is_file():
-            return _from_saved_model(candidate, meta)
+            return candidate, meta, "saved_model"
+        if (candidate / TFLITE_NAME).is_file():
+            return candidate / TFLITE_NAME, meta, "tflite"
         if tf.train.latest_checkpoint(str(candidate)):
-            return _from_checkpoint(candidate)
+            return candidate, meta, "checkpoint"
     raise DataError(
-        f"no trained ENet in {path}: expected a SavedModel or checkpoints with enet.json "
-        f"(the output of enet train)"
+        f"no trained ENet in {path}: expected a SavedModel, TFLite export or checkpoints with "
+        f"enet.json (the output of enet train or enet export)"
     )
+
+
+def load_predictor(path: Path) -> Predictor:
+    """Find and load the model at `path` (see module docstring); one-line errors otherwise."""
+    found, meta, kind = _find(Path(path))
+    if kind == "saved_model":
+        return _from_saved_model(found, meta)
+    if kind == "tflite":
+        return _from_tflite(found, meta)
+    return _from_checkpoint(found)
+
+
+def load_keras_model(path: Path):
+    """(float32 Keras ENet, meta) from a run, SavedModel or checkpoint: what export converts.
+
+    A SavedModel of ours tracks the model's weights in order (export.py), so they are put
+    into a freshly built ENet; a TFLite file has lost what training needs and is refused.
+    """
+    from enet_cli.model import build_enet
+
+    found, meta, kind = _find(Path(path))
+    if kind == "tflite":
+        raise DataError(
+            f"{found} is already a TFLite export; give the run directory, SavedModel or "
+            f"checkpoints it came from"
+        )
+    if kind == "checkpoint":
+        return load_model_from_checkpoint(found)
+    loaded = tf.saved_model.load(str(found))
+    weights = getattr(loaded, "variables_", None)
+    if weights is None:
+        raise DataError(f"{found} is not a SavedModel written by enet; export its run instead")
+    model = build_enet(meta.model, None)
+    model.set_weights([w.numpy() for w in weights])
+    return model, meta

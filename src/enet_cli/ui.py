@@ -37,6 +37,18 @@ def info(message: str) -> None:
     stderr.print(escape(message), soft_wrap=True)
 
 
+@contextlib.contextmanager
+def status(description: str) -> Iterator[None]:
+    """A spinner with `description` on a terminal, one plain line elsewhere, for long calls
+    that report no progress of their own (conversions, compilations)."""
+    if stderr.is_terminal:
+        with stderr.status(escape(description)):
+            yield
+        return
+    info(f"{description} ...")
+    yield
+
+
 def track(items: Iterable[T], total: int, description: str, unit: str = "images") -> Iterator[T]:
     """Yield `items`, showing progress: a rich bar on a terminal, else lines at 0/25/50/75/100%."""
     if stderr.is_terminal:

@@ -80,6 +80,25 @@ def _bn(name: str, synchronized: bool = False):
     return layer(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
 
 
+class BlockPReLU(keras.layers.PReLU):
+    """PReLU with one learned slope; `freeze()` makes it a LeakyReLU with that slope.
+
+    Export freezes the slopes: a constant-slope LeakyReLU is an operator XNNPACK runs in
+    int8, where TFLite's PRELU fell back to the reference kernel between ~100 delegate
+    partitions (int8 ENet 6x slower than float32). Same variable, same checkpoints.
+    """
+
+    frozen_alpha: Optional[float] = None
+
+    def freeze(self) -> None:
+        self.frozen_alpha = float(tf.reshape(self.alpha, [-1])[0])
+
+    def call(self, inputs):
+        if self.frozen_alpha is not None:
+            return tf.nn.leaky_relu(inputs, alpha=self.frozen_alpha)
+        return super().call(inputs)
+
+
 def _activation(kind: str, name: str):
     """One activation per block, reused at every place in it (as the reference port does).
 
@@ -88,7 +107,7 @@ def _activation(kind: str, name: str):
     scalar. `shared_axes=[1, 2, 3]` gives that one scalar for inputs of any shape.
     """
     if kind == "prelu":
-        return keras.layers.PReLU(
+        return BlockPReLU(
             alpha_initializer=keras.initializers.Constant(PRELU_INIT),
             shared_axes=[1, 2, 3],
             name=name,
@@ -468,6 +487,9 @@ class FullConv(keras.layers.Layer):
     The reference's `ConvTranspose2d(padding=1, output_padding=1)` writes output pixel
     2i + k - 1 from input pixel i and tap k. A "valid" transposed conv writes 2i + k into a
     (2h+1)-wide map, so dropping its first row and column gives exactly the reference's grid.
+    The crop is `tf.slice`, not `[:, 1:, 1:]`: the gradient of a strided slice is a
+    single-threaded kernel that cost 50 ms of a 750 ms training step on two CPU cores; the
+    gradient of a slice is a pad (benchmarks/train_step.py).
     """
 
     def __init__(self, num_classes: int, **kwargs):
@@ -487,7 +509,7 @@ class FullConv(keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs):
-        return self.conv(inputs)[:, 1:, 1:, :]
+        return tf.slice(self.conv(inputs), [0, 1, 1, 0], [-1, -1, -1, -1])
 
     def multiply_adds(self, input_shape: Shape) -> int:
         return _conv_macs(self.conv, _spatial(input_shape))
