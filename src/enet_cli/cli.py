@@ -401,6 +401,7 @@ def export(
         calibration_images=calibration_images,
         xla=xla,
     )
+    request.check()
     with ui.status(f"exporting {model} as {format} ({quantize})"):
         report = export_model(request)
     what = format if format == "saved_model" else f"TFLite {quantize}"

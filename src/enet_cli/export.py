@@ -88,6 +88,21 @@ class ExportRequest(BaseModel):
     xla: bool = False
     measure_agreement: bool = True  # with data_dir: score the export against the float model
 
+    def check(self) -> None:
+        """Refuse combinations that cannot work, before any model is loaded."""
+        if self.format == ExportFormat.saved_model and self.quantize != Quantize.none:
+            raise ConfigError(
+                f"--quantize {self.quantize.value} applies to --format tflite; a SavedModel "
+                f"is float32"
+            )
+        if self.quantize == Quantize.int8 and self.data_dir is None:
+            raise ConfigError(
+                "--quantize int8 calibrates on training images: give the preprocessed data "
+                "with --data DATA_DIR"
+            )
+        if self.xla and self.format != ExportFormat.saved_model:
+            raise ConfigError("--xla applies to --format saved_model (TFLite runs on XNNPACK)")
+
 
 class Agreement(BaseModel):
     """The exported model against the float Keras model on one split of the data."""
@@ -117,18 +132,8 @@ def export_model(request: ExportRequest) -> ExportReport:
     """Load the trained model, write the export atomically, measure it against the float model."""
     from enet_cli.inference import load_keras_model, load_predictor
 
+    request.check()
     fmt, quantize = request.format, request.quantize
-    if fmt == ExportFormat.saved_model and quantize != Quantize.none:
-        raise ConfigError(
-            f"--quantize {quantize.value} applies to --format tflite; a SavedModel is float32"
-        )
-    if quantize == Quantize.int8 and request.data_dir is None:
-        raise ConfigError(
-            "--quantize int8 calibrates on training images: give the preprocessed data "
-            "with --data DATA_DIR"
-        )
-    if request.xla and fmt != ExportFormat.saved_model:
-        raise ConfigError("--xla applies to --format saved_model (TFLite runs on XNNPACK)")
     model, meta = load_keras_model(request.source)
     manifest = _manifest_for(request, meta) if request.data_dir is not None else None
     size = tuple(request.image_size or meta.image_size)

@@ -1,0 +1,86 @@
+"""The training-speed changes keep the model's numbers (issue 8).
+
+Each rewrite is compared with the formulation it replaced, outputs and gradients within
+float tolerance: the cross-entropy as log-sum-exp (was sparse_softmax_cross_entropy), the
+classifier's crop as tf.slice (was a strided slice), and export's frozen PReLU slopes as
+LeakyReLU (was the learned PReLU).
+"""
+
+import numpy as np
+import pytest
+
+from enet_cli.backend import tf
+from enet_cli.config import ModelConfig
+from enet_cli.model import build_enet
+from enet_cli.model.layers import BlockPReLU, FullConv
+from enet_cli.train.loop import seed_everything
+from enet_cli.train.task import SegmentationTask
+
+pytestmark = pytest.mark.compat
+
+
+def _reference_loss_terms(task, logits, labels):
+    """The loss as it was: TensorFlow's fused sparse softmax cross-entropy."""
+    safe_labels, weights = task._pixel_weights(labels)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=logits)
+    return tf.reduce_sum(ce * weights), tf.reduce_sum(weights)
+
+
+def test_log_sum_exp_loss_equals_sparse_softmax_cross_entropy_and_its_gradient():
+    rng = np.random.default_rng(0)
+    task = SegmentationTask(11, 11, tuple(rng.uniform(0.5, 8.0, 11)))
+    # Large logits too: log-sum-exp must stay stable where exp() alone would overflow.
+    logits = tf.constant(rng.normal(0, 1, (2, 24, 32, 11)) * [[[[1.0]]], [[[60.0]]]], tf.float32)
+    labels = tf.constant(rng.integers(0, 12, (2, 24, 32)), tf.int32)  # 11 = void
+    results = []
+    for terms in (task.loss_terms, lambda lg, lb: _reference_loss_terms(task, lg, lb)):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            loss_sum, weight_sum = terms(logits, labels)
+        results.append((loss_sum.numpy(), weight_sum.numpy(), tape.gradient(loss_sum, logits)))
+    (ours, our_weights, our_grad), (ref, ref_weights, ref_grad) = results
+    assert np.isfinite(ours) and ours > 0
+    np.testing.assert_allclose(ours, ref, rtol=1e-5)
+    assert our_weights == ref_weights
+    np.testing.assert_allclose(our_grad.numpy(), ref_grad.numpy(), atol=1e-5)
+
+
+def _outputs_and_gradients(model, images, labels):
+    task = SegmentationTask(11, 11, tuple([1.0] * 11))
+    with tf.GradientTape() as tape:
+        logits = model(images, training=True)
+        loss_sum, weight_sum = _reference_loss_terms(task, logits, labels)
+        loss = loss_sum / weight_sum
+    return logits.numpy(), [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
+
+
+def test_classifier_crop_by_slice_keeps_outputs_and_gradients(monkeypatch):
+    seed_everything(4)
+    model = build_enet(ModelConfig(num_classes=11, dropout=0.0, stage1_dropout=0.0), (48, 64))
+    rng = np.random.default_rng(1)
+    images = tf.constant(rng.uniform(0, 1, (2, 48, 64, 3)), tf.float32)
+    labels = tf.constant(rng.integers(0, 12, (2, 48, 64)), tf.int32)
+    logits, grads = _outputs_and_gradients(model, images, labels)
+    monkeypatch.setattr(FullConv, "call", lambda self, x: self.conv(x)[:, 1:, 1:, :])
+    ref_logits, ref_grads = _outputs_and_gradients(model, images, labels)
+    assert logits.shape == (2, 48, 64, 11)
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-5)
+    assert len(grads) == len(ref_grads) == len(model.trainable_variables)
+    for ours, ref in zip(grads, ref_grads):
+        np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_frozen_prelu_slopes_give_the_same_inference_outputs():
+    seed_everything(5)
+    model = build_enet(ModelConfig(num_classes=11), (48, 64))
+    prelus = [layer for layer in model.submodules if isinstance(layer, BlockPReLU)]
+    assert len(prelus) == 23  # one per encoder block (initial + 22 bottlenecks)
+    for k, layer in enumerate(prelus):  # slopes away from the initial 0.25, one above 1
+        layer.alpha.assign(tf.fill(layer.alpha.shape, 0.05 + 0.06 * k))
+    images = tf.constant(np.random.default_rng(2).uniform(0, 1, (1, 48, 64, 3)), tf.float32)
+    before = model(images, training=False).numpy()
+    for layer in prelus:
+        layer.freeze()
+    assert prelus[-1].frozen_alpha == pytest.approx(0.05 + 0.06 * 22)
+    after = model(images, training=False).numpy()
+    np.testing.assert_allclose(after, before, atol=1e-5)

@@ -1,0 +1,210 @@
+"""`enet export` and `enet benchmark` on a model really trained on the CamVid sample.
+
+The exports are checked against the Keras model they come from: logits within float
+tolerance (SavedModel, TFLite float32), classes agreeing on the sample's pixels (float16,
+and int8 above a stated floor), every TFLite operator a builtin of the stock interpreter.
+"""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from conftest import error_lines, fit_quietly, run_enet, train_config
+
+# int8 post-training quantization against the float model on the sample's val split, for a
+# model trained 12 epochs at 96x128 (val mean IoU ~25%): measured 92.6% pixel agreement and
+# -0.9 mean IoU points; the floors leave room for another seed or TensorFlow version.
+INT8_AGREEMENT_FLOOR = 0.85
+INT8_MIOU_DELTA_LIMIT = 0.03
+
+
+@pytest.fixture(scope="module")
+def fitted_run(small_data, tmp_path_factory):
+    """ENet trained until it segments (val mean IoU ~0.2): agreement needs confident logits."""
+    run = tmp_path_factory.mktemp("fitted") / "run"
+    cfg = train_config(
+        small_data, run, epochs=12, learning_rate=5e-3, dropout=0.0, stage1_dropout=0.0
+    )
+    summary = fit_quietly(cfg)
+    assert summary["best_val_mean_iou"] > 0.12, summary["best_val_mean_iou"]
+    return run
+
+
+@pytest.fixture(scope="module")
+def keras_model(fitted_run):
+    from enet_cli.inference import load_keras_model
+
+    return load_keras_model(fitted_run)
+
+
+def _val_batch(small_data):
+    from enet_cli.config import DataConfig
+    from enet_cli.data.manifest import load_manifest
+    from enet_cli.data.pipeline import make_dataset
+
+    manifest = load_manifest(small_data)
+    data = DataConfig(data_dir=small_data, image_size=manifest.image_size)
+    images, labels = next(iter(make_dataset(data, manifest, "val", 4, training=False)))
+    pixels = np.round(images.numpy() * 255).astype(np.uint8)
+    return pixels, labels.numpy()
+
+
+@pytest.fixture(scope="module")
+def tflite_float32(fitted_run, small_data, tmp_path_factory):
+    """(report, directory) of the trained model exported as float32 TFLite, measured on val."""
+    out = tmp_path_factory.mktemp("tflite") / "f32"
+    return _export(source=fitted_run, out=out, format="tflite", data_dir=small_data), out
+
+
+def _export(**fields):
+    from enet_cli.export import ExportRequest, export_model
+
+    return export_model(ExportRequest(**fields))
+
+
+def test_saved_model_serves_the_keras_logits_and_scores_in_evaluate(
+    fitted_run, keras_model, small_data, tmp_path
+):
+    import tensorflow as tf
+
+    out = tmp_path / "sm"
+    result = run_enet("export", str(fitted_run), "--out", str(out), "--data", str(small_data))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "pixel agreement 100.00%" in result.stdout, result.stdout
+    assert "delta +0.00 points" in result.stdout
+    model, _ = keras_model
+    pixels, _ = _val_batch(small_data)
+    served = tf.saved_model.load(str(out)).signatures["serving_default"](images=pixels)
+    expected = model(pixels.astype(np.float32) / 255.0, training=False).numpy()
+    np.testing.assert_allclose(served["logits"].numpy(), expected, atol=1e-4)
+    np.testing.assert_array_equal(served["classes"].numpy(), expected.argmax(-1))
+    scored = run_enet("evaluate", str(out), str(small_data), "--split", "val")
+    assert scored.returncode == 0, scored.stderr[-2000:]
+
+
+def test_tflite_float32_and_float16_match_the_keras_model(
+    fitted_run, keras_model, tflite_float32, small_data, tmp_path
+):
+    from enet_cli.tflite import TFLiteRunner
+
+    model, _ = keras_model
+    pixels, _ = _val_batch(small_data)
+    expected = model(pixels.astype(np.float32) / 255.0, training=False).numpy()
+    float16 = _export(
+        source=fitted_run, out=tmp_path / "f16", format="tflite", quantize="float16",
+        data_dir=small_data,
+    )  # fmt: skip
+    reports = {"float32": tflite_float32[0], "float16": float16}
+    for name, report in reports.items():
+        assert not [op for op in report.operators if op.startswith("Flex") or op == "CUSTOM"]
+        assert "CONV_2D" in report.operators and "LEAKY_RELU" in report.operators
+        runner = TFLiteRunner(report.path)  # the stock interpreter: it would refuse Flex ops
+        # Batch norm folded into the convolutions: no batch-norm arithmetic left, only the
+        # few MUL/ADD of the unpooling masks, input scaling and the residual sums.
+        counts = {op: runner.ops().count(op) for op in ("CONV_2D", "MUL", "ADD")}
+        assert counts["CONV_2D"] == 86 and counts["MUL"] <= 12 and counts["ADD"] <= 35, counts
+        logits, classes = runner(pixels)
+        floor = 0.999 if name == "float32" else 0.99
+        if name == "float32":
+            np.testing.assert_allclose(logits, expected, atol=1e-3)
+        assert float(np.mean(classes == expected.argmax(-1))) >= floor, name
+        assert report.agreement.pixel_agreement >= floor, (name, report.agreement)
+        assert abs(report.agreement.mean_iou_delta) < 0.005, (name, report.agreement)
+    assert float16.size_bytes < 0.6 * tflite_float32[0].size_bytes
+
+
+def test_int8_agrees_above_the_floor_and_runs_in_evaluate(fitted_run, small_data, tmp_path):
+    out = tmp_path / "int8"
+    result = run_enet(
+        "export", str(fitted_run), "--format", "tflite", "--quantize", "int8",
+        "--data", str(small_data), "--calibration-images", "8", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = next(x for x in result.stdout.splitlines() if "pixel agreement" in x)
+    agreement = float(line.split("pixel agreement ")[1].split("%")[0]) / 100
+    assert agreement >= INT8_AGREEMENT_FLOOR, line
+    assert "operators (all TFLite builtins)" in result.stdout
+    size_line = next(x for x in result.stdout.splitlines() if x.startswith("wrote TFLite int8"))
+    assert float(size_line.split(": ")[1].split(" MiB")[0]) < 0.7  # float32 is 1.4 MiB
+    scored = run_enet(
+        "evaluate", str(out / "model.tflite"), str(small_data), "--split", "val",
+        "--json", str(tmp_path / "m.json"),
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    export_miou = float(line.split("mean IoU ")[1].split("%")[0]) / 100
+    float_miou = float(line.split(" vs ")[1].split("%")[0]) / 100
+    evaluated = json.loads((tmp_path / "m.json").read_text())["mean_iou"]
+    assert abs(evaluated - export_miou) < 5e-4, (evaluated, export_miou)
+    assert abs(export_miou - float_miou) <= INT8_MIOU_DELTA_LIMIT, line
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--format", "tflite", "--quantize", "int8"], "--data"),
+        (["--format", "saved_model", "--quantize", "float16"], "--format tflite"),
+        (["--format", "onnx"], "--format"),
+        (["--format", "tflite", "--size", "100x100"], "--size"),
+        (["--format", "tflite", "--xla"], "--xla"),
+    ],
+)
+def test_bad_export_requests_fail_in_one_line_and_write_nothing(
+    fitted_run, tmp_path, args, message
+):
+    out = tmp_path / "out"
+    result = run_enet("export", str(fitted_run), "--out", str(out), *args)
+    assert result.returncode != 0
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and message in lines[0], lines
+    assert "Traceback" not in result.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_a_tflite_export_is_not_a_source_for_another_export(tflite_float32, tmp_path):
+    _, exported = tflite_float32
+    out = tmp_path / "x"
+    result = run_enet("export", str(exported), "--format", "tflite", "--out", str(out))
+    assert result.returncode == 3
+    assert "already a TFLite export" in error_lines(result.stderr)[-1]
+    assert not out.exists()
+
+
+def test_benchmark_reports_sane_numbers_with_machine_and_versions(fitted_run, tmp_path):
+    import tensorflow as tf
+
+    report_path = tmp_path / "bench.json"
+    result = run_enet(
+        "benchmark", str(fitted_run), "--what", "all", "--variants", "keras,tflite_float32",
+        "--size", "96x128", "--iterations", "5", "--warmup", "2", "--json", str(report_path),
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["machine"]["cores"] == os.cpu_count()
+    assert report["versions"]["tensorflow"] == tf.__version__
+    rows = {(r["what"], r["variant"]): r for r in report["results"]}
+    assert set(rows) == {
+        ("train", "keras float32"),
+        ("infer", "keras"),
+        ("infer", "tflite_float32"),
+        ("pipeline", "tf.data decode+augment"),
+    }
+    for row in rows.values():
+        assert row["min"] <= row["q1"] <= row["median"] <= row["q3"] <= row["max"], row
+        assert math.isfinite(row["median"]) and row["median"] > 0
+    assert rows[("infer", "keras")]["n"] == 5
+    assert rows[("infer", "keras")]["unit"] == "ms/image"
+    assert rows[("infer", "tflite_float32")]["median"] < 10_000
+    assert rows[("train", "keras float32")]["unit"] == "images/s"
+    assert "MiB" in rows[("infer", "tflite_float32")]["note"]
+    assert "median" in result.stdout and "tflite_float32" in result.stdout
+
+
+def test_benchmark_refuses_unknown_variants():
+    result = run_enet("benchmark", "--what", "infer", "--variants", "keras,onnx")
+    assert result.returncode == 2
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "onnx" in lines[0] and "tflite_int8" in lines[0], lines
