@@ -18,7 +18,7 @@ import numpy as np
 
 from enet_cli.backend import tf
 from enet_cli.errors import EnvironmentProblem
-from enet_cli.model.layers import BlockPReLU
+from enet_cli.model.layers import BlockPReLU, PointwiseConv2D
 
 
 class Quantize(str, Enum):
@@ -51,11 +51,14 @@ def _uint8_model(model, size: Tuple[int, int]):
     return uint8_in
 
 
-def freeze_activations(model) -> None:
-    """Constant slopes for every PReLU of `model` (an export copy: it stops learning them)."""
+def prepare_for_export(model) -> None:
+    """Constant slopes for every PReLU of `model` (an export copy: it stops learning them)
+    and 1x1 convolutions as CONV_2D, into which the converter folds batch norm."""
     for layer in model.submodules:
         if isinstance(layer, BlockPReLU):
             layer.freeze()
+        elif isinstance(layer, PointwiseConv2D):
+            layer.as_matmul = False
 
 
 def convert(
@@ -69,7 +72,7 @@ def convert(
     `calibration` yields uint8 (H, W, 3) training images; int8 needs it.
     """
     quantize = Quantize(quantize)
-    freeze_activations(model)
+    prepare_for_export(model)
     if quantize == Quantize.int8:
         function = _pixels_model(model, size).get_concrete_function()
     else:

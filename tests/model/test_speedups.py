@@ -84,3 +84,36 @@ def test_frozen_prelu_slopes_give_the_same_inference_outputs():
     assert prelus[-1].frozen_alpha == pytest.approx(0.05 + 0.06 * 22)
     after = model(images, training=False).numpy()
     np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+def test_pointwise_convolution_as_matmul_keeps_outputs_and_gradients():
+    from enet_cli.model.layers import PointwiseConv2D
+
+    layer = PointwiseConv2D(24, 1, use_bias=False)
+    images = tf.constant(np.random.default_rng(3).normal(0, 1, (2, 12, 16, 8)), tf.float32)
+    layer.build(images.shape)
+    results = []
+    for as_matmul in (True, False):
+        layer.as_matmul = as_matmul
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            out = layer(images)
+            loss = tf.reduce_sum(out * out)
+        results.append(
+            [out.numpy(), *[g.numpy() for g in tape.gradient(loss, [images, layer.kernel])]]
+        )
+    assert results[0][0].shape == (2, 12, 16, 24)
+    for ours, conv in zip(*results):
+        np.testing.assert_allclose(ours, conv, rtol=1e-5, atol=1e-4)
+
+
+def test_enet_uses_pointwise_matmuls_for_its_1x1_convolutions():
+    from enet_cli.model.layers import PointwiseConv2D
+
+    model = build_enet(ModelConfig(num_classes=11), (48, 64))
+    convs = [m for m in model.submodules if isinstance(m, tf.keras.layers.Conv2D)]
+    pointwise = [m for m in convs if isinstance(m, PointwiseConv2D)]
+    assert len(pointwise) == sum(1 for m in convs if tuple(m.kernel_size) == (1, 1))
+    # 23 regular bottlenecks: project + expand; 2 downsampling: expand (project is 2x2);
+    # 2 upsampling: main branch, project, expand.
+    assert len(pointwise) == 23 * 2 + 2 + 2 * 3

@@ -1,0 +1,45 @@
+"""Train step and Keras inference of the enet_cli on PYTHONPATH, as JSON (versus_pytorch.py).
+
+Uses only APIs that every version of enet_cli since the training core has, so an older
+checkout (the "before" of a speed change) is measured by the same code as the current one.
+"""
+
+import json
+import statistics
+import sys
+import time
+
+from enet_cli.backend import tf
+from enet_cli.config import ModelConfig, TrainConfig
+from enet_cli.model import build_enet
+from enet_cli.train.engines.single import SingleEngine
+from enet_cli.train.loop import build_optimizer
+from enet_cli.train.task import SegmentationTask
+
+
+def main(size=(360, 480), batch=4, steps=12, runs=30) -> None:
+    model = build_enet(ModelConfig(num_classes=11), size)
+    optimizer = build_optimizer(TrainConfig(), 5e-4)
+    task = SegmentationTask(11, 11, tuple([1.0] * 11))
+    step = SingleEngine().make_train_step(model, optimizer, task, 2e-4)
+    images = tf.random.uniform((batch, *size, 3), seed=1)
+    labels = tf.random.uniform((batch, *size), maxval=12, dtype=tf.int32, seed=2)
+    rates = []
+    for i in range(2 + steps):
+        start = time.perf_counter()
+        step((images, labels))["loss"].numpy()
+        if i >= 2:
+            rates.append(batch / (time.perf_counter() - start))
+    forward = tf.function(lambda x: model(x, training=False))
+    image = tf.random.uniform((1, *size, 3), seed=3)
+    ms = []
+    for i in range(3 + runs):
+        start = time.perf_counter()
+        forward(image).numpy()
+        if i >= 3:
+            ms.append(1000 * (time.perf_counter() - start))
+    print(json.dumps({"train": statistics.median(rates), "infer_keras": statistics.median(ms)}))
+
+
+if __name__ == "__main__":
+    main(steps=int(sys.argv[1]) if len(sys.argv) > 1 else 12)

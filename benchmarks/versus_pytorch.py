@@ -1,0 +1,90 @@
+"""Our ENet against davidtvs/PyTorch-ENet, in one run, alternating so load hits both alike.
+
+Each round measures, one after the other: the PyTorch port (benchmarks/pytorch_port.py, in
+a Python that has torch), optionally an older enet_cli checkout ("before"), the current
+one, and `enet benchmark --what infer` for the exported variants. Figures are medians over
+rounds; ratios are against the port measured in the same rounds (issue 8's targets: train
+images/s >= 1.5x the port's, exported inference latency <= 0.5x the port's).
+
+Run: python benchmarks/versus_pytorch.py --torch-python VENV/bin/python \\
+        --port PyTorch-ENet/models/enet.py [--before-src OLD_CHECKOUT/src] [--rounds 2]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _common import ROOT, machine
+
+EXPORTED = "keras_xla,saved_model,tflite_float32,tflite_float16,tflite_int8"
+
+
+def _json_line(cmd, env=None) -> dict:
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _probe(src: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(src), TF_CPP_MIN_LOG_LEVEL="3")
+    return _json_line([sys.executable, str(ROOT / "benchmarks" / "_probe.py")], env)
+
+
+def _exported() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "bench.json"
+        subprocess.run(
+            [sys.executable, "-m", "enet_cli", "benchmark", "--what", "infer",
+             "--variants", EXPORTED, "--iterations", "30", "--json", str(report)],
+            capture_output=True, text=True, check=True,
+            env=dict(os.environ, PYTHONPATH=str(ROOT / "src"), TF_CPP_MIN_LOG_LEVEL="3"),
+        )  # fmt: skip
+        results = json.loads(report.read_text())["results"]
+    return {f"infer_{r['variant']}": r["median"] for r in results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--torch-python", required=True)
+    parser.add_argument("--port", required=True, help="PyTorch-ENet's models/enet.py")
+    parser.add_argument("--before-src", type=Path, help="an older checkout's src directory")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    rows = {}
+    for r in range(args.rounds):
+        figures = {"pytorch": _json_line([args.torch_python, str(ROOT / "benchmarks" /
+                   "pytorch_port.py"), "--port", args.port, "--json"])}  # fmt: skip
+        if args.before_src:
+            figures["before"] = _probe(args.before_src)
+        figures["after"] = _probe(ROOT / "src")
+        figures["after"].update(_exported())
+        print(f"round {r + 1}: {json.dumps(figures)}", flush=True)
+        for who, values in figures.items():
+            for key, value in values.items():
+                rows.setdefault((who, key), []).append(value)
+    print(f"machine after: {machine()}")
+    med = {k: statistics.median(v) for k, v in rows.items() if isinstance(v[0], float)}
+    torch_train = med[("pytorch", "train_images_per_sec")]
+    torch_ms = med[("pytorch", "infer_ms")]
+    print(f"\n{'what':42s} {'median':>10s} {'vs PyTorch-ENet':>16s}")
+    print(f"{'PyTorch-ENet train (images/s)':42s} {torch_train:10.2f} {1.0:15.2f}x")
+    for who in ("before", "after"):
+        if (who, "train") in med:
+            value = med[(who, "train")]
+            print(
+                f"{f'enet {who}: train (images/s)':42s} {value:10.2f} {value / torch_train:15.2f}x"
+            )
+    print(f"{'PyTorch-ENet inference (ms/image)':42s} {torch_ms:10.1f} {1.0:15.2f}x")
+    for (who, key), value in sorted(med.items()):
+        if who != "pytorch" and key.startswith("infer_"):
+            label = f"enet {who}: {key[6:]} (ms/image)"
+            print(f"{label:42s} {value:10.1f} {value / torch_ms:15.2f}x")
+
+
+if __name__ == "__main__":
+    main()
