@@ -97,7 +97,7 @@ def test_pointwise_convolution_as_matmul_keeps_outputs_and_gradients():
         layer.as_matmul = as_matmul
         with tf.GradientTape() as tape:
             tape.watch(images)
-            out = layer(images)
+            out = layer(images, training=True)
             loss = tf.reduce_sum(out * out)
         results.append(
             [out.numpy(), *[g.numpy() for g in tape.gradient(loss, [images, layer.kernel])]]
@@ -117,3 +117,11 @@ def test_enet_uses_pointwise_matmuls_for_its_1x1_convolutions():
     # 23 regular bottlenecks: project + expand; 2 downsampling: expand (project is 2x2);
     # 2 upsampling: main branch, project, expand.
     assert len(pointwise) == 23 * 2 + 2 + 2 * 3
+    # Training multiplies matrices; inference keeps Conv2D (faster there at batch 1).
+    for training, matmuls in ((True, len(pointwise)), (False, 0)):
+        graph = (
+            tf.function(lambda x, t=training: model(x, training=t))
+            .get_concrete_function(tf.TensorSpec([1, 48, 64, 3], tf.float32))
+            .graph
+        )
+        assert sum(op.type == "MatMul" for op in graph.get_operations()) == matmuls, training

@@ -38,8 +38,8 @@ class PointwiseConv2D(keras.layers.Conv2D):
 
     as_matmul = True
 
-    def call(self, inputs):
-        if not self.as_matmul:
+    def call(self, inputs, training=None):
+        if not (self.as_matmul and training):  # inference: Conv2D was 10% faster at batch 1
             return super().call(inputs)
         kernel = tf.reshape(self.kernel, self.kernel.shape[2:])
         shape = tf.shape(inputs)
