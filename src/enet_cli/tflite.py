@@ -27,28 +27,20 @@ class Quantize(str, Enum):
     int8 = "int8"
 
 
-def _pixels_model(model, size: Tuple[int, int]):
-    """A fixed-shape function from float32 pixel values 0-255 to logits and classes.
+def _fixed_size_function(model, size: Tuple[int, int], dtype):
+    """One image of `size` (pixel values 0-255 as `dtype`) -> logits and classes.
 
-    The model's input is float32 in [0, 1]; dividing inside the graph lets int8 calibrate
-    its input on 0-255, which makes its uint8 input quantization the identity.
+    The model's input is float32 in [0, 1]. int8 takes float32 pixels here and divides in
+    the graph, so it calibrates its input on 0-255 and its uint8 input quantization is the
+    identity; the float variants take uint8 and cast in the graph.
     """
 
-    @tf.function(input_signature=[tf.TensorSpec([1, *size, 3], tf.float32, name="image")])
-    def pixels_in(image):
-        logits = model(image / 255.0, training=False)
-        return {"logits": logits, "classes": tf.argmax(logits, axis=-1, output_type=tf.int32)}
-
-    return pixels_in
-
-
-def _uint8_model(model, size: Tuple[int, int]):
-    @tf.function(input_signature=[tf.TensorSpec([1, *size, 3], tf.uint8, name="image")])
-    def uint8_in(image):
+    @tf.function(input_signature=[tf.TensorSpec([1, *size, 3], dtype, name="image")])
+    def serve(image):
         logits = model(tf.cast(image, tf.float32) / 255.0, training=False)
         return {"logits": logits, "classes": tf.argmax(logits, axis=-1, output_type=tf.int32)}
 
-    return uint8_in
+    return serve
 
 
 def prepare_for_export(model) -> None:
@@ -73,10 +65,8 @@ def convert(
     """
     quantize = Quantize(quantize)
     prepare_for_export(model)
-    if quantize == Quantize.int8:
-        function = _pixels_model(model, size).get_concrete_function()
-    else:
-        function = _uint8_model(model, size).get_concrete_function()
+    dtype = tf.float32 if quantize == Quantize.int8 else tf.uint8
+    function = _fixed_size_function(model, size, dtype).get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantize == Quantize.float16:
