@@ -253,7 +253,8 @@ class SpatialDropout(keras.layers.Layer):
         )
         shape = tf.stack([tf.shape(inputs)[0], 1, 1, tf.shape(inputs)[3]])
         keep = tf.random.stateless_uniform(shape, seed) >= self.rate
-        return inputs * tf.cast(keep, inputs.dtype) / tf.cast(1.0 - self.rate, inputs.dtype)
+        # Scale the (N, 1, 1, C) mask, not the activations: one full-size multiply, not two.
+        return inputs * (tf.cast(keep, inputs.dtype) / tf.cast(1.0 - self.rate, inputs.dtype))
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
