@@ -104,26 +104,40 @@ def byte_progress(description: str, total: int) -> Iterator[Callable[[int], None
     yield advance
 
 
-@contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """Inside the block, SIGTERM (SageMaker's stop, a spot interruption, `kill`) raises
-    KeyboardInterrupt like Ctrl-C does, so `finally` clean-ups run for both.
+class Interrupts:
+    """Inside `raising()`, SIGINT and SIGTERM raise KeyboardInterrupt, and stay raised.
 
-    Only the main thread can install handlers; elsewhere this is a no-op.
+    SIGTERM (SageMaker's stop, a spot interruption, `kill`) thus runs the same `finally`
+    clean-ups as Ctrl-C. The signal is also remembered, because Python drops an exception
+    raised while a finalizer (`__del__`, a weakref callback) happens to run: a Ctrl-C that
+    lands there would be lost. `check()`, called between units of work, raises it again.
+    Only the main thread can install handlers; elsewhere `raising()` changes nothing.
     """
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt("SIGTERM")
+    def __init__(self) -> None:
+        self.signal_name: str = ""
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def check(self) -> None:
+        if self.signal_name:
+            raise KeyboardInterrupt(self.signal_name)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+        raise KeyboardInterrupt(self.signal_name)
+
+    @contextlib.contextmanager
+    def raising(self) -> Iterator["Interrupts"]:
+        previous = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread
+            pass
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 class StopRequest:

@@ -351,3 +351,31 @@ def test_interrupted_run_leaves_nothing(camvid_segnet_mini, tmp_path, sig):
     assert "Traceback" not in err
     assert error_lines(err)[-1].startswith("error: preprocess interrupted; nothing was written")
     assert list(work.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_signal_swallowed_by_a_finalizer_still_stops_preprocessing(monkeypatch):
+    """Why preprocess checks for a signal between images: Python drops an exception raised
+    while a finalizer runs, so the KeyboardInterrupt of a Ctrl-C landing there is lost."""
+    from enet_cli.data import preprocess as module
+    from enet_cli.ui import Interrupts
+
+    calls = []
+    monkeypatch.setattr(module, "convert_example", lambda task: calls.append(task) or task)
+
+    class SignalledDuringFinalizer:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs (and raises) in here
+                pass
+
+    interrupts = Interrupts()
+    converted = []
+    with interrupts.raising():
+        SignalledDuringFinalizer()  # collected at once: its KeyboardInterrupt is dropped
+        assert interrupts.signal_name == "SIGINT"  # still running: the exception was lost
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+            for item in module._convert_all(["a", "b", "c"], None, interrupts):
+                converted.append(item)
+    assert calls == ["a"] and converted == []  # stopped at the first image
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

@@ -45,7 +45,7 @@ from enet_cli.data.manifest import (
     write_manifest,
 )
 from enet_cli.errors import DataError, Interrupted
-from enet_cli.ui import sigterm_raises, track, warn
+from enet_cli.ui import Interrupts, track, warn
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 MAX_UNKNOWN_FRACTION = 0.001  # unexplained label pixels tolerated per split (become void)
@@ -192,10 +192,17 @@ def worker_pool(workers: int) -> Iterator[Optional[concurrent.futures.Executor]]
         pool.shutdown(wait=True)
 
 
-def _convert_all(tasks: List[Task], pool: Optional[concurrent.futures.Executor]):
-    if pool is None:
-        return map(convert_example, tasks)
-    return pool.map(convert_example, tasks, chunksize=2)
+def _convert_all(
+    tasks: List[Task], pool: Optional[concurrent.futures.Executor], interrupts: Interrupts
+) -> Iterator[Converted]:
+    converted = (
+        map(convert_example, tasks)
+        if pool is None
+        else pool.map(convert_example, tasks, chunksize=2)
+    )
+    for item in converted:
+        interrupts.check()  # a signal whose KeyboardInterrupt a finalizer swallowed
+        yield item
 
 
 # ---------------------------------------------------------------------------------------
@@ -287,7 +294,13 @@ def _check_unknown_pixels(split: str, acc: _Totals, layout: str, root: Path) -> 
 
 
 def _write_split(
-    split: str, tasks: List[Task], cfg: PreprocessConfig, out_dir: Path, root: Path, pool
+    split: str,
+    tasks: List[Task],
+    cfg: PreprocessConfig,
+    out_dir: Path,
+    root: Path,
+    pool,
+    interrupts: Interrupts,
 ) -> _SplitResult:
     from enet_cli.backend import tf
 
@@ -296,7 +309,7 @@ def _write_split(
     sizes = _shard_sizes(len(tasks), shards)
     classes = tasks[0].scheme.void_index + 1
     acc = _Totals(classes)
-    converted = track(_convert_all(tasks, pool), len(tasks), f"preprocess {split}")
+    converted = track(_convert_all(tasks, pool, interrupts), len(tasks), f"preprocess {split}")
     try:
         _fill_shards(tf, converted, sizes, split, cfg, out_dir, acc)
         for _ in converted:  # drain: lets the progress display finish
@@ -364,9 +377,9 @@ def preprocess(cfg: PreprocessConfig) -> Tuple[Manifest, Layout, List[SplitRepor
             ]
     tmp = _prepare_output(cfg)
     try:
-        with sigterm_raises(), worker_pool(cfg.workers) as pool:
+        with Interrupts().raising() as interrupts, worker_pool(cfg.workers) as pool:
             results = {
-                split: _write_split(split, tasks, cfg, tmp, layout.root, pool)
+                split: _write_split(split, tasks, cfg, tmp, layout.root, pool, interrupts)
                 for split, tasks in plans.items()
             }
             train = results["train"]
