@@ -111,7 +111,9 @@ class Interrupts:
     clean-ups as Ctrl-C. The signal is also remembered, because Python drops an exception
     raised while a finalizer (`__del__`, a weakref callback) happens to run: a Ctrl-C that
     lands there would be lost. `check()`, called between units of work, raises it again.
-    Only the main thread can install handlers; elsewhere `raising()` changes nothing.
+    A SIGINT the parent process ignores stays ignored (Python's own rule: background jobs
+    of a shell must not die of the terminal's Ctrl-C). Only the main thread can install
+    handlers; elsewhere `raising()` changes nothing.
     """
 
     def __init__(self) -> None:
@@ -130,6 +132,8 @@ class Interrupts:
         previous = {}
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):
+                if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue
                 previous[sig] = signal.signal(sig, self._handle)
         except ValueError:  # not the main thread
             pass
