@@ -104,6 +104,26 @@ def byte_progress(description: str, total: int) -> Iterator[Callable[[int], None
     yield advance
 
 
+@contextlib.contextmanager
+def _routed_to(handler, keep_ignored_sigint: bool) -> Iterator[None]:
+    """SIGINT and SIGTERM go to `handler` inside the block; the previous handlers come back
+    after it. Only the main thread can install handlers (elsewhere nobody can signal us):
+    there this changes nothing."""
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            ignored = signal.getsignal(sig) == signal.SIG_IGN
+            if not (keep_ignored_sigint and sig == signal.SIGINT and ignored):
+                previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 class Interrupts:
     """Inside `raising()`, SIGINT and SIGTERM raise KeyboardInterrupt, and stay raised.
 
@@ -129,19 +149,8 @@ class Interrupts:
 
     @contextlib.contextmanager
     def raising(self) -> Iterator["Interrupts"]:
-        previous = {}
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
-                    continue
-                previous[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not the main thread
-            pass
-        try:
+        with _routed_to(self._handle, keep_ignored_sigint=True):
             yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
 class StopRequest:
@@ -166,17 +175,8 @@ class StopRequest:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator["StopRequest"]:
-        previous = {}
-        try:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not the main thread: nobody can signal us anyway
-            pass
-        try:
+        with _routed_to(self._handle, keep_ignored_sigint=False):
             yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
 class StepProgress:
