@@ -167,3 +167,30 @@ def test_cli_data_errors(small_data, tmp_path):
         assert result.returncode == code, result.stderr
         lines = error_lines(result.stderr)
         assert needle in lines[-1] and "Traceback" not in result.stderr
+
+
+def test_fused_kernel_is_built_once_and_its_absence_is_a_warning(small_data, tmp_path):
+    """A fresh cache: the first run compiles the kernel and says so; without a compiler the
+    run warns in one line and trains on Keras' ops (same numbers, see tests/model)."""
+
+    def train(run: str, **env):
+        result = subprocess.run(
+            [sys.executable, "-m", "enet_cli", "train", str(small_data), "--steps", "2",
+             "--run-dir", str(tmp_path / run), *TRAIN_ARGS],
+            capture_output=True, text=True, timeout=300, env={**enet_env(), **env},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert (tmp_path / run / "model" / "saved_model.pb").is_file()
+        return error_lines(result.stderr)
+
+    cache = tmp_path / "kernels"
+    lines = train("built", ENET_KERNEL_CACHE=str(cache))
+    assert [line for line in lines if "compiling the fused prelu kernel" in line], lines
+    assert not [line for line in lines if "warning" in line], lines
+    assert len(list(cache.glob("prelu-*.so"))) == 1
+
+    lines = train("no-compiler", ENET_KERNEL_CACHE=str(tmp_path / "empty"), CXX="/nonexistent/c++")
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1, lines
+    assert "no fused PReLU kernel" in warnings[0] and "/nonexistent/c++" in warnings[0]
+    assert "composed ops" in warnings[0]

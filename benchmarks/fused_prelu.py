@@ -1,0 +1,97 @@
+"""The fused PReLU kernel against Keras' composed PReLU, in ENet's real training step.
+
+A paired, in-process A/B: two train steps of the same model, one traced with the kernel and
+one without (`fused.turned_off()`), run alternately so machine load hits both alike; prints
+the median images/s of each and the median of the per-pair ratios with its quartiles. Also
+times the activation alone (forward + backward on a stage-1-sized tensor).
+Run: python benchmarks/fused_prelu.py [--steps 30] [--size 360x480] [--batch 4]
+"""
+
+import argparse
+import contextlib
+import statistics
+import time
+
+from _common import machine
+
+from enet_cli.backend import tf
+from enet_cli.config import ModelConfig, TrainConfig
+from enet_cli.model import build_enet, fused
+from enet_cli.model.layers import BlockPReLU
+from enet_cli.train.engines.single import SingleEngine
+from enet_cli.train.loop import build_optimizer
+from enet_cli.train.task import SegmentationTask
+
+
+def make_step(size, batch, use_kernel: bool):
+    tf.random.set_seed(0)
+    model = build_enet(ModelConfig(num_classes=11), size)
+    optimizer = build_optimizer(TrainConfig(), 5e-4)
+    task = SegmentationTask(11, 11, tuple([1.0] * 11))
+    step = SingleEngine().make_train_step(model, optimizer, task, 2e-4)
+    images = tf.random.uniform((batch, *size, 3), seed=1)
+    labels = tf.random.uniform((batch, *size), maxval=12, dtype=tf.int32, seed=2)
+    with contextlib.nullcontext() if use_kernel else fused.turned_off():  # the first calls trace
+        for _ in range(2):
+            step((images, labels))["loss"].numpy()
+    return lambda: step((images, labels))["loss"].numpy()
+
+
+def make_activation(use_kernel: bool):
+    layer = BlockPReLU(shared_axes=[1, 2, 3])
+    x = tf.random.normal((4, 90, 120, 64), seed=3)
+    layer.build(x.shape)
+
+    @tf.function
+    def run():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+        return tape.gradient(y, [x, layer.alpha])
+
+    with contextlib.nullcontext() if use_kernel else fused.turned_off():
+        run()
+    return lambda: [g.numpy() for g in run()]
+
+
+def paired(variants: dict, rounds: int, per_call: float) -> dict:
+    rates = {name: [] for name in variants}
+    for r in range(rounds):
+        order = list(variants.items())
+        for name, fn in order if r % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            fn()
+            rates[name].append(per_call / (time.perf_counter() - start))
+    return rates
+
+
+def report(label: str, unit: str, rates: dict) -> None:
+    base = rates["composed"]
+    for name, values in rates.items():
+        ratios = [a / b for a, b in zip(values, base)]
+        q = statistics.quantiles(ratios, n=4)
+        print(
+            f"{label} {name:9s} median {statistics.median(values):8.2f} {unit}; "
+            f"paired ratio vs composed {statistics.median(ratios):.3f} "
+            f"(q1 {q[0]:.3f}, q3 {q[2]:.3f}, n={len(ratios)})"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--size", default="360x480")
+    parser.add_argument("--batch", type=int, default=4)
+    args = parser.parse_args()
+    size = tuple(int(v) for v in args.size.split("x"))
+    print(machine())
+    if fused.prelu() is None:
+        raise SystemExit(f"no fused kernel here: {fused.unavailable_reason() or 'turned off'}")
+    layer = {name: make_activation(name == "fused") for name in ("composed", "fused")}
+    report("PReLU fwd+bwd", "calls/s", paired(layer, 4 * args.steps, 1.0))
+    steps = {name: make_step(size, args.batch, name == "fused") for name in ("composed", "fused")}
+    report("train step   ", "images/s", paired(steps, args.steps, float(args.batch)))
+
+
+if __name__ == "__main__":
+    main()
