@@ -2,12 +2,13 @@
 
 Each round measures, one after the other: the PyTorch port (benchmarks/pytorch_port.py, in
 a Python that has torch), optionally an older enet_cli checkout ("before"), the current
-one, and `enet benchmark --what infer` for the exported variants. Figures are medians over
+one, and `enet benchmark --what infer` for the exported variants. Each --before-src (may be
+repeated) is labelled by its checkout's commit. Figures are medians over
 rounds; ratios are against the port measured in the same rounds (issue 8's targets: train
 images/s >= 1.5x the port's, exported inference latency <= 0.5x the port's).
 
 Run: python benchmarks/versus_pytorch.py --torch-python VENV/bin/python \\
-        --port PyTorch-ENet/models/enet.py [--before-src OLD_CHECKOUT/src] [--rounds 2]
+        --port PyTorch-ENet/models/enet.py [--before-src OLD_CHECKOUT/src ...] [--rounds 2]
 """
 
 import argparse
@@ -34,6 +35,13 @@ def _probe(src: Path) -> dict:
     return _json_line([sys.executable, str(ROOT / "benchmarks" / "_probe.py")], env)
 
 
+def _commit(src: Path) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or src.name
+
+
 def _exported() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "bench.json"
@@ -51,7 +59,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--torch-python", required=True)
     parser.add_argument("--port", required=True, help="PyTorch-ENet's models/enet.py")
-    parser.add_argument("--before-src", type=Path, help="an older checkout's src directory")
+    parser.add_argument(
+        "--before-src", type=Path, action="append", default=[], help="an older checkout's src"
+    )
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     print(f"machine: {machine()}")
@@ -59,8 +69,8 @@ def main() -> None:
     for r in range(args.rounds):
         figures = {"pytorch": _json_line([args.torch_python, str(ROOT / "benchmarks" /
                    "pytorch_port.py"), "--port", args.port, "--json"])}  # fmt: skip
-        if args.before_src:
-            figures["before"] = _probe(args.before_src)
+        for src in args.before_src:
+            figures[f"before {_commit(src)}"] = _probe(src)
         figures["after"] = _probe(ROOT / "src")
         figures["after"].update(_exported())
         print(f"round {r + 1}: {json.dumps(figures)}", flush=True)
@@ -73,7 +83,7 @@ def main() -> None:
     torch_ms = med[("pytorch", "infer_ms")]
     print(f"\n{'what':42s} {'median':>10s} {'vs PyTorch-ENet':>16s}")
     print(f"{'PyTorch-ENet train (images/s)':42s} {torch_train:10.2f} {1.0:15.2f}x")
-    for who in ("before", "after"):
+    for who in [f"before {_commit(src)}" for src in args.before_src] + ["after"]:
         if (who, "train") in med:
             value = med[(who, "train")]
             print(

@@ -185,6 +185,7 @@ def test_benchmark_reports_sane_numbers_with_machine_and_versions(fitted_run, tm
     report = json.loads(report_path.read_text())
     assert report["machine"]["cores"] == os.cpu_count()
     assert report["versions"]["tensorflow"] == tf.__version__
+    assert report["versions"]["fused_prelu"] == "on"  # training timed with the fused kernel
     rows = {(r["what"], r["variant"]): r for r in report["results"]}
     assert set(rows) == {
         ("train", "keras float32"),

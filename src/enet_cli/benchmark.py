@@ -122,8 +122,18 @@ def versions() -> Dict[str, str]:
         "tensorflow": tf.__version__,
         "keras": _keras_version(keras),
         "onednn": "off" if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0" else "on",
+        "fused_prelu": _fused_prelu_state(),
     }
     return found
+
+
+def _fused_prelu_state() -> str:
+    """Whether float32 training ran model/fused.py's PReLU kernel, and if not, why."""
+    from enet_cli.model import fused
+
+    if fused.prelu() is not None:
+        return "on"
+    return f"off ({fused.unavailable_reason() or 'turned off, or a GPU'})"
 
 
 def _keras_version(keras) -> str:
