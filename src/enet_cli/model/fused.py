@@ -4,7 +4,7 @@ ENet applies PReLU after nearly every convolution. TensorFlow has no PReLU kerne
 composes it from Relu, Neg, Mul and AddV2, and their gradients, so every activation is read
 and written about ten times per step. On a two-core CPU that was a quarter of the training
 step. `csrc/prelu.cc` does the forward in one pass and the backward (dx and the slope's
-gradient) in another: the step ran 1.24x faster (benchmarks/fused_prelu.py).
+gradient) in another: the step ran 1.20x faster (paired A/B, benchmarks/fused_prelu.py).
 
 A custom op must be compiled for the exact TensorFlow it is loaded into, so it is built here,
 like torch.utils.cpp_extension.load does, with the compiler flags TensorFlow reports

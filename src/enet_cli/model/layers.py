@@ -110,7 +110,7 @@ class BlockPReLU(keras.layers.PReLU):
     """PReLU with one learned slope; `freeze()` makes it a LeakyReLU with that slope.
 
     Training in float32 on a CPU runs the fused kernel of `model/fused.py` (one pass forward,
-    one backward, instead of Keras' five ops and their gradients: the step 1.24x faster on
+    one backward, instead of Keras' five ops and their gradients: the step 1.20x faster on
     two cores), the same numbers. Inference keeps Keras' ops, so SavedModels and TFLite
     files hold only standard operators. Export freezes the slopes: a constant-slope LeakyReLU
     is an operator XNNPACK runs in int8, where TFLite's PRELU fell back to the reference
