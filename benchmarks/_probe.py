@@ -17,17 +17,24 @@ from enet_cli.train.loop import build_optimizer
 from enet_cli.train.task import SegmentationTask
 
 
-def main(size=(360, 480), batch=4, steps=12, runs=30) -> None:
+def train_step(size, batch):
+    """(model, run): a fresh ENet and a callable running one real train step on fixed data
+    (the engine's step: weighted loss, Adam, weight decay). Also used by fused_prelu.py."""
     model = build_enet(ModelConfig(num_classes=11), size)
     optimizer = build_optimizer(TrainConfig(), 5e-4)
     task = SegmentationTask(11, 11, tuple([1.0] * 11))
     step = SingleEngine().make_train_step(model, optimizer, task, 2e-4)
     images = tf.random.uniform((batch, *size, 3), seed=1)
     labels = tf.random.uniform((batch, *size), maxval=12, dtype=tf.int32, seed=2)
+    return model, lambda: step((images, labels))["loss"].numpy()
+
+
+def main(size=(360, 480), batch=4, steps=12, runs=30) -> None:
+    model, run_step = train_step(size, batch)
     rates = []
     for i in range(2 + steps):
         start = time.perf_counter()
-        step((images, labels))["loss"].numpy()
+        run_step()
         if i >= 2:
             rates.append(batch / (time.perf_counter() - start))
     forward = tf.function(lambda x: model(x, training=False))
