@@ -14,6 +14,13 @@ class ConfigError(EnetError):
     exit_code = 2
 
 
+class OutputError(EnetError):
+    """An output that must not or cannot be written (an input, someone else's files, a
+    directory in use by another enet process, no permission)."""
+
+    exit_code = 2
+
+
 class DataError(EnetError):
     exit_code = 3
 

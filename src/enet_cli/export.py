@@ -8,14 +8,14 @@ given, the export is scored against the float model on a split: the share of pix
 both predict the same class and each one's mean IoU (quantization's cost, in numbers).
 """
 
-import shutil
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from pydantic import BaseModel
 
+from enet_cli import outputs
 from enet_cli.backend import keras, tf
 from enet_cli.config import DataConfig, check_image_size
 from enet_cli.data.manifest import load_manifest
@@ -40,13 +40,28 @@ def serving_model(model, meta: RunMeta):
     return copy
 
 
-def export_saved_model(model, meta: RunMeta, out_dir: Path, xla: bool = False) -> Path:
-    """Write the SavedModel to `out_dir` atomically (temp sibling, then rename).
+def export_saved_model(
+    model,
+    meta: RunMeta,
+    out_dir: Path,
+    xla: bool = False,
+    force: bool = True,
+    inputs: Sequence[Optional[Path]] = (),
+    option: str = "--out",
+) -> Path:
+    """Write the SavedModel to `out_dir` by the rules of outputs.claim (staged, then renamed;
+    only an earlier export is ever replaced).
 
     `xla` saves the serving function with jit_compile: TensorFlow Serving and
     `tf.saved_model.load` then run it XLA-compiled (compiled once per input shape).
     """
-    out_dir = Path(out_dir)
+    with outputs.claim(Path(out_dir), "export", force, inputs, option) as staged:
+        write_saved_model(model, meta, staged.path, xla)
+        return staged.publish()
+
+
+def write_saved_model(model, meta: RunMeta, directory: Path, xla: bool = False) -> None:
+    """The SavedModel and its enet.json, written straight into `directory`."""
     copy = serving_model(model, meta)
 
     @tf.function(
@@ -62,11 +77,8 @@ def export_saved_model(model, meta: RunMeta, out_dir: Path, xla: bool = False) -
     module = tf.Module()
     module.variables_ = list(copy.weights)
     module.serve = serve
-    tmp = _fresh_temp(out_dir)
-    tf.saved_model.save(module, str(tmp), signatures={"serving_default": serve})
-    meta.write(tmp)
-    _replace(tmp, out_dir)
-    return out_dir
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": serve})
+    meta.write(directory)
 
 
 class ExportFormat(str, Enum):
@@ -86,6 +98,7 @@ class ExportRequest(BaseModel):
     image_size: Optional[Tuple[int, int]] = None
     calibration_images: int = 16
     xla: bool = False
+    force: bool = False  # replace an earlier export at `out`
     measure_agreement: bool = True  # with data_dir: score the export against the float model
 
     def check(self) -> None:
@@ -102,6 +115,8 @@ class ExportRequest(BaseModel):
             )
         if self.xla and self.format != ExportFormat.saved_model:
             raise ConfigError("--xla applies to --format saved_model (TFLite runs on XNNPACK)")
+        outputs.check_apart(self.out, [self.source, self.data_dir], "--out")
+        outputs.check_replaceable(self.out, "export", self.force, "--out")
 
 
 class Agreement(BaseModel):
@@ -140,8 +155,9 @@ def export_model(request: ExportRequest) -> ExportReport:
     check_image_size(*size)
     meta = meta.model_copy(update={"image_size": size})
     out = Path(request.out)
+    inputs = [request.source, request.data_dir]
     if fmt == ExportFormat.saved_model:
-        export_saved_model(model, meta, out, xla=request.xla)
+        export_saved_model(model, meta, out, request.xla, request.force, inputs)
         report_path, operators = out, []
     else:
         copy = serving_model(model, meta)
@@ -149,10 +165,10 @@ def export_model(request: ExportRequest) -> ExportReport:
         if quantize == Quantize.int8:
             calibration = _calibration(request, manifest, size)
         blob = convert(copy, size, quantize, calibration)
-        tmp = _fresh_temp(out)
-        (tmp / TFLITE_NAME).write_bytes(blob)
-        meta.write(tmp)
-        _replace(tmp, out)
+        with outputs.claim(out, "export", request.force, inputs, "--out") as staged:
+            (staged.path / TFLITE_NAME).write_bytes(blob)
+            meta.write(staged.path)
+            staged.publish()
         report_path = out / TFLITE_NAME
         operators = sorted(set(TFLiteRunner(report_path).ops()))
     report = ExportReport(
@@ -229,19 +245,3 @@ def _size_on_disk(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _fresh_temp(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    if out.is_dir():
-        shutil.rmtree(out)
-    elif out.exists():
-        out.unlink()
-    tmp.replace(out)

@@ -117,6 +117,18 @@ def _example_fn(data: DataConfig, image_size, ignore_index: int, augment: bool, 
     return fn
 
 
+def check_data(data: DataConfig, manifest: Manifest) -> None:
+    """The data settings against what was preprocessed; callers check before any work."""
+    if data.data_dir is None:
+        raise DataError("no data directory given; pass DATA_DIR (the output of enet preprocess)")
+    if data.image_size is not None and tuple(data.image_size) != tuple(manifest.image_size):
+        raise DataError(
+            f"--size {data.image_size[0]}x{data.image_size[1]} differs from the preprocessed "
+            f"size {manifest.image_size[0]}x{manifest.image_size[1]} in {data.data_dir}; "
+            f"re-run enet preprocess with --size or drop --size"
+        )
+
+
 def make_examples(
     data: DataConfig,
     manifest: Manifest,
@@ -132,14 +144,7 @@ def make_examples(
     `skip` drops that many records from the front before decoding (a resumed epoch); the
     records after it get the same augmentation as in an uninterrupted epoch.
     """
-    if data.data_dir is None:
-        raise DataError("no data directory given; pass DATA_DIR (the output of enet preprocess)")
-    if data.image_size is not None and tuple(data.image_size) != tuple(manifest.image_size):
-        raise DataError(
-            f"--size {data.image_size[0]}x{data.image_size[1]} differs from the preprocessed "
-            f"size {manifest.image_size[0]}x{manifest.image_size[1]} in {data.data_dir}; "
-            f"re-run enet preprocess with --size or drop --size"
-        )
+    check_data(data, manifest)
     files = [str(p) for p in manifest.shard_paths(Path(data.data_dir), split)]
     epoch_seed = _epoch_seed(seed, epoch)
     if training:

@@ -5,16 +5,15 @@ only numpy and Pillow (started with "spawn", so they never inherit TensorFlow's 
 the parent writes the shards with TensorFlow's TFRecord writer, in input order, so the
 output is the same whatever --workers is.
 
-The output appears all at once or not at all: everything is written into a hidden sibling
-directory that is renamed into place at the end, and removed on any error or signal.
+The output appears all at once or not at all, and never replaces anything but an earlier
+`enet preprocess` output (outputs.claim: staged in a hidden sibling, renamed into place at
+the end, removed on any error or signal; a later run cleans up after a killed one).
 """
 
 import concurrent.futures
 import contextlib
 import io
 import multiprocessing
-import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from enet_cli import __version__
+from enet_cli import __version__, outputs
 from enet_cli.config import Interpolation, PreprocessConfig
 from enet_cli.data.camvid import (
     SPLITS,
@@ -45,6 +44,7 @@ from enet_cli.data.manifest import (
     write_manifest,
 )
 from enet_cli.errors import DataError, Interrupted
+from enet_cli.processes import die_with_parent
 from enet_cli.ui import Interrupts, track, warn
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -167,9 +167,11 @@ def convert_example(task: Task) -> Converted:
     )
 
 
-def _ignore_sigint() -> None:
-    """Ctrl-C reaches the whole process group: let the parent alone decide and clean up."""
+def _init_worker() -> None:
+    """Ctrl-C reaches the whole process group: let the parent alone decide and clean up;
+    and die with the parent, however it dies (a SIGKILL leaves no orphans behind)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
 
 
 @contextlib.contextmanager
@@ -180,7 +182,7 @@ def worker_pool(workers: int) -> Iterator[Optional[concurrent.futures.Executor]]
         return
     context = multiprocessing.get_context("spawn")
     pool = concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_ignore_sigint
+        workers, mp_context=context, initializer=_init_worker
     )
     try:
         yield pool
@@ -329,33 +331,6 @@ def _write_split(
     return _SplitResult(info, acc.histogram, acc.image_pixels, report)
 
 
-def _prepare_output(cfg: PreprocessConfig) -> Path:
-    out = cfg.output_dir
-    if out.exists() and not cfg.force:
-        raise DataError(f"output directory {out} already exists; use --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise DataError(f"output path {out} exists and is not a directory")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(f"cannot create {out.parent}: {err.strerror}") from None
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished directory into place; an old one (with --force) goes only after."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def preprocess(cfg: PreprocessConfig) -> Tuple[Manifest, Layout, List[SplitReport]]:
     """Run the whole conversion; returns the manifest written, the layout found, split reports."""
     layout = detect_layout(cfg.input_dir)
@@ -375,9 +350,11 @@ def preprocess(cfg: PreprocessConfig) -> Tuple[Manifest, Layout, List[SplitRepor
                 )
                 for image, label in pair_split(layout, split)
             ]
-    tmp = _prepare_output(cfg)
     try:
-        with Interrupts().raising() as interrupts, worker_pool(cfg.workers) as pool:
+        with Interrupts().raising() as interrupts, outputs.claim(
+            cfg.output_dir, "preprocess", cfg.force, [cfg.input_dir], "OUTPUT_DIR"
+        ) as staged, worker_pool(cfg.workers) as pool:
+            tmp = staged.path
             results = {
                 split: _write_split(split, tasks, cfg, tmp, layout.root, pool, interrupts)
                 for split, tasks in plans.items()
@@ -405,10 +382,8 @@ def preprocess(cfg: PreprocessConfig) -> Tuple[Manifest, Layout, List[SplitRepor
                 },
             )
             write_manifest(manifest, tmp)
-            _publish(tmp, cfg.output_dir)
+            staged.publish()
     except KeyboardInterrupt:
         message = f"preprocess interrupted; nothing was written to {cfg.output_dir}"
         raise Interrupted(message) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return manifest, layout, [result.report for result in results.values()]

@@ -24,6 +24,7 @@ from typing import IO, List, Optional
 
 from enet_cli import ui
 from enet_cli.errors import TrainingError
+from enet_cli.processes import die_with_parent
 
 WORKER_ENV = "ENET_LOCAL_WORKER"  # set in workers: they train instead of launching again
 POLL_SECONDS = 0.2
@@ -53,11 +54,7 @@ def _die_with_parent() -> None:
     """In the child before exec: own process group (Ctrl-C reaches only the launcher, which
     forwards it once), and SIGKILL when the launcher dies, however it dies."""
     os.setpgrp()
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    die_with_parent()
 
 
 def _worker_env(cluster: List[str], index: int, threads: int) -> dict:

@@ -10,18 +10,17 @@ too, into scratch directories the engine removes).
 
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from enet_cli import ui
+from enet_cli import outputs, ui
 from enet_cli.backend import keras, tf
 from enet_cli.config import EnetConfig, LRSchedule, Precision, TrainConfig
 from enet_cli.data.manifest import Manifest, check_batch_size, load_manifest
-from enet_cli.data.pipeline import make_dataset
+from enet_cli.data.pipeline import check_data, make_dataset
 from enet_cli.errors import Interrupted, TrainingError
 from enet_cli.model import fused
 from enet_cli.sagemaker.contract import RunPaths
@@ -131,12 +130,13 @@ def _evaluate(eval_step, dataset, task, engine: Engine) -> Dict[str, object]:
 def fit(cfg: EnetConfig, paths: RunPaths, engine: Engine) -> Dict[str, object]:
     """Train according to `cfg`, writing under `paths`; returns the final metrics."""
     manifest = load_manifest(cfg.data.data_dir, splits=["train", "val"])
+    check_data(cfg.data, manifest)
     global_batch = cfg.train.batch_size
     check_batch_size(manifest, "train", global_batch, "--batch-size")
     engine.check_batch(global_batch)
     per_replica_batch = global_batch // engine.num_replicas
-    if not cfg.runtime.resume and paths.checkpoints.exists() and engine.is_chief:
-        shutil.rmtree(paths.checkpoints)
+    if engine.is_chief:  # refused now, not after hours of training
+        outputs.check_replaceable(paths.export, "export", True, "the run's model directory")
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(cfg.train.precision.value)
     try:
@@ -158,7 +158,8 @@ def _fit(
     task = build_task(manifest, tcfg.class_weighting)
     model_cfg = cfg.model.model_copy(update={"num_classes": manifest.num_classes})
     meta = RunMeta.from_manifest(model_cfg, manifest)
-    check_compatible(paths.checkpoints, meta)
+    if cfg.runtime.resume:
+        check_compatible(paths.checkpoints, meta)
     steps_per_epoch = manifest.splits["train"].records // global_batch
     total_steps = min(tcfg.steps or 10**12, tcfg.epochs * steps_per_epoch)
     epochs = min(tcfg.epochs, -(-total_steps // steps_per_epoch))
@@ -181,8 +182,18 @@ def _fit(
         )
     resumed = state.restore_latest() if cfg.runtime.resume else None
     if engine.is_chief:
+        # Everything is checked and built: only now do old checkpoints make way (kept aside).
+        if not cfg.runtime.resume:
+            moved = outputs.set_aside(paths.checkpoints)
+            if moved is not None:
+                ui.info(f"--no-resume: the previous checkpoints were moved to {moved}")
+        paths.checkpoints.mkdir(parents=True, exist_ok=True)
+        state.remove_partial_writes()
         meta.write(paths.checkpoints)
-        (paths.outputs / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
+        outputs.write_atomic(
+            paths.outputs / "config.json",
+            cfg.model_copy(update={"model": model_cfg}).model_dump_json(indent=2) + "\n",
+        )
     step = int(optimizer.iterations.numpy())
     start_epoch = int(state.epoch.numpy())
     if tcfg.precision == Precision.float32 and fused.prelu() is None:
@@ -201,7 +212,7 @@ def _fit(
     eval_step = engine.make_eval_step(model, task)
     logger = _Logger(engine, paths.logs)
     progress = ui.StepProgress(enabled=engine.is_chief)
-    history: List[Dict[str, float]] = []
+    history = History(paths.checkpoints if engine.is_chief else None, start_epoch)
     last_val: Optional[Dict[str, object]] = None
 
     def datasets(split: str, epoch: int, skip_batches: int = 0):
@@ -237,6 +248,7 @@ def _fit(
         )
         return metrics
 
+    stopping = ""
     with ui.StopRequest().installed() as stop:
         for epoch in range(start_epoch, epochs):
             done = int(state.step_in_epoch.numpy())
@@ -268,7 +280,11 @@ def _fit(
                 state.epoch_confusion.assign_add(tf.cast(out["confusion"], tf.int64))
                 rate = images / max(time.monotonic() - started, 1e-9)
                 progress.advance(loss, rate)
-                if tcfg.checkpoint_every_steps and step % tcfg.checkpoint_every_steps == 0:
+                # ckpt-N is a pure function of N: after an epoch's last step it is the state
+                # after that epoch's validation and bookkeeping, saved below, never this one.
+                epoch_ends = done == steps_per_epoch
+                every = tcfg.checkpoint_every_steps
+                if every and step % every == 0 and not epoch_ends:
                     state.save()
                 if tcfg.val_every_steps and step % tcfg.val_every_steps == 0 and done < todo:
                     mid = validate(epoch)
@@ -281,13 +297,12 @@ def _fit(
                         }
                     )
                 if engine.any_worker(stop.requested):
+                    stopping = stop.signal_name or "another worker was stopped"
+                    if epoch_ends:  # finish the epoch (validation, best, ckpt), then stop
+                        break
                     progress.close()
                     state.save()
-                    reason = stop.signal_name or "another worker was stopped"
-                    raise Interrupted(
-                        f"{reason}: stopped at step {step} (epoch {epoch + 1}); checkpoint "
-                        f"{state.latest()} saved; run the same command again to resume"
-                    )
+                    raise _interrupted(stopping, step, epoch, state)
             progress.close()
             if done < steps_per_epoch:  # --steps ended training inside this epoch
                 state.save()
@@ -319,7 +334,7 @@ def _fit(
                 "lr": learning_rate_at(schedule, step),
                 "images_per_sec": images / seconds if images else None,
             }
-            history.append(values)
+            history.add(epoch, values)
             logger.line(values)
             logger.scalars(
                 "train",
@@ -339,13 +354,44 @@ def _fit(
             )
             if improved:
                 state.best_val_miou.assign(last_val["mean_iou"])
+                state.save_best()  # before the regular one: a kill between the two redoes both
             state.save()
-            if improved:
-                state.save_best()
+            if stopping:
+                raise _interrupted(stopping, step, epoch, state)
             if step >= total_steps:
                 break
 
-    return _finish(cfg, paths, engine, state, meta, history, last_val, manifest)
+    return _finish(cfg, paths, engine, state, meta, history.epochs, last_val, manifest)
+
+
+def _interrupted(reason: str, step: int, epoch: int, state: TrainState) -> Interrupted:
+    return Interrupted(
+        f"{reason}: stopped at step {step} (epoch {epoch + 1}); checkpoint "
+        f"{state.latest()} saved; run the same command again to resume"
+    )
+
+
+class History:
+    """Each finished epoch's metrics, kept beside the checkpoints (the chief's) so that a
+    resumed run's metrics.json still holds every epoch. Keyed by epoch: an epoch redone
+    after a kill (its checkpoint never written) replaces its own entry with equal values."""
+
+    NAME = "history.json"
+
+    def __init__(self, directory: Optional[Path], start_epoch: int):
+        self.path = None if directory is None else Path(directory) / self.NAME
+        self.epochs: List[Dict[str, float]] = []
+        if self.path is not None and self.path.is_file():
+            try:
+                saved = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                saved = []
+            self.epochs = [e for e in saved if int(e.get("epoch", 0)) <= start_epoch]
+
+    def add(self, epoch: int, values: Dict[str, float]) -> None:
+        self.epochs = [e for e in self.epochs if int(e["epoch"]) <= epoch] + [values]
+        if self.path is not None:
+            outputs.write_atomic(self.path, json.dumps(self.epochs, default=_json_default))
 
 
 def _finish(cfg, paths, engine, state, meta, history, last_val, manifest) -> Dict[str, object]:
@@ -367,7 +413,7 @@ def _finish(cfg, paths, engine, state, meta, history, last_val, manifest) -> Dic
     if export_dir is None:
         return summary
     best = state.load_best_weights()
-    export_saved_model(state.model, meta, export_dir)
+    export_saved_model(state.model, meta, export_dir, option="the run's model directory")
     if not engine.is_chief:  # a worker whose export is part of a collective: to scratch
         return summary
     summary["exported_weights"] = best or "final"
@@ -390,9 +436,7 @@ def _finish(cfg, paths, engine, state, meta, history, last_val, manifest) -> Dic
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    tmp.replace(path)
+    outputs.write_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(value):

@@ -9,6 +9,7 @@ settings layer, and a one-line failure reason in /opt/ml/output/failure.
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from enet_cli import outputs
 from enet_cli.config import EnetConfig, EngineChoice, Mode, load_config
 from enet_cli.errors import ConfigError, EnetError
 from enet_cli.sagemaker import contract
@@ -55,8 +56,18 @@ def train_from_settings(
     config_file: Optional[Path], overrides: Dict[str, Dict[str, Any]]
 ) -> Tuple[Dict[str, object], RunPaths]:
     """`enet train` in this process: settings -> run."""
+    from enet_cli.train.launcher import is_worker
+
     cfg, paths = _reporting_failures(prepare_run, config_file, overrides)
-    return run_training(cfg, paths), paths
+    # One process owns a local run directory (a SageMaker container is the job's alone;
+    # --local-workers' launcher holds it for its workers).
+    owns_run_dir = not contract.in_sagemaker() and not is_worker()
+    lock = outputs.lock_run_dir(cfg.runtime.run_dir) if owns_run_dir else None
+    try:
+        return run_training(cfg, paths), paths
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def launch_if_requested(
@@ -94,4 +105,5 @@ def _launch(config_file, overrides, argv) -> Optional[int]:
         raise ConfigError("no data directory given; pass DATA_DIR (the output of enet preprocess)")
     manifest = load_manifest(cfg.data.data_dir, splits=["train", "val"])
     check_batch_size(manifest, "train", cfg.train.batch_size, "--batch-size")
-    return launcher.launch_local_workers([*argv, "--engine", "tf"], workers, paths.logs)
+    with outputs.lock_run_dir(cfg.runtime.run_dir):
+        return launcher.launch_local_workers([*argv, "--engine", "tf"], workers, paths.logs)

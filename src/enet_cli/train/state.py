@@ -123,6 +123,11 @@ class TrainState:
             self.manager = self.backend.manager(self.checkpoint, write_directory, keep)
             self.best = self.backend.manager(self.checkpoint, write_directory / BEST, 1)
         self.model = model
+        self._write_directory = write_directory
+        # The step of the checkpoint restored or last saved: saving it again would write a
+        # second, different ckpt-N (e.g. an optimizer whose slots are not restored yet).
+        # Every process knows it alike, so collective saves stay in step.
+        self._saved_step: Optional[int] = None
 
     def latest(self) -> Optional[str]:
         return tf.train.latest_checkpoint(str(self.directory))
@@ -138,12 +143,32 @@ class TrainState:
                     f"checkpoint {path} does not fit this model ({first}); use another "
                     f"--run-dir or --no-resume"
                 ) from None
+            self._saved_step = int(self.checkpoint.optimizer.iterations.numpy())
         return path
 
     def save(self) -> Optional[str]:
+        """ckpt-<step>, unless this step's checkpoint exists already (then the same one)."""
+        step = int(self.checkpoint.optimizer.iterations.numpy())
+        if step == self._saved_step:
+            return self.latest()
+        self._saved_step = step
         if self.manager is None:
             return None
         return self.backend.save(self.manager, self.checkpoint.optimizer.iterations)
+
+    def remove_partial_writes(self) -> None:
+        """A process killed while writing a checkpoint leaves `ckpt-N_temp*` behind (the
+        checkpoint itself is only listed once complete): nobody else writes here now."""
+        import shutil
+
+        if self._write_directory is None:
+            return
+        for directory in (Path(self._write_directory), Path(self._write_directory) / BEST):
+            for partial in directory.glob("*_temp*"):
+                if partial.is_dir():
+                    shutil.rmtree(partial, ignore_errors=True)
+                else:
+                    partial.unlink()
 
     def save_best(self) -> Optional[str]:
         if self.best is None:
