@@ -342,7 +342,7 @@ def _mib(size_bytes: int) -> str:
 @app.command()
 def export(
     model: Path = typer.Argument(..., help="Run directory, SavedModel or checkpoint directory."),
-    out: Path = typer.Option(..., "--out", "-o", help="Directory to write (replaced if present)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to create."),
     format: str = typer.Option(
         "saved_model", "--format", help="saved_model or tflite.", metavar="<saved_model|tflite>"
     ),
@@ -369,6 +369,7 @@ def export(
         16, "--calibration-images", min=1, help="Training images int8 calibrates on."
     ),
     xla: bool = typer.Option(False, "--xla", help="SavedModel: serve XLA-compiled."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier export at --out."),
 ) -> None:
     """Export a trained model: SavedModel, or TFLite in float32, float16 or int8.
 
@@ -400,6 +401,7 @@ def export(
         image_size=_parsed_size(size),
         calibration_images=calibration_images,
         xla=xla,
+        force=force,
     )
     request.check()
     with ui.status(f"exporting {model} as {format} ({quantize})"):
@@ -465,6 +467,10 @@ def benchmark(
             f"{', '.join(unknown) or variants!r}: choose from {', '.join(INFER_VARIANTS)}",
             param_hint="--variants",
         )
+    if json_path is not None:
+        from enet_cli import outputs
+
+        outputs.check_file_target(json_path, "--json")
     request = BenchmarkRequest(
         model=model,
         what=What(what),
@@ -493,10 +499,7 @@ def benchmark(
         )  # fmt: skip
     stdout.print(table)
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = json_path.parent / f".{json_path.name}.tmp"
-        tmp.write_text(report.model_dump_json(indent=2) + "\n")
-        tmp.replace(json_path)
+        outputs.write_file(json_path, report.model_dump_json(indent=2) + "\n", "--json")
         stdout.print(f"report written to {json_path}", soft_wrap=True)
 
 

@@ -8,7 +8,7 @@ two CPU cores; the numbers are those of a model trained on eight images, not of 
 from pathlib import Path
 from typing import Dict, NamedTuple
 
-from enet_cli import ui
+from enet_cli import outputs, ui
 from enet_cli.config import PreprocessConfig, load_config
 from enet_cli.sagemaker.contract import local_paths
 
@@ -26,13 +26,18 @@ class DemoResult(NamedTuple):
 
 
 def run_demo(out: Path, epochs: int = 40, seed: int = 0) -> DemoResult:
+    """Everything under `out`, which must be new, empty, or an earlier demo's (replaced)."""
+    with outputs.claim_in_place(Path(out), "demo", True, [DEMO_DATA], "--out") as claimed:
+        return _run(claimed, epochs, seed)
+
+
+def _run(out: Path, epochs: int, seed: int) -> DemoResult:
     from enet_cli.data.preprocess import preprocess
     from enet_cli.evaluate import evaluate
     from enet_cli.inference import load_predictor
     from enet_cli.predict import predict
     from enet_cli.train.run import run_training
 
-    out = Path(out)
     data_dir, run_dir, predictions = out / "data", out / "run", out / "predictions"
 
     ui.info(f"[1/4] preprocess {DEMO_DATA} -> {data_dir}")

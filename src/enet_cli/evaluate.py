@@ -6,9 +6,10 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from enet_cli import outputs
 from enet_cli.config import DataConfig
 from enet_cli.data.manifest import load_manifest
-from enet_cli.data.pipeline import make_dataset
+from enet_cli.data.pipeline import make_dataset, reading_shards
 from enet_cli.errors import DataError
 from enet_cli.inference import load_predictor
 from enet_cli.train.metrics import confusion_matrix, segmentation_metrics
@@ -23,10 +24,11 @@ def evaluate(
     confusion_csv: Optional[Path] = None,
 ) -> Dict[str, object]:
     """Confusion matrix over `split`, then IoU/accuracies; optionally written as JSON and CSV."""
+    for path, option in ((json_path, "--json"), (confusion_csv, "--confusion-csv")):
+        if path is not None:
+            outputs.check_file_target(Path(path), option)
     predictor = load_predictor(model_path)
-    manifest = load_manifest(data_dir, splits=[split] if split else None)
-    if split not in manifest.splits:
-        raise DataError(f"{data_dir} has no {split!r} split ({', '.join(manifest.splits)})")
+    manifest = load_manifest(data_dir, True, [split], "--split")
     if manifest.class_names != predictor.meta.class_names:
         raise DataError(
             f"the model was trained on {len(predictor.meta.class_names)} classes "
@@ -36,9 +38,10 @@ def evaluate(
     data = DataConfig(data_dir=data_dir, image_size=manifest.image_size)
     k = manifest.num_classes
     matrix = np.zeros((k, k), np.int64)
-    for images, labels in make_dataset(data, manifest, split, batch_size, training=False):
-        predictions = np.argmax(predictor.logits(images).numpy(), axis=-1)
-        matrix += confusion_matrix(labels, predictions, k, manifest.ignore_index).numpy()
+    with reading_shards(data_dir):
+        for images, labels in make_dataset(data, manifest, split, batch_size, training=False):
+            predictions = np.argmax(predictor.logits(images).numpy(), axis=-1)
+            matrix += confusion_matrix(labels, predictions, k, manifest.ignore_index).numpy()
     metrics = segmentation_metrics(matrix, manifest.class_names)
     metrics.update(
         split=split,
@@ -47,16 +50,10 @@ def evaluate(
         confusion=matrix.tolist(),
     )
     if json_path is not None:
-        _atomic_write(Path(json_path), json.dumps(metrics, indent=2) + "\n")
+        outputs.write_file(Path(json_path), json.dumps(metrics, indent=2) + "\n", "--json")
     if confusion_csv is not None:
         rows = [["truth \\ predicted", *manifest.class_names]]
         rows += [[name, *map(str, row)] for name, row in zip(manifest.class_names, matrix)]
-        _atomic_write(Path(confusion_csv), "".join(",".join(r) + "\n" for r in rows))
+        text = "".join(",".join(r) + "\n" for r in rows)
+        outputs.write_file(Path(confusion_csv), text, "--confusion-csv")
     return metrics
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -6,8 +6,9 @@ or its model.tflite), or a checkpoint directory. All carry an `enet.json` that n
 classes and the size the model takes.
 """
 
+import contextlib
 from pathlib import Path
-from typing import Callable, NamedTuple, Tuple
+from typing import Callable, Iterator, NamedTuple, Tuple
 
 import numpy as np
 
@@ -98,14 +99,37 @@ def _find(path: Path) -> Tuple[Path, RunMeta, str]:
     )
 
 
+@contextlib.contextmanager
+def _loading(path: Path) -> Iterator[None]:
+    """A damaged model (missing or truncated variables, checkpoint or graph files) is one
+    line naming it, whichever of TensorFlow's loaders noticed."""
+    try:
+        yield
+    except (
+        tf.errors.OpError,
+        OSError,
+        ValueError,
+        RuntimeError,
+        KeyError,
+        IndexError,
+        AssertionError,
+    ) as err:
+        text = str(getattr(err, "message", err)).strip() or type(err).__name__
+        raise DataError(
+            f"cannot load the model in {path}: it is damaged or incomplete "
+            f"({text.splitlines()[0][:160]}); export or train it again"
+        ) from None
+
+
 def load_predictor(path: Path) -> Predictor:
     """Find and load the model at `path` (see module docstring); one-line errors otherwise."""
     found, meta, kind = _find(Path(path))
-    if kind == "saved_model":
-        return _from_saved_model(found, meta)
-    if kind == "tflite":
-        return _from_tflite(found, meta)
-    return _from_checkpoint(found)
+    with _loading(found):
+        if kind == "saved_model":
+            return _from_saved_model(found, meta)
+        if kind == "tflite":
+            return _from_tflite(found, meta)
+        return _from_checkpoint(found)
 
 
 def load_keras_model(path: Path):
@@ -122,12 +146,13 @@ def load_keras_model(path: Path):
             f"{found} is already a TFLite export; give the run directory, SavedModel or "
             f"checkpoints it came from"
         )
-    if kind == "checkpoint":
-        return load_model_from_checkpoint(found)
-    loaded = tf.saved_model.load(str(found))
-    weights = getattr(loaded, "variables_", None)
-    if weights is None:
-        raise DataError(f"{found} is not a SavedModel written by enet; export its run instead")
-    model = build_enet(meta.model, None)
-    model.set_weights([w.numpy() for w in weights])
-    return model, meta
+    with _loading(found):
+        if kind == "checkpoint":
+            return load_model_from_checkpoint(found)
+        loaded = tf.saved_model.load(str(found))
+        weights = getattr(loaded, "variables_", None)
+        if weights is None:
+            raise DataError(f"{found} is not a SavedModel written by enet; export its run instead")
+        model = build_enet(meta.model, None)
+        model.set_weights([w.numpy() for w in weights])
+        return model, meta

@@ -296,6 +296,57 @@ def claim(
         lock.release(remove=True)
 
 
+@contextlib.contextmanager
+def claim_in_place(
+    out: Path, kind: str, force: bool, inputs: Sequence[Optional[Path]] = (), option: str = "--out"
+) -> Iterator[Path]:
+    """Like claim(), for an output whose parts other commands read while it is being made
+    (enet demo): checked and locked the same way, then emptied and written where it is."""
+    out = Path(out)
+    check_apart(out, inputs, option)
+    check_replaceable(out, kind, force, option)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create {out.parent} for {option}: {err.strerror}") from None
+    lock = Lock(out.parent / f".{out.name}.lock", f"{option} {out}").acquire()
+    try:
+        check_replaceable(out, kind, force, option)
+        if out.exists():
+            shutil.rmtree(out)  # an earlier `kind` output holding only its own files
+        try:
+            out.mkdir()
+        except OSError as err:
+            raise OutputError(f"cannot create {option} {out}: {err.strerror}") from None
+        write_marker(out, kind)
+        yield out
+    finally:
+        lock.release(remove=True)
+
+
+def check_file_target(path: Path, option: str) -> None:
+    """Refuse, before any work, a file output that could not be written at the end."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{option} {path} is a directory; give a file name")
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise OutputError(f"{option} {path}: {parent} is a file, not a directory")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {path}: {parent} is not writable; choose another path")
+
+
+def write_file(path: Path, data: Union[str, bytes], option: str) -> None:
+    """A user-named output file: its folder created, written atomically, errors one line."""
+    path = Path(path)
+    check_file_target(path, option)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create {path.parent} for {option}: {err.strerror}") from None
+    write_atomic(path, data)
+
+
 def write_atomic(path: Path, data: Union[str, bytes]) -> None:
     """Write a whole file under a temporary name, then rename it over `path`."""
     path = Path(path)

@@ -83,7 +83,10 @@ def write_manifest(manifest: Manifest, directory: Path) -> Path:
 
 
 def load_manifest(
-    data_dir: Path, verify_checksums: bool = False, splits: Optional[List[str]] = None
+    data_dir: Path,
+    verify_checksums: bool = False,
+    splits: Optional[List[str]] = None,
+    split_option: Optional[str] = None,
 ) -> Manifest:
     """Read and check `data_dir/manifest.json`: format version, shard files, optionally checksums.
 
@@ -117,6 +120,14 @@ def load_manifest(
             f"{path} is invalid at {where}: {first['msg']}; re-run enet preprocess"
         ) from None
     for split in splits or list(manifest.splits):
+        if split not in manifest.splits:
+            known = ", ".join(manifest.splits)
+            hint = (
+                f"choose one of those with {split_option}"
+                if split_option
+                else f"preprocess a dataset that has a {split} split"
+            )
+            raise DataError(f"{data_dir} has no {split!r} split (it has {known}); {hint}")
         for shard, shard_path in zip(
             manifest.splits[split].shards, manifest.shard_paths(data_dir, split)
         ):

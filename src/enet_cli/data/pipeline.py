@@ -9,7 +9,9 @@ Element conventions: images float32 (N, H, W, 3) in [0, 1]; labels int32 (N, H, 
 0..K-1 classes and K = void (the manifest's `ignore_index`).
 """
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -115,6 +117,23 @@ def _example_fn(data: DataConfig, image_size, ignore_index: int, augment: bool, 
         return {"image": image, "label": label, "name": name}
 
     return fn
+
+
+@contextlib.contextmanager
+def reading_shards(data_dir) -> Iterator[None]:
+    """A shard that fails to read or decode (corrupted after its checksum was checked, or
+    checks skipped) is one line naming the data, not a TensorFlow traceback."""
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
+        first = str(getattr(err, "message", err)).strip().splitlines()[0]
+        decoding = any(word in first for word in ("PNG", "png", "Feature", "record"))
+        if isinstance(err, tf.errors.InvalidArgumentError) and not decoding:
+            raise  # not the data's fault: a bug, keep its traceback
+        raise DataError(
+            f"cannot read the shards of {data_dir} ({first[:160]}); the data is corrupt: "
+            f"re-run enet preprocess"
+        ) from None
 
 
 def check_data(data: DataConfig, manifest: Manifest) -> None:

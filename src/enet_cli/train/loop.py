@@ -20,7 +20,7 @@ from enet_cli import outputs, ui
 from enet_cli.backend import keras, tf
 from enet_cli.config import EnetConfig, LRSchedule, Precision, TrainConfig
 from enet_cli.data.manifest import Manifest, check_batch_size, load_manifest
-from enet_cli.data.pipeline import check_data, make_dataset
+from enet_cli.data.pipeline import check_data, make_dataset, reading_shards
 from enet_cli.errors import Interrupted, TrainingError
 from enet_cli.model import fused
 from enet_cli.sagemaker.contract import RunPaths
@@ -129,7 +129,7 @@ def _evaluate(eval_step, dataset, task, engine: Engine) -> Dict[str, object]:
 
 def fit(cfg: EnetConfig, paths: RunPaths, engine: Engine) -> Dict[str, object]:
     """Train according to `cfg`, writing under `paths`; returns the final metrics."""
-    manifest = load_manifest(cfg.data.data_dir, splits=["train", "val"])
+    manifest = load_manifest(cfg.data.data_dir, True, splits=["train", "val"])
     check_data(cfg.data, manifest)
     global_batch = cfg.train.batch_size
     check_batch_size(manifest, "train", global_batch, "--batch-size")
@@ -140,7 +140,8 @@ def fit(cfg: EnetConfig, paths: RunPaths, engine: Engine) -> Dict[str, object]:
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(cfg.train.precision.value)
     try:
-        return _fit(cfg, paths, engine, manifest, global_batch, per_replica_batch)
+        with reading_shards(cfg.data.data_dir):
+            return _fit(cfg, paths, engine, manifest, global_batch, per_replica_batch)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
         engine.close()

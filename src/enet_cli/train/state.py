@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from enet_cli.backend import tf
 from enet_cli.config import ModelConfig
 from enet_cli.data.manifest import Manifest
-from enet_cli.errors import ConfigError
+from enet_cli.errors import ConfigError, DataError, TrainingError
 
 META_NAME = "enet.json"
 BEST = "best"
@@ -58,7 +58,11 @@ class RunMeta(BaseModel):
         path = Path(directory) / META_NAME
         if not path.is_file():
             return None
-        return cls.model_validate_json(path.read_text())
+        try:
+            return cls.model_validate_json(path.read_text())
+        except (OSError, ValueError) as err:  # pydantic's ValidationError is a ValueError
+            first = str(err).strip().splitlines()[0][:120]
+            raise DataError(f"{path} is damaged ({first}); export or train again") from None
 
 
 class CheckpointBackend:
@@ -154,7 +158,20 @@ class TrainState:
         self._saved_step = step
         if self.manager is None:
             return None
-        return self.backend.save(self.manager, self.checkpoint.optimizer.iterations)
+        return self._write(self.manager)
+
+    def _write(self, manager) -> Optional[str]:
+        previous = self.latest()
+        try:
+            return self.backend.save(manager, self.checkpoint.optimizer.iterations)
+        except (tf.errors.OpError, OSError) as err:
+            self.remove_partial_writes()
+            first = str(getattr(err, "message", err)).strip().splitlines()[0][:160]
+            raise TrainingError(
+                f"cannot write a checkpoint in {self._write_directory} ({first}); free space "
+                f"or fix the directory, then run the same command again to resume from "
+                f"{previous or 'the start'}"
+            ) from None
 
     def remove_partial_writes(self) -> None:
         """A process killed while writing a checkpoint leaves `ckpt-N_temp*` behind (the
@@ -173,7 +190,7 @@ class TrainState:
     def save_best(self) -> Optional[str]:
         if self.best is None:
             return None
-        return self.backend.save(self.best, self.checkpoint.optimizer.iterations)
+        return self._write(self.best)
 
     def load_best_weights(self) -> Optional[str]:
         """Put the best checkpoint's model weights into the model (for export)."""
@@ -205,5 +222,6 @@ def load_model_from_checkpoint(directory: Path):
     if meta is None or latest is None:
         return None
     model = build_enet(meta.model, None)
-    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    status = tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    status.assert_existing_objects_matched()  # a truncated checkpoint fails here, not later
     return model, meta
