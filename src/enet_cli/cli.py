@@ -33,7 +33,7 @@ from enet_cli.config import (
     option_name,
     sort_settings,
 )
-from enet_cli.errors import EnetError
+from enet_cli.errors import EnetError, PeerLost
 
 stdout, stderr = ui.stdout, ui.stderr
 
@@ -308,10 +308,11 @@ def predict(
     Example: enet predict runs/camvid street.png more_images/ --out predictions
     """
     from enet_cli.inference import load_predictor
-    from enet_cli.predict import collect_images, iter_predictions
+    from enet_cli.predict import check_out_dir, collect_images, iter_predictions
 
-    predictor = load_predictor(model)
     images = collect_images(inputs)
+    check_out_dir(out)
+    predictor = load_predictor(model)
     for r in ui.track(iter_predictions(predictor, images, out), len(images), "predict"):
         top = sorted(r.class_fractions.items(), key=lambda kv: -kv[1])[:3]
         summary = ", ".join(f"{name} {100 * share:.0f}%" for name, share in top)
@@ -608,6 +609,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     """Run `enet`: one line on stderr and an exit code for every user mistake, never a traceback."""
     try:
         result = app(args=argv, prog_name="enet", standalone_mode=False)
+    except PeerLost as err:
+        from enet_cli.train.launcher import is_worker
+
+        if is_worker():  # the launcher reports which worker died and where its log is
+            sys.exit(err.exit_code)
+        _fail(str(err), err.exit_code)
     except EnetError as err:
         _fail(str(err), err.exit_code)
     except _ClickException as err:

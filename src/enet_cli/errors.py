@@ -33,6 +33,11 @@ class TrainingError(EnetError):
     exit_code = 5
 
 
+class PeerLost(TrainingError):
+    """A worker of a multi-worker run lost its peers (one of them died). Under
+    `--local-workers` the launcher names the worker that died, so the others say nothing."""
+
+
 class EnvironmentProblem(EnetError):
     """The installed software cannot do what was asked (e.g. Keras 3 without tf-keras)."""
 

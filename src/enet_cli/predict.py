@@ -8,14 +8,16 @@ programs read indices), and `<name>_overlay.png`: the photo under the class colo
 class boundaries drawn and a legend of the classes present, largest first.
 """
 
+import io
 from pathlib import Path
 from typing import Iterable, List, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from enet_cli import outputs
 from enet_cli.backend import tf
-from enet_cli.errors import DataError
+from enet_cli.errors import DataError, OutputError
 from enet_cli.inference import Predictor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -43,7 +45,23 @@ def collect_images(inputs: Iterable[Path]) -> List[Path]:
             images.append(item)
         else:
             raise DataError(f"input {item} does not exist")
+    seen: dict = {}
+    for image in images:  # outputs are named by stem: two inputs must not share one
+        other = seen.setdefault(image.stem, image)
+        if other != image:
+            raise DataError(
+                f"inputs {other} and {image} would both be written as {image.stem}_*.png; "
+                f"predict them into different --out directories or rename one"
+            )
     return images
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """--out must be (or become) a directory we can write into: checked before any work."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"--out {out_dir} is a file; give a directory")
+    outputs.check_file_target(out_dir / "x_classes.png", "--out")
 
 
 def segment(predictor: Predictor, rgb: np.ndarray) -> np.ndarray:
@@ -95,21 +113,27 @@ def overlay(rgb: np.ndarray, classes: np.ndarray, palette: np.ndarray, names: Li
 
 
 def _save(image: Image.Image, path: Path) -> None:
-    tmp = path.parent / f".{path.name}.tmp"
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    outputs.write_atomic(path, buffer.getvalue())
 
 
 def iter_predictions(predictor: Predictor, images: List[Path], out_dir: Path):
     """Segment each image, write its class map and overlay into `out_dir`, yield a Prediction."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create --out {out_dir}: {err.strerror}") from None
     palette = predictor.palette()
     names = predictor.meta.class_names
     for path in images:
         try:
             with Image.open(path) as handle:
                 rgb = np.asarray(handle.convert("RGB"))
+        except Image.DecompressionBombError:
+            raise DataError(f"{path} is too large to decode safely; resize it") from None
         except (OSError, SyntaxError, ValueError) as err:
             raise DataError(f"cannot read image {path}: {err}") from None
         classes = segment(predictor, rgb)

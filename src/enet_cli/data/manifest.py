@@ -95,6 +95,10 @@ def load_manifest(
     """
     data_dir = Path(data_dir)
     path = data_dir / MANIFEST_NAME
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(
+            f"data directory {data_dir} is a file; give the directory enet preprocess wrote"
+        )
     if not data_dir.is_dir():
         raise DataError(f"data directory {data_dir} does not exist; create it with enet preprocess")
     if not path.is_file():

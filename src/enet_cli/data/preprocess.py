@@ -15,6 +15,8 @@ import contextlib
 import io
 import multiprocessing
 import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
@@ -124,8 +126,26 @@ def _open(path: Path) -> Image.Image:
         image = Image.open(path)
         image.load()  # decode now: truncated files fail here, not later
         return image
+    except Image.DecompressionBombError:
+        raise DataError(
+            f"{path} is too large to decode safely (more than {2 * Image.MAX_IMAGE_PIXELS:,} "
+            f"pixels); resize it or remove it"
+        ) from None
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"cannot read image {path}: {err}; replace the file") from None
+
+
+LOSSY_FORMATS = ("JPEG", "MPO", "WEBP")  # WebP may be lossless, but labels need not risk it
+
+
+def _check_lossless_label(label: Image.Image, path: Path) -> None:
+    """Lossy compression changes pixel values near every edge: a JPEG label silently turns
+    thousands of boundary pixels into other classes, or into colours no class has."""
+    if label.format in LOSSY_FORMATS:
+        raise DataError(
+            f"label {path} is stored as {label.format}, a lossy format that alters class "
+            f"values at edges; save labels as PNG (lossless)"
+        )
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -138,6 +158,7 @@ def convert_example(task: Task) -> Converted:
     """Decode one image/label pair, map labels to classes, resize, and encode both as PNG."""
     image = _open(task.image).convert("RGB")
     label_image = _open(task.label)
+    _check_lossless_label(label_image, task.label)
     if image.size != label_image.size:
         raise DataError(
             f"{task.image} is {image.size[0]}x{image.size[1]} but its label {task.label} is "
@@ -186,12 +207,44 @@ def worker_pool(workers: int) -> Iterator[Optional[concurrent.futures.Executor]]
     )
     try:
         yield pool
-    except BaseException:
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
-            process.terminate()  # do not let queued work run on after an error or a signal
+    except KeyboardInterrupt:  # a signal: stop now, even a worker stuck on a slow read
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        with _quiet_broken_pool():
+            _shutdown(pool, wait=False)  # forgets its processes: they were taken above
+            for process in processes:
+                process.terminate()
+            _shutdown(pool, wait=True)
         raise
     finally:
-        pool.shutdown(wait=True)
+        # After an error: queued work is cancelled, the few conversions already running
+        # finish (well under a second), and the workers exit.
+        _shutdown(pool, wait=True)
+
+
+def _shutdown(pool: concurrent.futures.ProcessPoolExecutor, wait: bool) -> None:
+    if sys.version_info >= (3, 9):
+        pool.shutdown(wait=wait, cancel_futures=True)
+    else:
+        pool.shutdown(wait=wait)
+
+
+@contextlib.contextmanager
+def _quiet_broken_pool() -> Iterator[None]:
+    """Terminated workers make the executor's manager thread set an exception on futures
+    that were cancelled, which raises InvalidStateError in that thread (CPython's own
+    bug): its traceback would bury our one line. Drop just that one."""
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        if not isinstance(args.exc_value, concurrent.futures.InvalidStateError):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        time.sleep(0.1)  # the manager thread notices the dead workers
+        threading.excepthook = previous
 
 
 def _convert_all(

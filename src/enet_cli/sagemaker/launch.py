@@ -11,11 +11,11 @@ smdistributed (3.x dropped both).
 import os
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from enet_cli import ui
 from enet_cli.config import EnetConfig, LaunchConfig
-from enet_cli.data.manifest import file_sha256
+from enet_cli.data.manifest import MANIFEST_NAME, file_sha256, load_manifest
 from enet_cli.errors import ConfigError, EnvironmentProblem, LaunchError
 from enet_cli.sagemaker.plan import LaunchPlan, make_plan
 from enet_cli.sagemaker.source import ENTRY_SCRIPT, stage_source
@@ -50,7 +50,7 @@ def check_local_data(cfg: EnetConfig, data: str) -> None:
     """A local DATA must be enet preprocess output, with enough records for the batch."""
     if data.startswith("s3://"):
         return
-    from enet_cli.data.manifest import check_batch_size, load_manifest
+    from enet_cli.data.manifest import check_batch_size
 
     manifest = load_manifest(Path(data), splits=["train", "val"])
     check_batch_size(manifest, "train", cfg.train.batch_size, "--batch-size")
@@ -58,12 +58,13 @@ def check_local_data(cfg: EnetConfig, data: str) -> None:
 
 def print_plan(plan: LaunchPlan, rows) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="SageMaker training job", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value", overflow="fold")
     for what, value in [*plan.describe(), *rows]:
-        table.add_row(what, value)
+        table.add_row(Text(what), Text(value))  # as is: regexes and paths are not markup
     ui.stdout.print(table)
 
 
@@ -76,9 +77,15 @@ def launch(cfg: EnetConfig, launch_cfg: LaunchConfig, data: str) -> Optional[str
         raise ConfigError(f"--s3-prefix {prefix!r} must be an s3:// URI, e.g. s3://bucket/enet")
     if launch_cfg.dry_run:
         where = prefix or f"s3://<the session's default bucket>/{DEFAULT_PREFIX}"
+        uploads = []
+        if not data.startswith("s3://"):
+            files = upload_list(Path(data))
+            size = sum(p.stat().st_size for p in files) / 1e6
+            uploads = [("upload", f"{len(files)} files of {data}, {size:.1f} MB (the manifest's)")]
         print_plan(
             plan,
             [
+                *uploads,
                 ("channel train", data_channel(data, where)),
                 ("source", f"enet-cli wheel + {ENTRY_SCRIPT} -> {where}/code"),
                 ("checkpoints", f"{where}/<job name>/checkpoints <-> /opt/ml/checkpoints"),
@@ -87,11 +94,20 @@ def launch(cfg: EnetConfig, launch_cfg: LaunchConfig, data: str) -> Optional[str
             ],
         )
         return None
-    return _submit(plan, launch_cfg, data, prefix)
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return _submit(plan, launch_cfg, data, prefix)
+    except (BotoCoreError, ClientError) as err:
+        first = str(err).strip().splitlines()[0][:200]
+        raise LaunchError(
+            f"AWS refused or could not be reached ({first}); check the network, --region, "
+            f"AWS_ENDPOINT_URL and your credentials, then try again"
+        ) from None
 
 
 def _sessions(launch_cfg: LaunchConfig):
-    boto3, sagemaker, _ = _sdk()
+    boto3, _, _ = _sdk()
     session = boto3.Session(region_name=launch_cfg.region)
     if not session.region_name:
         raise ConfigError(
@@ -108,7 +124,14 @@ def _sessions(launch_cfg: LaunchConfig):
             f"no IAM role for the job: pass --role arn:aws:iam::<account>:role/<name> or set "
             f"{ROLE_ENV}"
         )
-    return session, sagemaker.Session(boto_session=session, sagemaker_config=_sdk_config()), role
+    return session, role
+
+
+def _default_bucket(boto_session) -> str:
+    """The SDK's own default bucket name, sagemaker-<region>-<account>, but found with a
+    client that honours AWS_ENDPOINT_URL (the SDK pins STS to its regional endpoint)."""
+    account = boto_session.client("sts").get_caller_identity()["Account"]
+    return f"sagemaker-{boto_session.region_name}-{account}"
 
 
 def _sdk_config() -> dict:
@@ -128,7 +151,12 @@ def _sdk_config() -> dict:
 
 def _submit(plan: LaunchPlan, launch_cfg: LaunchConfig, data: str, prefix: str) -> str:
     _, sagemaker, TensorFlow = _sdk()
-    boto_session, session, role = _sessions(launch_cfg)
+    boto_session, role = _sessions(launch_cfg)
+    session = sagemaker.Session(
+        boto_session=boto_session,
+        sagemaker_config=_sdk_config(),
+        default_bucket=None if prefix else _default_bucket(boto_session),
+    )
     if not prefix:
         prefix = f"s3://{session.default_bucket()}/{DEFAULT_PREFIX}"
     job_name = launch_cfg.job_name or sagemaker.utils.name_from_base(
@@ -176,12 +204,35 @@ def _submit(plan: LaunchPlan, launch_cfg: LaunchConfig, data: str, prefix: str) 
     return job_name
 
 
+def upload_list(directory: Path) -> List[Path]:
+    """Exactly what the job needs from a preprocessed directory: manifest.json and the shards
+    it lists. Nothing else in DATA (dotfiles, notes, a symlink to credentials) ever leaves
+    the machine, and a listed file that is a link out of DATA is refused."""
+    directory = Path(directory)
+    manifest = load_manifest(directory)
+    files = [directory / MANIFEST_NAME]
+    for split in manifest.splits:
+        files.extend(manifest.shard_paths(directory, split))
+    root = directory.resolve()
+    for path in files:
+        if root not in path.resolve().parents:
+            raise LaunchError(
+                f"{path} points outside {directory} (to {path.resolve()}); enet launch uploads "
+                f"only files inside DATA: copy the file in instead of linking it"
+            )
+    return files
+
+
 def upload_directory(s3, directory: Path, uri: str) -> Dict[str, int]:
-    """Upload `directory` under `uri` with a progress bar; a file already there with the same
-    SHA-256 (kept in the object's metadata) is skipped. Returns counts uploaded/skipped."""
+    """Upload upload_list(directory) under `uri` with a progress bar; a file already there
+    with the same SHA-256 (kept in the object's metadata) is skipped. Returns counts."""
     bucket, _, key_prefix = uri[len("s3://") :].partition("/")
-    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    files = upload_list(directory)
     total = sum(p.stat().st_size for p in files)
+    ui.info(
+        f"uploading {len(files)} files of {directory} ({total / 1e6:.1f} MB): {MANIFEST_NAME} "
+        f"and the shards it lists, nothing else"
+    )
     counts = {"uploaded": 0, "skipped": 0}
     with ui.byte_progress(f"uploading {directory.name}", total) as advance:
         for path in files:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, List, Optional
 
 from enet_cli import ui
-from enet_cli.errors import TrainingError
+from enet_cli.errors import PeerLost, TrainingError
 from enet_cli.processes import die_with_parent
 
 WORKER_ENV = "ENET_LOCAL_WORKER"  # set in workers: they train instead of launching again
@@ -156,6 +156,11 @@ def launch_local_workers(argv: List[str], workers: int, log_dir: Path) -> int:
                 while time.monotonic() < deadline and any(p.poll() is None for p in group.procs):
                     time.sleep(POLL_SECONDS)
                 group.stop_all()
+                if chief < 0 and not stops:  # killed from outside: it could say nothing
+                    raise TrainingError(
+                        f"worker 0 (the chief) {_describe_exit(chief)}; stopped the other "
+                        f"workers. Run the same command again to resume from the last checkpoint"
+                    )
                 return chief
             for index, proc in enumerate(group.procs[1:], start=1):
                 code = proc.poll()
@@ -180,7 +185,7 @@ def _worker_failed(group: _Workers, index: int, code: int) -> int:
     chief = group.procs[0].poll()
     last = group.last_line(index)
     group.stop_all()
-    if chief not in (None, 0):
+    if chief not in (None, 0, PeerLost.exit_code):  # its own error (e.g. bad data), said
         return chief
     detail = f" (its last line: {last})" if last else ""
     raise TrainingError(

@@ -21,7 +21,7 @@ from enet_cli.backend import keras, tf
 from enet_cli.config import EnetConfig, LRSchedule, Precision, TrainConfig
 from enet_cli.data.manifest import Manifest, check_batch_size, load_manifest
 from enet_cli.data.pipeline import check_data, make_dataset, reading_shards
-from enet_cli.errors import Interrupted, TrainingError
+from enet_cli.errors import Interrupted, PeerLost, TrainingError
 from enet_cli.model import fused
 from enet_cli.sagemaker.contract import RunPaths
 from enet_cli.train.engines.base import Engine
@@ -142,6 +142,18 @@ def fit(cfg: EnetConfig, paths: RunPaths, engine: Engine) -> Dict[str, object]:
     try:
         with reading_shards(cfg.data.data_dir):
             return _fit(cfg, paths, engine, manifest, global_batch, per_replica_batch)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without saving
+        last = tf.train.latest_checkpoint(str(paths.checkpoints)) or "none yet"
+        raise Interrupted(
+            f"stopped at once by a second Ctrl-C, nothing saved; the last checkpoint is {last}: "
+            f"run the same command again to resume from it"
+        ) from None
+    except (tf.errors.UnavailableError, tf.errors.CancelledError) as err:
+        first = str(getattr(err, "message", err)).strip().splitlines()[0][:160]
+        raise PeerLost(
+            f"lost contact with another worker ({first}); run the same command again to "
+            f"resume from the last checkpoint"
+        ) from None
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
         engine.close()
