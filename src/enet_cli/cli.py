@@ -174,7 +174,6 @@ def preprocess(
     cfg = make_options(PreprocessConfig, locals())
     from enet_cli.data.preprocess import preprocess as run_preprocess
 
-    ui.info(f"reading {cfg.input_dir}")
     manifest, layout, reports = run_preprocess(cfg)
     height, width = manifest.image_size
     table = Table(

@@ -18,7 +18,7 @@ from enet_cli.config import ConfigError
 from enet_cli.data.camvid import CAMVID11, labels_to_classes
 from enet_cli.data.manifest import load_manifest
 from enet_cli.data.pipeline import FEATURES
-from enet_cli.errors import DataError
+from enet_cli.errors import DataError, OutputError
 
 
 def read_records(data_dir, split):
@@ -233,15 +233,20 @@ def test_missing_input_and_segnet_camvid32(camvid_segnet_mini, tmp_path):
     assert nothing_written(tmp_path)
 
 
-def test_existing_output_needs_force(tmp_path):
+def test_existing_output_needs_force_and_must_be_a_preprocess_output(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(DataError, match="already exists; use --force"):
+    for force in (False, True):  # someone else's directory: never replaced
+        with pytest.raises(OutputError, match="is not the output of enet preprocess"):
+            preprocess_to(FIXTURES / "camvid-kaggle-mini", out, workers=1, force=force)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    preprocess_to(FIXTURES / "camvid-kaggle-mini", out, workers=1)  # empty: fine
+    with pytest.raises(OutputError, match="already exists; use --force"):
         preprocess_to(FIXTURES / "camvid-kaggle-mini", out, workers=1)
-    assert (out / "keep.txt").exists()
     preprocess_to(FIXTURES / "camvid-kaggle-mini", out, workers=1, force=True)
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
+    assert (out / "manifest.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

@@ -5,6 +5,7 @@ own source and hyperparameters run through the entry script on the CamVid sample
 import base64
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -27,9 +28,16 @@ ECR = "763104351884.dkr.ecr.us-east-1.amazonaws.com/tensorflow-training:"
 @pytest.fixture(scope="module")
 def aws(tmp_path_factory):
     """A moto server and the environment a user's shell would have for it."""
+    # moto's request recorder appends to MOTO_RECORDER_FILEPATH, default ./moto_recording
+    # (moto/moto_api/_internal/recorder/models.py reads it when moto.moto_api is imported):
+    # a fresh file per module, never the working tree, so a test reads only its own requests.
+    recording = tmp_path_factory.mktemp("moto") / "recording"
+    os.environ["MOTO_RECORDER_FILEPATH"] = str(recording)
     import boto3
+    from moto.moto_api import recorder
     from moto.server import ThreadedMotoServer
 
+    recorder._location = str(recording)  # moto imported earlier in this process: same file
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -47,25 +55,29 @@ def aws(tmp_path_factory):
     endpoint = env["AWS_ENDPOINT_URL"]
     clients = {name: session.client(name, endpoint_url=endpoint) for name in ("s3", "sagemaker")}
     clients["s3"].create_bucket(Bucket="enet-test-bucket")
-    urllib.request.urlopen(
-        urllib.request.Request(f"{endpoint}/moto-api/recorder/start-recording", method="POST")
-    )
+    for action in ("reset-recording", "start-recording"):
+        urllib.request.urlopen(
+            urllib.request.Request(f"{endpoint}/moto-api/recorder/{action}", method="POST")
+        )
     yield env, clients
     server.stop()
+    os.environ.pop("MOTO_RECORDER_FILEPATH", None)
 
 
 def created(env, job: str) -> dict:
     """The CreateTrainingJob request exactly as the SDK sent it (moto's request recorder;
     moto's own describe_training_job does not echo every field back)."""
     url = f"{env['AWS_ENDPOINT_URL']}/moto-api/recorder/download-recording"
+    found = []
     for line in urllib.request.urlopen(url).read().decode().splitlines():
         entry = json.loads(line)
         if entry["headers"].get("X-Amz-Target") != "SageMaker.CreateTrainingJob":
             continue
         body = json.loads(base64.b64decode(entry["body"]))
         if body["TrainingJobName"] == job:
-            return body
-    raise AssertionError(f"no CreateTrainingJob request for {job}")
+            found.append(body)
+    assert len(found) == 1, f"{len(found)} CreateTrainingJob requests for {job}, expected 1"
+    return found[0]
 
 
 def launch(env, *args, timeout=300):
@@ -184,11 +196,12 @@ def test_launch_creates_the_job_the_mode_needs(aws, small_data, case):
     assert "enet_entry.py" in names
     assert any(re.fullmatch(r"enet_cli-[\w.]+-py3-none-any\.whl", n) for n in names), names
 
-    # The data: every local file is in S3 under the channel.
+    # The data: the manifest and every shard it lists are in S3 under the channel.
     listed = clients["s3"].list_objects_v2(Bucket="enet-test-bucket", Prefix="jobs/data/")
     keys = {o["Key"][len(f"jobs/data/{small_data.name}/") :] for o in listed["Contents"]}
-    local = {p.relative_to(small_data).as_posix() for p in small_data.rglob("*") if p.is_file()}
-    assert keys == local
+    manifest = json.loads((small_data / "manifest.json").read_text())
+    shards = {s["file"] for split in manifest["splits"].values() for s in split["shards"]}
+    assert keys == {"manifest.json", *shards}
 
 
 def _tar_names(body: bytes):
@@ -205,7 +218,8 @@ def test_data_already_uploaded_is_skipped(aws, small_data):
     assert first.returncode == 0, first.stderr[-3000:]
     second = launch(env, *common, "--job-name", "enet-test-upload-2")
     assert second.returncode == 0, second.stderr[-3000:]
-    files = sum(1 for p in small_data.rglob("*") if p.is_file())
+    manifest = json.loads((small_data / "manifest.json").read_text())
+    files = 1 + sum(len(split["shards"]) for split in manifest["splits"].values())
     assert f"0 file(s) uploaded, {files} already there" in second.stderr
     # DATA given as an S3 URI is the channel as it is; nothing is uploaded.
     uri = f"{PREFIX}/data/{small_data.name}"
@@ -459,3 +473,61 @@ def test_wait_follows_the_job_to_its_end(aws, small_data):
         result.stderr
     )
     assert "Traceback" not in result.stderr  # no telemetry call to AWS behind our back
+
+
+def test_launch_uploads_only_the_manifest_and_its_shards(aws, small_data, tmp_path):
+    """Secrets next to the data never leave the machine: dotfiles, a .git folder and a link
+    to the user's AWS credentials in DATA are not uploaded; a listed shard that links out of
+    DATA is refused before anything is sent."""
+    import shutil
+
+    env, clients = aws
+    data = Path(shutil.copytree(small_data, tmp_path / "leaky"))
+    secret = tmp_path / "home-credentials"
+    secret.write_text("REALSECRET")
+    (data / ".env").write_text("TOKEN=REALSECRET")
+    (data / ".git").mkdir()
+    (data / ".git" / "HEAD").write_text("REALSECRET")
+    (data / "credentials").symlink_to(secret)
+    dry = launch(env, str(data), "--s3-prefix", PREFIX, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    manifest = json.loads((data / "manifest.json").read_text())
+    shards = {s["file"] for split in manifest["splits"].values() for s in split["shards"]}
+    flat = re.sub(r"[\s│]", "", dry.stdout)  # the table folds long values
+    assert re.search(rf"{len(shards) + 1}filesof.*leaky,\d+\.\dMB", flat), dry.stdout
+    done = launch(env, str(data), "--s3-prefix", PREFIX, "--job-name", "enet-test-leak")
+    assert done.returncode == 0, done.stderr[-3000:]
+    listed = clients["s3"].list_objects_v2(Bucket="enet-test-bucket", Prefix="jobs/data/leaky/")
+    keys = {o["Key"].rsplit("/", 1)[1] for o in listed["Contents"]}
+    assert keys == {"manifest.json", *shards}
+    for o in listed["Contents"]:
+        body = clients["s3"].get_object(Bucket="enet-test-bucket", Key=o["Key"])["Body"].read()
+        assert b"REALSECRET" not in body
+
+    outside = tmp_path / "elsewhere.tfrecord"
+    shard = data / sorted(shards)[0]
+    shutil.move(str(shard), outside)
+    shard.symlink_to(outside)
+    refused = launch(env, str(data), "--s3-prefix", PREFIX, "--job-name", "enet-test-leak-2")
+    assert refused.returncode == 4
+    errors = error_lines(refused.stderr)
+    assert len(errors) == 1 and re.search(r"points outside .*leaky .*copy the file in", errors[0])
+
+
+def test_dry_run_prints_the_metric_regexes_exactly(aws, small_data):
+    env, _ = aws
+    dry = launch(env, str(small_data), "--s3-prefix", PREFIX, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    flat = dry.stdout.replace("\n", "").replace("│", "").replace(" ", "")
+    for definition in metric_definitions():
+        assert definition["Regex"].replace(" ", "") in flat, definition["Regex"]
+
+
+def test_unreachable_aws_is_one_line(aws, small_data):
+    env, _ = aws
+    dead = {**env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}
+    result = launch(dead, str(small_data), timeout=120)  # no --s3-prefix: the bucket via STS
+    assert result.returncode == 4, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert re.match(r"error: AWS refused or could not be reached \(.*127\.0\.0\.1:9", lines[0])

@@ -47,7 +47,7 @@ from enet_cli.data.manifest import (
 )
 from enet_cli.errors import DataError, Interrupted
 from enet_cli.processes import die_with_parent
-from enet_cli.ui import Interrupts, track, warn
+from enet_cli.ui import Interrupts, info, track, warn
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 MAX_UNKNOWN_FRACTION = 0.001  # unexplained label pixels tolerated per split (become void)
@@ -386,6 +386,8 @@ def _write_split(
 
 def preprocess(cfg: PreprocessConfig) -> Tuple[Manifest, Layout, List[SplitReport]]:
     """Run the whole conversion; returns the manifest written, the layout found, split reports."""
+    outputs.check_apart(cfg.output_dir, [cfg.input_dir], "OUTPUT_DIR")  # before any reading
+    outputs.check_replaceable(cfg.output_dir, "preprocess", cfg.force, "OUTPUT_DIR")
     layout = detect_layout(cfg.input_dir)
     scheme = class_scheme(layout, cfg.classes.value)
     plans = {}
@@ -403,6 +405,8 @@ def preprocess(cfg: PreprocessConfig) -> Tuple[Manifest, Layout, List[SplitRepor
                 )
                 for image, label in pair_split(layout, split)
             ]
+    images = sum(len(tasks) for tasks in plans.values())
+    info(f"reading {images} images of the {layout.name} layout in {cfg.input_dir}")
     try:
         with Interrupts().raising() as interrupts, outputs.claim(
             cfg.output_dir, "preprocess", cfg.force, [cfg.input_dir], "OUTPUT_DIR"

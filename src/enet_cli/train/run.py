@@ -35,11 +35,27 @@ def run_training(cfg: EnetConfig, paths: RunPaths) -> Dict[str, object]:
     from enet_cli.train.loop import fit
 
     def run():
-        for directory in (paths.checkpoints, paths.logs, paths.outputs):
-            directory.mkdir(parents=True, exist_ok=True)
-        return fit(cfg, paths, get_engine(cfg.runtime))
+        engine = get_engine(cfg.runtime)
+        lock = _own_run_dir(cfg, engine)
+        try:
+            for directory in (paths.checkpoints, paths.logs, paths.outputs):
+                directory.mkdir(parents=True, exist_ok=True)
+            return fit(cfg, paths, engine)
+        finally:
+            if lock is not None:
+                lock.release()
 
     return _reporting_failures(run)
+
+
+def _own_run_dir(cfg: EnetConfig, engine) -> Optional["outputs.Lock"]:
+    """One process owns a local run directory: the chief, or the --local-workers launcher
+    for its workers. A SageMaker container is the job's alone."""
+    from enet_cli.train.launcher import is_worker
+
+    if contract.in_sagemaker() or is_worker() or not engine.is_chief:
+        return None
+    return outputs.lock_run_dir(cfg.runtime.run_dir)
 
 
 def _reporting_failures(fn, *args):
@@ -56,18 +72,8 @@ def train_from_settings(
     config_file: Optional[Path], overrides: Dict[str, Dict[str, Any]]
 ) -> Tuple[Dict[str, object], RunPaths]:
     """`enet train` in this process: settings -> run."""
-    from enet_cli.train.launcher import is_worker
-
     cfg, paths = _reporting_failures(prepare_run, config_file, overrides)
-    # One process owns a local run directory (a SageMaker container is the job's alone;
-    # --local-workers' launcher holds it for its workers).
-    owns_run_dir = not contract.in_sagemaker() and not is_worker()
-    lock = outputs.lock_run_dir(cfg.runtime.run_dir) if owns_run_dir else None
-    try:
-        return run_training(cfg, paths), paths
-    finally:
-        if lock is not None:
-            lock.release()
+    return run_training(cfg, paths), paths
 
 
 def launch_if_requested(

@@ -1,0 +1,475 @@
+"""Nothing lost, nothing leaked, no traceback: the careless user's table.
+
+Each case runs the real `enet` command in a subprocess, in the environment a user has (no
+TF_CPP_MIN_LOG_LEVEL), and checks the exit code, that stderr is our one `error:` line and
+nothing else (no traceback, no TensorFlow start-up lines), and what is on disk afterwards:
+every input tree hashed before and after.
+"""
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+from conftest import FIXTURES, SMALL_SIZE, enet_env
+
+NOISE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages|Traceback|\s+File \")")
+
+
+def user_env() -> dict:
+    env = enet_env()
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # what a user's shell has
+    return env
+
+
+def enet(*args: str, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "enet_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or user_env(),
+    )
+
+
+def tree(path: Path) -> Dict[str, str]:
+    """relative path -> SHA-256 (or link target) of everything under `path`."""
+    path = Path(path)
+    out = {}
+    for item in sorted(path.rglob("*")):
+        rel = item.relative_to(path).as_posix()
+        if item.is_symlink():
+            out[rel] = "-> " + os.readlink(item)
+        elif item.is_file():
+            out[rel] = hashlib.sha256(item.read_bytes()).hexdigest()
+        else:
+            out[rel] = "dir"
+    return out
+
+
+def one_error_line(result: subprocess.CompletedProcess, code: int, pattern: str) -> str:
+    """stderr is exactly one line, ours, matching `pattern`; the exit code is `code`."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == code, (result.returncode, result.stderr[-2000:])
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("error: ") and re.search(pattern, lines[0]), lines[0]
+    return lines[0]
+
+
+def last_error_line(result: subprocess.CompletedProcess, code: int, pattern: str) -> str:
+    """For commands that report progress first: the error is the last line, the only error
+    line, and nothing is a traceback or library noise."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == code, (result.returncode, result.stderr[-2000:])
+    assert [line for line in lines if NOISE.match(line)] == [], result.stderr[-2000:]
+    assert [line for line in lines if line.startswith("error:")] == lines[-1:], lines
+    assert re.search(pattern, lines[-1]), lines[-1]
+    return lines[-1]
+
+
+@pytest.fixture
+def raw(tmp_path) -> Path:
+    return Path(shutil.copytree(FIXTURES / "camvid-segnet-mini", tmp_path / "CamVid"))
+
+
+# ---------------------------------------------------------------------------------------
+# Data loss: preprocess and export never replace what they did not make
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "layout, output, message",
+    [
+        ("C", "C", r"OUTPUT_DIR .*/C is the input"),
+        ("proj/CamVid", "proj", r"OUTPUT_DIR .*/proj contains the input"),
+        ("sub", "sub/train", r"OUTPUT_DIR .*/sub/train is inside the input"),
+    ],
+)
+def test_preprocess_never_writes_over_its_input(tmp_path, layout, output, message):
+    source = tmp_path / layout
+    shutil.copytree(FIXTURES / "camvid-segnet-mini", source)
+    (tmp_path / "proj").mkdir(exist_ok=True)
+    (tmp_path / "proj" / "notes.txt").write_text("my notes")
+    before = tree(tmp_path)
+    result = enet("preprocess", source, tmp_path / output, "--force")
+    one_error_line(result, 2, message)
+    assert tree(tmp_path) == before
+
+
+def test_preprocess_force_replaces_only_its_own_output(raw, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("three years")
+    result = enet("preprocess", raw, precious, "--force")
+    one_error_line(result, 2, "is not the output of enet preprocess; it is never replaced")
+    assert (precious / "thesis.txt").read_text() == "three years"
+
+    out = tmp_path / "data"
+    assert enet("preprocess", raw, out, "--size", "32x48").returncode == 0
+    one_error_line(enet("preprocess", raw, out), 2, "already exists; use --force")
+    (out / "notes.txt").write_text("added by hand")  # an output someone wrote into
+    result = enet("preprocess", raw, out, "--force")
+    one_error_line(result, 2, r"holds files enet preprocess did not write \(notes.txt\)")
+    (out / "notes.txt").unlink()
+    first = json.loads((out / "manifest.json").read_text())
+    assert enet("preprocess", raw, out, "--force").returncode == 0
+    assert json.loads((out / "manifest.json").read_text())["image_size"] != first["image_size"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CamVid", "data", "precious"]
+
+
+def test_export_never_replaces_the_run_or_other_files(trained_run, small_data, tmp_path):
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    before = tree(run)
+    one_error_line(enet("export", run, "--out", run), 2, r"--out .*/run is the input")
+    one_error_line(enet("export", run, "--out", run / "model2"), 2, "is inside the input")
+    one_error_line(enet("export", run, "--out", small_data), 2, "is the input")
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("three years")
+    result = enet("export", run, "--out", precious, "--force")
+    one_error_line(result, 2, "is not the output of enet export")
+    assert tree(run) == before and (precious / "thesis.txt").exists()
+
+    out = tmp_path / "exported"
+    assert enet("export", run, "--out", out).returncode == 0
+    one_error_line(enet("export", run, "--out", out), 2, "already exists; use --force")
+    result = enet("export", run, "--out", out, "--format", "tflite", "--force")
+    assert result.returncode == 0, result.stderr
+    assert (out / "model.tflite").is_file() and not (out / "saved_model.pb").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_no_resume_validates_first_and_keeps_the_old_checkpoints(trained_run, small_data, tmp_path):
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    before = tree(run / "checkpoints")
+    result = enet("train", small_data, "--run-dir", run, "--no-resume", "--size", "360x480")
+    one_error_line(result, 3, r"--size 360x480 differs from the preprocessed size")
+    assert tree(run / "checkpoints") == before
+
+
+# ---------------------------------------------------------------------------------------
+# One owner per output
+# ---------------------------------------------------------------------------------------
+def test_a_run_directory_has_one_owner_and_the_lock_dies_with_it(small_data, tmp_path):
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from enet_cli import outputs; "
+            "outputs.lock_run_dir(sys.argv[1]); print('locked', flush=True); time.sleep(600)",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = enet("train", small_data, "--run-dir", run, "--steps", "1", "--batch-size", "4")
+        one_error_line(result, 2, rf"run directory .*/run is in use .*\(PID {holder.pid}\)")
+        assert sorted(p.name for p in run.iterdir()) == [".enet.lock"]  # nothing written
+        # the OS lock is the process's: a SIGKILL frees it at once
+        holder.kill()
+        holder.wait()
+        fd = os.open(run / ".enet.lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # would raise if still held
+        finally:
+            os.close(fd)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+
+
+def test_an_output_being_built_has_one_owner(raw, tmp_path):
+    from enet_cli import outputs
+
+    out = tmp_path / "data"
+    lock = outputs.Lock(tmp_path / ".data.lock", "OUTPUT_DIR").acquire()  # another writer
+    try:
+        one_error_line(enet("preprocess", raw, out), 2, rf"is in use .*\(PID {os.getpid()}\)")
+        assert not out.exists()
+    finally:
+        lock.release()
+
+
+def test_sigkill_of_preprocess_leaves_no_process_and_the_next_run_cleans_up(raw, tmp_path):
+    fifo = raw / "train" / "zzzz.png"  # the pool blocks on it: the kill lands mid-run
+    os.mkfifo(fifo)
+    shutil.copy(raw / "trainannot" / "0001TP_007530.png", raw / "trainannot" / "zzzz.png")
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "enet_cli", "preprocess", str(raw), str(work / "out")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=user_env(),
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not _children(proc.pid):
+            time.sleep(0.1)
+        time.sleep(3)  # the workers are busy (one is stuck on the FIFO)
+        children = _children(proc.pid)
+        assert len(children) >= 2, children  # resource tracker + workers
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+            time.sleep(0.1)
+        assert not [pid for pid in children if _alive(pid)], "orphans left behind"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert [p.name for p in work.iterdir() if ".partial-" in p.name]  # SIGKILL: no clean-up
+    fifo.unlink()
+    (raw / "trainannot" / "zzzz.png").unlink()
+    result = enet("preprocess", raw, work / "out")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["out"]  # the stale partial is gone
+
+
+def _children(pid: int) -> List[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input and broken outputs: one line each
+# ---------------------------------------------------------------------------------------
+def _bomb_png(path: Path, width: int = 30000, height: int = 30000) -> None:
+    """A valid PNG header claiming a huge image (a few hundred bytes on disk)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+
+
+def test_preprocess_refuses_bad_images_in_one_line_with_workers(raw, tmp_path):
+    from PIL import Image
+
+    victim = sorted((raw / "train").iterdir())[5]
+    victim.write_bytes(victim.read_bytes()[:2000])  # truncated
+    result = enet("preprocess", raw, tmp_path / "a", "--workers", "2")
+    last_error_line(result, 3, rf"cannot read image .*{victim.name}: image file is truncated")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CamVid"]
+
+    shutil.copy(FIXTURES / "camvid-segnet-mini" / "train" / victim.name, victim)
+    _bomb_png(victim)
+    _bomb_png(raw / "trainannot" / victim.name)
+    result = enet("preprocess", raw, tmp_path / "b", "--workers", "2")
+    last_error_line(result, 3, rf"{victim.name} is too large to decode safely")
+
+    shutil.copy(FIXTURES / "camvid-segnet-mini" / "train" / victim.name, victim)
+    label = raw / "trainannot" / victim.name
+    shutil.copy(FIXTURES / "camvid-segnet-mini" / "trainannot" / victim.name, label)
+    Image.open(label).save(label, format="JPEG", quality=95)  # still named .png
+    result = enet("preprocess", raw, tmp_path / "c", "--workers", "1")
+    last_error_line(result, 3, rf"label .*{victim.name} is stored as JPEG, a lossy format")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CamVid"]
+
+
+def test_unwritable_and_wrong_kind_outputs(trained_run, small_data, raw, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    image = raw / "test" / "0001TP_007590.png"
+    cases = [
+        (("preprocess", raw, a_file / "out"), 2, r"cannot create .*a-file"),
+        (("preprocess", raw, a_file), 2, r"OUTPUT_DIR .*a-file exists and is not a directory"),
+        (("evaluate", trained_run, small_data, "--json", tmp_path), 2, r"--json .* is a directory"),
+        (
+            ("evaluate", trained_run, small_data, "--json", a_file / "m.json"),
+            2,
+            r"--json .*a-file is a file, not a directory",
+        ),
+        (("predict", trained_run, image, "--out", a_file), 2, r"--out .*a-file is a file"),
+        (("predict", trained_run, image, "--out", a_file / "x"), 2, r"a-file is a file"),
+        (
+            ("train", small_data, "--run-dir", a_file, "--steps", "1"),
+            2,
+            r"--run-dir .*a-file exists and is not a directory",
+        ),
+        (("evaluate", trained_run, a_file), 3, r"data directory .*a-file is a file"),
+    ]
+    for args, code, message in cases:
+        one_error_line(enet(*args), code, message)
+    assert a_file.read_text() == "x"
+
+
+def test_evaluate_splits_and_damaged_models(trained_run, small_data, raw, tmp_path):
+    no_test = tmp_path / "no-test"
+    for name in ("test", "testannot"):
+        shutil.rmtree(raw / name)
+    assert enet("preprocess", raw, no_test, "--size", SMALL_SIZE).returncode == 0
+    one_error_line(
+        enet("evaluate", trained_run, no_test),
+        3,
+        r"has no 'test' split \(it has train, val\); choose one of those with --split",
+    )
+    one_error_line(enet("evaluate", trained_run, small_data, "--split", "bogus"), 3, "no 'bogus'")
+
+    model = tmp_path / "model"
+    image = FIXTURES / "camvid-segnet-mini" / "test" / "0001TP_007590.png"
+
+    def damaged(how) -> Path:
+        shutil.rmtree(model, ignore_errors=True)
+        shutil.copytree(trained_run / "model", model)
+        how(model)
+        return model
+
+    def truncate(path: Path) -> None:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+    cases = [
+        (lambda m: shutil.rmtree(m / "variables"), ("evaluate", model, small_data)),
+        (lambda m: truncate(next((m / "variables").glob("*.data*"))), ("predict", model, image)),
+        (lambda m: truncate(m / "saved_model.pb"), ("export", model, "--out", tmp_path / "e")),
+    ]
+    for how, args in cases:
+        damaged(how)
+        last_error_line(enet(*args), 3, r"cannot load the model in .*model: it is damaged")
+    checkpoints = Path(shutil.copytree(trained_run / "checkpoints", tmp_path / "ckpt"))
+    truncate(next(checkpoints.glob("ckpt-*.data*")))
+    last_error_line(enet("evaluate", checkpoints, small_data), 3, "cannot load the model")
+    assert not (tmp_path / "e").exists()
+
+
+def test_a_corrupt_shard_is_named(trained_run, small_data, tmp_path):
+    data = Path(shutil.copytree(small_data, tmp_path / "data"))
+    shard = sorted(data.glob("train-*.tfrecord"))[0]
+    blob = bytearray(shard.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # one flipped byte
+    shard.write_bytes(bytes(blob))
+    pattern = rf"shard .*{shard.name} does not match its checksum .* re-run enet preprocess"
+    result = enet("train", data, "--run-dir", tmp_path / "run", "--steps", "1")
+    one_error_line(result, 3, pattern)
+    one_error_line(enet("evaluate", trained_run, data, "--split", "train"), 3, pattern)
+
+
+def test_predict_refuses_inputs_that_would_overwrite_each_other(trained_run, tmp_path):
+    image = FIXTURES / "camvid-segnet-mini" / "test" / "0001TP_007590.png"
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        shutil.copy(image, tmp_path / sub / "x.png")
+    result = enet("predict", trained_run, tmp_path / "a", tmp_path / "b", "--out", tmp_path / "o")
+    one_error_line(result, 3, r"inputs .*a/x.png and .*b/x.png would both be written as x_")
+    shutil.copy(image, tmp_path / "a" / "x.jpg")
+    result = enet("predict", trained_run, tmp_path / "a", "--out", tmp_path / "o")
+    one_error_line(result, 3, "would both be written as x_")
+    _bomb_png(tmp_path / "b" / "x.png")
+    result = enet("predict", trained_run, tmp_path / "b", "--out", tmp_path / "o")
+    last_error_line(result, 3, r"x.png is too large to decode safely")
+    assert not (tmp_path / "o" / "x_classes.png").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# A full disk: the last good checkpoint is kept and a rerun resumes
+# ---------------------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 MB tmpfs (CI and these machines run as root), unmounted afterwards."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)])
+    assert done.returncode == 0, "mounting a tmpfs needs root, as CI has"
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def _fill(disk: Path, leave_bytes: int) -> Path:
+    filler = disk / "filler"
+    free = shutil.disk_usage(disk).free
+    filler.write_bytes(b"\0" * max(free - leave_bytes, 0))
+    return filler
+
+
+def test_full_disk_during_training_and_preprocess(small_data, raw, small_disk):
+    run = small_disk / "run"
+    args = ("train", small_data, "--run-dir", run, "--batch-size", "4", "--epochs", "1")
+    first = enet(*args, "--steps", "1", "--keep-checkpoints", "1")
+    assert first.returncode == 0, first.stderr
+    shutil.rmtree(run / "model")
+    filler = _fill(small_disk, 1_000_000)  # less than one checkpoint (~4.3 MB)
+    result = enet(*args, "--steps", "2", "--keep-checkpoints", "1")
+    last_error_line(
+        result,
+        5,
+        r"cannot write a checkpoint in .*run/checkpoints .*resume from "
+        r".*ckpt-1",
+    )
+    assert not list((run / "checkpoints").glob("*_temp*"))  # no half-written checkpoint
+    filler.unlink()
+    again = enet(*args, "--steps", "2", "--keep-checkpoints", "1")
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in again.stderr and "ckpt-1 (epoch 1, step 1)" in again.stderr
+
+    shutil.rmtree(run)
+    filler = _fill(small_disk, 200_000)
+    result = enet("preprocess", raw, small_disk / "data")
+    last_error_line(result, 2, r"No space left on device")
+    filler.unlink()
+    assert sorted(p.name for p in small_disk.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------
+# Training interrupted twice
+# ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_and_says_what_was_kept(small_data, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "enet_cli", "train", str(small_data), "--run-dir", str(run),
+         "--batch-size", "4", "--epochs", "3", "--checkpoint-every-steps", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=user_env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not (run / "checkpoints" / "ckpt-1.index").exists():
+            time.sleep(0.05)
+        # Ctrl-C pressed again and again: the first asks for a checkpoint after the step,
+        # the next one (while that step or save still runs) stops at once.
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.02)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    last = last_error_line(
+        subprocess.CompletedProcess(proc.args, proc.returncode, "", err), 130, "."
+    )
+    assert "stopped at once by a second Ctrl-C, nothing saved" in last, last
+    assert re.search(r"the last checkpoint is .*ckpt-\d+: run the same command again", last)
