@@ -5,6 +5,7 @@ TensorFlow is imported inside the commands that need it, so `enet --help` stays 
 code (see errors.py); anything else is a bug and keeps its traceback.
 """
 
+import contextlib
 import inspect
 import sys
 from pathlib import Path
@@ -600,6 +601,10 @@ _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "C
 
 
 def _fail(message: str, code: int) -> "None":
+    import signal
+
+    with contextlib.suppress(ValueError):  # only the main thread may; elsewhere irrelevant
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # more Ctrl-C while exiting: no traceback
     stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     sys.exit(code)
 

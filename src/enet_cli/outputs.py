@@ -275,12 +275,14 @@ def claim(
     out = Path(out)
     check_apart(out, inputs, option)
     check_replaceable(out, kind, force, option)
+    created = _make_parent(out, option)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"cannot create {out.parent} for {option}: {err.strerror}") from None
-    lock = Lock(out.parent / f".{out.name}.lock", f"{option} {out}").acquire()
+        lock = Lock(out.parent / f".{out.name}.lock", f"{option} {out}").acquire()
+    except BaseException:
+        _remove_empty(created)
+        raise
     staged = Staged(out, kind, lock)
+    published = False
     try:
         _recover(out)
         check_replaceable(out, kind, force, option)  # again: another process may have written
@@ -290,10 +292,34 @@ def claim(
             raise OutputError(f"cannot write to {out.parent}: {err.strerror}") from None
         try:
             yield staged
+            published = out.exists()
         finally:
             shutil.rmtree(staged.path, ignore_errors=True)
     finally:
         lock.release(remove=True)
+        if not published:
+            _remove_empty(created)
+
+
+def _make_parent(out: Path, option: str) -> Optional[Path]:
+    """Create out's parent; returns the topmost directory this created (None: it existed)."""
+    missing = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create {out.parent} for {option}: {err.strerror}") from None
+    return missing[-1] if missing else None
+
+
+def _remove_empty(top: Optional[Path]) -> None:
+    """Undo _make_parent after a failure: the directories it made, if still empty."""
+    if top is None:
+        return
+    for directory in sorted((p for p in top.rglob("*") if p.is_dir()), reverse=True):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+    with contextlib.suppress(OSError):
+        top.rmdir()
 
 
 @contextlib.contextmanager

@@ -384,10 +384,8 @@ def _write_split(
     return _SplitResult(info, acc.histogram, acc.image_pixels, report)
 
 
-def preprocess(cfg: PreprocessConfig) -> Tuple[Manifest, Layout, List[SplitReport]]:
-    """Run the whole conversion; returns the manifest written, the layout found, split reports."""
-    outputs.check_apart(cfg.output_dir, [cfg.input_dir], "OUTPUT_DIR")  # before any reading
-    outputs.check_replaceable(cfg.output_dir, "preprocess", cfg.force, "OUTPUT_DIR")
+def _plan(cfg: PreprocessConfig) -> Tuple[Layout, ClassScheme, Dict[str, List[Task]]]:
+    """The layout, the class scheme and every split's image/label pairs, checked."""
     layout = detect_layout(cfg.input_dir)
     scheme = class_scheme(layout, cfg.classes.value)
     plans = {}
@@ -405,42 +403,70 @@ def preprocess(cfg: PreprocessConfig) -> Tuple[Manifest, Layout, List[SplitRepor
                 )
                 for image, label in pair_split(layout, split)
             ]
-    images = sum(len(tasks) for tasks in plans.values())
-    info(f"reading {images} images of the {layout.name} layout in {cfg.input_dir}")
+    return layout, scheme, plans
+
+
+def preprocess(cfg: PreprocessConfig) -> Tuple[Manifest, Layout, List[SplitReport]]:
+    """Run the whole conversion; returns the manifest written, the layout found, split reports."""
     try:
         with Interrupts().raising() as interrupts, outputs.claim(
             cfg.output_dir, "preprocess", cfg.force, [cfg.input_dir], "OUTPUT_DIR"
-        ) as staged, worker_pool(cfg.workers) as pool:
-            tmp = staged.path
-            results = {
-                split: _write_split(split, tasks, cfg, tmp, layout.root, pool, interrupts)
-                for split, tasks in plans.items()
-            }
-            train = results["train"]
-            histogram = train.histogram[:-1]
-            manifest = Manifest(
-                format_version=FORMAT_VERSION,
-                created_by=f"enet-cli {__version__}",
-                source_layout=layout.name,
-                source_dir=str(Path(cfg.input_dir).resolve()),
-                scheme=scheme.name,
-                image_size=cfg.image_size,
-                classes=[ClassInfo(name=n, color=c) for n, c in zip(scheme.classes, scheme.colors)],
-                ignore_index=scheme.void_index,
-                splits={split: result.info for split, result in results.items()},
-                train_pixel_histogram=[int(v) for v in histogram],
-                train_void_pixels=int(train.histogram[-1]),
-                class_weights={
-                    "enet": [float(w) for w in enet_class_weights(histogram)],
-                    "median": [
-                        float(w)
-                        for w in median_frequency_weights(histogram, train.image_pixels[:-1])
-                    ],
-                },
-            )
-            write_manifest(manifest, tmp)
-            staged.publish()
+        ) as staged:
+            layout, scheme, plans = _plan(cfg)
+            images = sum(len(tasks) for tasks in plans.values())
+            info(f"reading {images} images of the {layout.name} layout in {cfg.input_dir}")
+            with worker_pool(cfg.workers) as pool, _writing(cfg.output_dir):
+                results = {
+                    split: _write_split(
+                        split, tasks, cfg, staged.path, layout.root, pool, interrupts
+                    )
+                    for split, tasks in plans.items()
+                }
+                manifest = _manifest(cfg, layout, scheme, results)
+                write_manifest(manifest, staged.path)
+                staged.publish()
     except KeyboardInterrupt:
         message = f"preprocess interrupted; nothing was written to {cfg.output_dir}"
         raise Interrupted(message) from None
     return manifest, layout, [result.report for result in results.values()]
+
+
+@contextlib.contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """A full disk or a vanished directory while shards are written: one line."""
+    from enet_cli.backend import tf
+
+    try:
+        yield
+    except (OSError, tf.errors.OpError) as err:
+        reason = getattr(err, "strerror", None) or str(getattr(err, "message", err))
+        if "No space left" in str(err):
+            reason = "No space left on device"
+        raise outputs.OutputError(
+            f"cannot write OUTPUT_DIR {out}: {reason.strip().splitlines()[0][:160]}; free "
+            f"space or choose another directory (nothing was written)"
+        ) from None
+
+
+def _manifest(cfg, layout: Layout, scheme: ClassScheme, results) -> Manifest:
+    train = results["train"]
+    histogram = train.histogram[:-1]
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        created_by=f"enet-cli {__version__}",
+        source_layout=layout.name,
+        source_dir=str(Path(cfg.input_dir).resolve()),
+        scheme=scheme.name,
+        image_size=cfg.image_size,
+        classes=[ClassInfo(name=n, color=c) for n, c in zip(scheme.classes, scheme.colors)],
+        ignore_index=scheme.void_index,
+        splits={split: result.info for split, result in results.items()},
+        train_pixel_histogram=[int(v) for v in histogram],
+        train_void_pixels=int(train.histogram[-1]),
+        class_weights={
+            "enet": [float(w) for w in enet_class_weights(histogram)],
+            "median": [
+                float(w) for w in median_frequency_weights(histogram, train.image_pixels[:-1])
+            ],
+        },
+    )
