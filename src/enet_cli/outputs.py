@@ -196,7 +196,7 @@ class Lock:
         self._fd = None
 
     def __enter__(self) -> "Lock":
-        return self.acquire()
+        return self if self._fd is not None else self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()

@@ -140,8 +140,10 @@ def fit(cfg: EnetConfig, paths: RunPaths, engine: Engine) -> Dict[str, object]:
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(cfg.train.precision.value)
     try:
-        with reading_shards(cfg.data.data_dir):
-            return _fit(cfg, paths, engine, manifest, global_batch, per_replica_batch)
+        # From here on SIGTERM/SIGINT ask for a clean stop (after the step in flight, with a
+        # checkpoint), also while the model is built and traced.
+        with reading_shards(cfg.data.data_dir), ui.StopRequest().installed() as stop:
+            return _fit(cfg, paths, engine, manifest, global_batch, per_replica_batch, stop)
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without saving
         last = tf.train.latest_checkpoint(str(paths.checkpoints)) or "none yet"
         raise Interrupted(
@@ -166,6 +168,7 @@ def _fit(
     manifest: Manifest,
     global_batch: int,
     per_replica_batch: int,
+    stop: ui.StopRequest,
 ) -> Dict[str, object]:
     tcfg = cfg.train
     task = build_task(manifest, tcfg.class_weighting)
@@ -262,117 +265,116 @@ def _fit(
         return metrics
 
     stopping = ""
-    with ui.StopRequest().installed() as stop:
-        for epoch in range(start_epoch, epochs):
-            done = int(state.step_in_epoch.numpy())
-            todo = min(steps_per_epoch, total_steps - step + done)
-            progress.start_epoch(epoch, epochs, todo, done)
-            started, images = time.monotonic(), 0
-            warm = epoch > start_epoch  # a process's first step traces the graph: not timed
-            for batch in datasets("train", epoch, skip_batches=done):
-                if done >= todo:
-                    break
-                out = train_step(batch)
-                loss = float(out["loss"])
-                if not _finite(loss):
-                    progress.close()
-                    last = state.latest() or "none yet"
-                    raise TrainingError(
-                        f"loss became {loss} at step {step + 1} (epoch {epoch + 1}); stopped "
-                        f"without saving it. Last good checkpoint: {last}. Lower "
-                        f"--learning-rate or use --precision float32"
-                    )
-                step += 1
-                done += 1
-                if warm:
-                    images += global_batch
-                else:
-                    started, warm = time.monotonic(), True
-                state.step_in_epoch.assign(done)
-                state.epoch_loss_sum.assign_add(loss)
-                state.epoch_confusion.assign_add(tf.cast(out["confusion"], tf.int64))
-                rate = images / max(time.monotonic() - started, 1e-9)
-                progress.advance(loss, rate)
-                # ckpt-N is a pure function of N: after an epoch's last step it is the state
-                # after that epoch's validation and bookkeeping, saved below, never this one.
-                epoch_ends = done == steps_per_epoch
-                every = tcfg.checkpoint_every_steps
-                if every and step % every == 0 and not epoch_ends:
-                    state.save()
-                if tcfg.val_every_steps and step % tcfg.val_every_steps == 0 and done < todo:
-                    mid = validate(epoch)
-                    logger.line(
-                        {
-                            "epoch": epoch + 1,
-                            "step": step,
-                            "val_loss": mid["loss"],
-                            "val_mean_iou": mid["mean_iou"],
-                        }
-                    )
-                if engine.any_worker(stop.requested):
-                    stopping = stop.signal_name or "another worker was stopped"
-                    if epoch_ends:  # finish the epoch (validation, best, ckpt), then stop
-                        break
-                    progress.close()
-                    state.save()
-                    raise _interrupted(stopping, step, epoch, state)
-            progress.close()
-            if done < steps_per_epoch:  # --steps ended training inside this epoch
+    for epoch in range(start_epoch, epochs):
+        done = int(state.step_in_epoch.numpy())
+        todo = min(steps_per_epoch, total_steps - step + done)
+        progress.start_epoch(epoch, epochs, todo, done)
+        started, images = time.monotonic(), 0
+        warm = epoch > start_epoch  # a process's first step traces the graph: not timed
+        for batch in datasets("train", epoch, skip_batches=done):
+            if done >= todo:
+                break
+            out = train_step(batch)
+            loss = float(out["loss"])
+            if not _finite(loss):
+                progress.close()
+                last = state.latest() or "none yet"
+                raise TrainingError(
+                    f"loss became {loss} at step {step + 1} (epoch {epoch + 1}); stopped "
+                    f"without saving it. Last good checkpoint: {last}. Lower "
+                    f"--learning-rate or use --precision float32"
+                )
+            step += 1
+            done += 1
+            if warm:
+                images += global_batch
+            else:
+                started, warm = time.monotonic(), True
+            state.step_in_epoch.assign(done)
+            state.epoch_loss_sum.assign_add(loss)
+            state.epoch_confusion.assign_add(tf.cast(out["confusion"], tf.int64))
+            rate = images / max(time.monotonic() - started, 1e-9)
+            progress.advance(loss, rate)
+            # ckpt-N is a pure function of N: after an epoch's last step it is the state
+            # after that epoch's validation and bookkeeping, saved below, never this one.
+            epoch_ends = done == steps_per_epoch
+            every = tcfg.checkpoint_every_steps
+            if every and step % every == 0 and not epoch_ends:
                 state.save()
-                last_val = validate(epoch)
+            if tcfg.val_every_steps and step % tcfg.val_every_steps == 0 and done < todo:
+                mid = validate(epoch)
                 logger.line(
                     {
                         "epoch": epoch + 1,
                         "step": step,
-                        "val_loss": last_val["loss"],
-                        "val_mean_iou": last_val["mean_iou"],
+                        "val_loss": mid["loss"],
+                        "val_mean_iou": mid["mean_iou"],
                     }
                 )
-                break
-            seconds = time.monotonic() - started
-            train_metrics = segmentation_metrics(state.epoch_confusion.numpy())
-            train_loss = float(state.epoch_loss_sum.numpy()) / max(done, 1)
-            last_val = validate(epoch)
-            values = {
-                "epoch": epoch + 1,
-                "step": step,
-                "loss": train_loss,
-                "mean_iou": train_metrics["mean_iou"],
-                "pixel_accuracy": train_metrics["pixel_accuracy"],
-                "class_accuracy": train_metrics["class_accuracy"],
-                "val_loss": last_val["loss"],
-                "val_mean_iou": last_val["mean_iou"],
-                "val_pixel_accuracy": last_val["pixel_accuracy"],
-                "val_class_accuracy": last_val["class_accuracy"],
-                "lr": learning_rate_at(schedule, step),
-                "images_per_sec": images / seconds if images else None,
-            }
-            history.add(epoch, values)
-            logger.line(values)
-            logger.scalars(
-                "train",
-                step,
-                {
-                    k: v
-                    for k, v in values.items()
-                    if k in ("loss", "mean_iou", "pixel_accuracy", "lr", "images_per_sec")
-                },
-            )
-            state.epoch.assign(epoch + 1)
-            state.step_in_epoch.assign(0)
-            state.epoch_loss_sum.assign(0.0)
-            state.epoch_confusion.assign(tf.zeros_like(state.epoch_confusion))
-            improved = _finite(last_val["mean_iou"]) and (
-                last_val["mean_iou"] > float(state.best_val_miou.numpy())
-            )
-            if improved:
-                state.best_val_miou.assign(last_val["mean_iou"])
-                state.save_best()  # before the regular one: a kill between the two redoes both
-            state.save()
-            if stopping:
+            if engine.any_worker(stop.requested):
+                stopping = stop.signal_name or "another worker was stopped"
+                if epoch_ends:  # finish the epoch (validation, best, ckpt), then stop
+                    break
+                progress.close()
+                state.save()
                 raise _interrupted(stopping, step, epoch, state)
-            if step >= total_steps:
-                break
+        progress.close()
+        if done < steps_per_epoch:  # --steps ended training inside this epoch
+            state.save()
+            last_val = validate(epoch)
+            logger.line(
+                {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "val_loss": last_val["loss"],
+                    "val_mean_iou": last_val["mean_iou"],
+                }
+            )
+            break
+        seconds = time.monotonic() - started
+        train_metrics = segmentation_metrics(state.epoch_confusion.numpy())
+        train_loss = float(state.epoch_loss_sum.numpy()) / max(done, 1)
+        last_val = validate(epoch)
+        values = {
+            "epoch": epoch + 1,
+            "step": step,
+            "loss": train_loss,
+            "mean_iou": train_metrics["mean_iou"],
+            "pixel_accuracy": train_metrics["pixel_accuracy"],
+            "class_accuracy": train_metrics["class_accuracy"],
+            "val_loss": last_val["loss"],
+            "val_mean_iou": last_val["mean_iou"],
+            "val_pixel_accuracy": last_val["pixel_accuracy"],
+            "val_class_accuracy": last_val["class_accuracy"],
+            "lr": learning_rate_at(schedule, step),
+            "images_per_sec": images / seconds if images else None,
+        }
+        history.add(epoch, values)
+        logger.line(values)
+        logger.scalars(
+            "train",
+            step,
+            {
+                k: v
+                for k, v in values.items()
+                if k in ("loss", "mean_iou", "pixel_accuracy", "lr", "images_per_sec")
+            },
+        )
+        state.epoch.assign(epoch + 1)
+        state.step_in_epoch.assign(0)
+        state.epoch_loss_sum.assign(0.0)
+        state.epoch_confusion.assign(tf.zeros_like(state.epoch_confusion))
+        improved = _finite(last_val["mean_iou"]) and (
+            last_val["mean_iou"] > float(state.best_val_miou.numpy())
+        )
+        if improved:
+            state.best_val_miou.assign(last_val["mean_iou"])
+            state.save_best()  # before the regular one: a kill between the two redoes both
+        state.save()
+        if stopping:
+            raise _interrupted(stopping, step, epoch, state)
+        if step >= total_steps:
+            break
 
     return _finish(cfg, paths, engine, state, meta, history.epochs, last_val, manifest)
 
