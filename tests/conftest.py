@@ -1,10 +1,12 @@
 """Shared test helpers: run the real `enet` command, and small deterministic inputs."""
 
+import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import Any, Dict, List
 
 import pytest
 
@@ -37,6 +39,63 @@ def error_lines(stderr: str) -> List[str]:
 @pytest.fixture
 def enet():
     return run_enet
+
+
+# ---------------------------------------------------------------------------------------
+# The careless user's checks (tests/test_reliability.py, tests/train/test_train_safety.py)
+# ---------------------------------------------------------------------------------------
+NOISE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages|Traceback|\s+File \")")
+
+
+def user_env() -> dict:
+    env = enet_env()
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # what a user's shell has
+    return env
+
+
+def enet_user(*args: Any, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "enet_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or user_env(),
+    )
+
+
+def tree(path: Path) -> Dict[str, str]:
+    """relative path -> SHA-256 (or link target) of everything under `path`."""
+    path = Path(path)
+    out = {}
+    for item in sorted(path.rglob("*")):
+        rel = item.relative_to(path).as_posix()
+        if item.is_symlink():
+            out[rel] = "-> " + os.readlink(item)
+        elif item.is_file():
+            out[rel] = hashlib.sha256(item.read_bytes()).hexdigest()
+        else:
+            out[rel] = "dir"
+    return out
+
+
+def one_error_line(result: subprocess.CompletedProcess, code: int, pattern: str) -> str:
+    """stderr is exactly one line, ours, matching `pattern`; the exit code is `code`."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == code, (result.returncode, result.stderr[-2000:])
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("error: ") and re.search(pattern, lines[0]), lines[0]
+    return lines[0]
+
+
+def last_error_line(result: subprocess.CompletedProcess, code: int, pattern: str) -> str:
+    """For commands that report progress first: the error is the last line, the only error
+    line, and nothing is a traceback or library noise."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == code, (result.returncode, result.stderr[-2000:])
+    assert [line for line in lines if NOISE.match(line)] == [], result.stderr[-2000:]
+    assert [line for line in lines if line.startswith("error:")] == lines[-1:], lines
+    assert re.search(pattern, lines[-1]), lines[-1]
+    return lines[-1]
 
 
 def copy_fixture(name: str, dest: Path) -> Path:

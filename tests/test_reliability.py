@@ -6,78 +6,21 @@ nothing else (no traceback, no TensorFlow start-up lines), and what is on disk a
 every input tree hashed before and after.
 """
 
-import fcntl
-import hashlib
 import json
 import os
-import re
 import shutil
-import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import pytest
 
-from conftest import FIXTURES, SMALL_SIZE, enet_env
-
-NOISE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages|Traceback|\s+File \")")
-
-
-def user_env() -> dict:
-    env = enet_env()
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # what a user's shell has
-    return env
-
-
-def enet(*args: str, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "enet_cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env or user_env(),
-    )
-
-
-def tree(path: Path) -> Dict[str, str]:
-    """relative path -> SHA-256 (or link target) of everything under `path`."""
-    path = Path(path)
-    out = {}
-    for item in sorted(path.rglob("*")):
-        rel = item.relative_to(path).as_posix()
-        if item.is_symlink():
-            out[rel] = "-> " + os.readlink(item)
-        elif item.is_file():
-            out[rel] = hashlib.sha256(item.read_bytes()).hexdigest()
-        else:
-            out[rel] = "dir"
-    return out
-
-
-def one_error_line(result: subprocess.CompletedProcess, code: int, pattern: str) -> str:
-    """stderr is exactly one line, ours, matching `pattern`; the exit code is `code`."""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == code, (result.returncode, result.stderr[-2000:])
-    assert len(lines) == 1, result.stderr[-2000:]
-    assert lines[0].startswith("error: ") and re.search(pattern, lines[0]), lines[0]
-    return lines[0]
-
-
-def last_error_line(result: subprocess.CompletedProcess, code: int, pattern: str) -> str:
-    """For commands that report progress first: the error is the last line, the only error
-    line, and nothing is a traceback or library noise."""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == code, (result.returncode, result.stderr[-2000:])
-    assert [line for line in lines if NOISE.match(line)] == [], result.stderr[-2000:]
-    assert [line for line in lines if line.startswith("error:")] == lines[-1:], lines
-    assert re.search(pattern, lines[-1]), lines[-1]
-    return lines[-1]
+from conftest import FIXTURES, SMALL_SIZE, last_error_line, one_error_line, tree, user_env
+from conftest import enet_user as enet
 
 
 @pytest.fixture
@@ -151,48 +94,9 @@ def test_export_never_replaces_the_run_or_other_files(trained_run, small_data, t
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_no_resume_validates_first_and_keeps_the_old_checkpoints(trained_run, small_data, tmp_path):
-    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
-    before = tree(run / "checkpoints")
-    result = enet("train", small_data, "--run-dir", run, "--no-resume", "--size", "360x480")
-    one_error_line(result, 3, r"--size 360x480 differs from the preprocessed size")
-    assert tree(run / "checkpoints") == before
-
-
 # ---------------------------------------------------------------------------------------
 # One owner per output
 # ---------------------------------------------------------------------------------------
-def test_a_run_directory_has_one_owner_and_the_lock_dies_with_it(small_data, tmp_path):
-    run = tmp_path / "run"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from enet_cli import outputs; "
-            "outputs.lock_run_dir(sys.argv[1]); print('locked', flush=True); time.sleep(600)",
-            str(run),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        result = enet("train", small_data, "--run-dir", run, "--steps", "1", "--batch-size", "4")
-        one_error_line(result, 2, rf"run directory .*/run is in use .*\(PID {holder.pid}\)")
-        assert sorted(p.name for p in run.iterdir()) == [".enet.lock"]  # nothing written
-        # the OS lock is the process's: a SIGKILL frees it at once
-        holder.kill()
-        holder.wait()
-        fd = os.open(run / ".enet.lock", os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # would raise if still held
-        finally:
-            os.close(fd)
-    finally:
-        if holder.poll() is None:
-            holder.kill()
-
-
 def test_an_output_being_built_has_one_owner(raw, tmp_path):
     from enet_cli import outputs
 
@@ -370,18 +274,6 @@ def test_evaluate_splits_and_damaged_models(trained_run, small_data, raw, tmp_pa
     assert not (tmp_path / "e").exists()
 
 
-def test_a_corrupt_shard_is_named(trained_run, small_data, tmp_path):
-    data = Path(shutil.copytree(small_data, tmp_path / "data"))
-    shard = sorted(data.glob("train-*.tfrecord"))[0]
-    blob = bytearray(shard.read_bytes())
-    blob[len(blob) // 2] ^= 0xFF  # one flipped byte
-    shard.write_bytes(bytes(blob))
-    pattern = rf"shard .*{shard.name} does not match its checksum .* re-run enet preprocess"
-    result = enet("train", data, "--run-dir", tmp_path / "run", "--steps", "1")
-    one_error_line(result, 3, pattern)
-    one_error_line(enet("evaluate", trained_run, data, "--split", "train"), 3, pattern)
-
-
 def test_predict_refuses_inputs_that_would_overwrite_each_other(trained_run, tmp_path):
     image = FIXTURES / "camvid-segnet-mini" / "test" / "0001TP_007590.png"
     for sub in ("a", "b"):
@@ -396,94 +288,3 @@ def test_predict_refuses_inputs_that_would_overwrite_each_other(trained_run, tmp
     result = enet("predict", trained_run, tmp_path / "b", "--out", tmp_path / "o")
     last_error_line(result, 3, r"x.png is too large to decode safely")
     assert not (tmp_path / "o" / "x_classes.png").exists()
-
-
-# ---------------------------------------------------------------------------------------
-# A full disk: the last good checkpoint is kept and a rerun resumes
-# ---------------------------------------------------------------------------------------
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 24 MB tmpfs (CI and these machines run as root), unmounted afterwards."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)])
-    assert done.returncode == 0, "mounting a tmpfs needs root, as CI has"
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
-def _fill(disk: Path, leave_bytes: int) -> Path:
-    filler = disk / "filler"
-    free = shutil.disk_usage(disk).free
-    filler.write_bytes(b"\0" * max(free - leave_bytes, 0))
-    return filler
-
-
-def test_full_disk_during_training_and_preprocess(small_data, raw, small_disk):
-    run = small_disk / "run"
-    args = ("train", small_data, "--run-dir", run, "--batch-size", "4", "--epochs", "1")
-    first = enet(*args, "--steps", "1", "--keep-checkpoints", "1")
-    assert first.returncode == 0, first.stderr
-    shutil.rmtree(run / "model")
-    filler = _fill(small_disk, 1_000_000)  # less than one checkpoint (~4.3 MB)
-    result = enet(*args, "--steps", "2", "--keep-checkpoints", "1")
-    last_error_line(
-        result,
-        5,
-        r"cannot write a checkpoint in .*run/checkpoints .*resume from "
-        r".*ckpt-1",
-    )
-    assert not list((run / "checkpoints").glob("*_temp*"))  # no half-written checkpoint
-    filler.unlink()
-    again = enet(*args, "--steps", "2", "--keep-checkpoints", "1")
-    assert again.returncode == 0, again.stderr
-    assert "resuming from" in again.stderr and "ckpt-1 (epoch 1, step 1)" in again.stderr
-
-    shutil.rmtree(run)
-    filler = _fill(small_disk, 200_000)
-    result = enet("preprocess", raw, small_disk / "data")
-    last_error_line(result, 2, r"No space left on device")
-    filler.unlink()
-    assert sorted(p.name for p in small_disk.iterdir()) == []
-
-
-# ---------------------------------------------------------------------------------------
-# Training interrupted twice
-# ---------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_a_second_ctrl_c_stops_at_once_and_says_what_was_kept(small_data, tmp_path):
-    run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "enet_cli", "train", str(small_data), "--run-dir", str(run),
-         "--batch-size", "4", "--epochs", "3", "--checkpoint-every-steps", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=user_env(),
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
-    lines = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")))
-    reader.start()
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not (run / "checkpoints" / "ckpt-1.index").exists():
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        while time.monotonic() < deadline and not any("SIGINT received" in x for x in lines):
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)  # pressed again while the step or its save runs
-        proc.wait(timeout=120)
-        reader.join(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    err = "".join(lines)
-    last = last_error_line(
-        subprocess.CompletedProcess(proc.args, proc.returncode, "", err), 130, "."
-    )
-    # Whether the second press landed during the step or just after the save, the line says
-    # what is kept and how to go on.
-    assert re.search(
-        r"stopped at once by a second Ctrl-C, nothing saved; the last checkpoint is .*ckpt-\d+"
-        r"|SIGINT: stopped at step \d+ \(epoch 1\); checkpoint .*ckpt-\d+ saved",
-        last,
-    ), last
-    assert "run the same command again" in last
