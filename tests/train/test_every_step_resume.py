@@ -1,126 +1,20 @@
-"""Stopped at every step, by SIGTERM and by SIGKILL, a run still ends where a straight run ends.
+"""SIGTERM at every step of a small run: see resume_chains.py for the setup."""
 
-A small run (2 epochs of 2 steps, a checkpoint after every step) is run straight once, then
-as a chain of real `enet train` processes:
-- SIGTERM chain: each process is stopped as soon as it starts training, so it stops after
-  exactly one step: at steps 1, 2 (an epoch's last step), 3 and 4 (the run's last step);
-  every checkpoint a stop saves must equal the straight run's checkpoint of that step,
-  variable for variable (a checkpoint is a pure function of its step);
-- SIGKILL chain: killed while a checkpoint is being written, during an epoch's validation,
-  and right after a checkpoint, each time resumed.
-Both chains must end with the straight run's weights, optimizer state and history.
-"""
-
-import json
-import os
-import shutil
 import signal
-import subprocess
-import sys
-import threading
-import time
-from pathlib import Path
-from typing import List
 
-import numpy as np
 import pytest
+from resume_chains import (  # noqa: F401  (fixtures)
+    Run,
+    _checkpoints,
+    _history,
+    _reads,
+    _same,
+    _writing,
+    straight,
+    tiny_data,
+)
 
-from conftest import FIXTURES, checkpoint_values, enet_env, preprocess_to
-
-SIZE = "32x48"
-ARGS = [
-    "--epochs", "2", "--batch-size", "4", "--checkpoint-every-steps", "1",
-    "--keep-checkpoints", "10", "--seed", "1", "--size", SIZE, "--learning-rate", "0.002",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """8 train and 4 val images of the SegNet sample at 32x48: 2 steps per epoch."""
-    raw = tmp_path_factory.mktemp("tiny") / "raw"
-    source = FIXTURES / "camvid-segnet-mini"
-    for images, labels, count in (("train", "trainannot", 8), ("val", "valannot", 4)):
-        (raw / images).mkdir(parents=True)
-        (raw / labels).mkdir()
-        for path in sorted((source / images).iterdir())[:count]:
-            shutil.copy(path, raw / images / path.name)
-            shutil.copy(source / labels / path.name, raw / labels / path.name)
-    out = raw.parent / "data"
-    preprocess_to(raw, out, image_size=SIZE, workers=1)
-    return out
-
-
-class Run:
-    """One `enet train` process whose stderr is read as it comes."""
-
-    def __init__(self, data: Path, run_dir: Path):
-        env = dict(enet_env(), TF_DETERMINISTIC_OPS="1")
-        self.run_dir = run_dir
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "enet_cli", "train", str(data), "--run-dir", str(run_dir),
-             *ARGS],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
-        self.lines: List[str] = []
-        self._reader = threading.Thread(
-            target=lambda: self.lines.extend(iter(self.proc.stderr.readline, "")), daemon=True
-        )
-        self._reader.start()
-
-    def wait_for(self, predicate, timeout: float = 240, poll: float = 0.002) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if predicate():
-                return True
-            time.sleep(poll)
-        return False
-
-    def started_training(self) -> bool:
-        return any("starting from scratch" in x or "resuming from" in x for x in self.lines)
-
-    def finish(self, timeout: float = 300) -> int:
-        try:
-            code = self.proc.wait(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-        self._reader.join(timeout=10)
-        return code
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.lines)
-
-
-def _checkpoints(run_dir: Path) -> List[int]:
-    return sorted(int(p.name[5:-6]) for p in (run_dir / "checkpoints").glob("ckpt-*.index"))
-
-
-def _writing(run_dir: Path) -> bool:
-    return any((run_dir / "checkpoints").glob("*_temp*"))
-
-
-def _same(a: dict, b: dict, what: str) -> None:
-    assert a.keys() == b.keys(), what
-    for name in a:
-        np.testing.assert_allclose(
-            a[name], b[name], rtol=1e-6, atol=1e-7, err_msg=f"{what}: {name}"
-        )
-
-
-def _history(run_dir: Path) -> list:
-    """Every epoch's metrics but its throughput (a timing)."""
-    history = json.loads((run_dir / "metrics.json").read_text())["history"]
-    return [{k: v for k, v in epoch.items() if k != "images_per_sec"} for epoch in history]
-
-
-@pytest.fixture(scope="module")
-def straight(tiny_data, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("straight") / "run"
-    run = Run(tiny_data, run_dir)
-    assert run.finish() == 0, run.stderr
-    assert _checkpoints(run_dir) == [1, 2, 3, 4]
-    return run_dir
+from conftest import checkpoint_values
 
 
 @pytest.mark.slow
@@ -158,56 +52,3 @@ def test_sigterm_at_every_step_saves_the_straight_runs_checkpoint_and_resumes_ex
         "final state",
     )
     assert _history(run_dir) == _history(straight)
-
-
-def _reads(pid: int, name: str) -> bool:
-    """Whether process `pid` has a file whose name starts with `name` open."""
-    try:
-        links = [os.readlink(f) for f in Path(f"/proc/{pid}/fd").iterdir()]
-    except OSError:
-        return False
-    return any(Path(link).name.startswith(name) for link in links)
-
-
-@pytest.mark.slow
-def test_sigkill_while_writing_validating_or_between_steps_resumes_exactly(
-    tiny_data, straight, tmp_path
-):
-    run_dir = tmp_path / "run"
-
-    def newer(before) -> bool:
-        return max(_checkpoints(run_dir), default=0) > max(before, default=0)
-
-    def trigger(what: str, pid: int, before) -> bool:
-        if what == "while a checkpoint is written":
-            return _writing(run_dir) or newer(before)
-        if what == "during validation":  # it holds the val shard open while it reads it
-            return _reads(pid, "val-") or newer(before)
-        return newer(before)
-
-    for what in ("while a checkpoint is written", "during validation", "after a checkpoint"):
-        before = _checkpoints(run_dir) if (run_dir / "checkpoints").exists() else []
-        run = Run(tiny_data, run_dir)
-        assert run.wait_for(run.started_training), run.stderr
-        pid = run.proc.pid
-        assert run.wait_for(lambda: trigger(what, pid, before)), (what, run.stderr)  # noqa: B023
-        run.proc.kill()
-        assert run.finish() == -signal.SIGKILL, (what, run.stderr)
-        assert set(before) <= set(_checkpoints(run_dir)), what  # nothing good was lost
-    finish = Run(tiny_data, run_dir)
-    assert finish.finish() == 0, finish.stderr
-    assert "resuming from" in finish.stderr
-    assert not _writing(run_dir)  # leftovers of the killed writes were cleaned up
-    _same(
-        checkpoint_values(run_dir / "checkpoints"),
-        checkpoint_values(straight / "checkpoints"),
-        "final state",
-    )
-    for step in _checkpoints(run_dir):  # every checkpoint left equals the straight one
-        _same(
-            checkpoint_values(run_dir / "checkpoints", f"ckpt-{step}"),
-            checkpoint_values(straight / "checkpoints", f"ckpt-{step}"),
-            f"ckpt-{step}",
-        )
-    assert _history(run_dir) == _history(straight)
-    assert os.path.getsize(run_dir / "model" / "saved_model.pb") > 0
