@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,6 +158,40 @@ def single_step_run(small_data, tmp_path_factory) -> Path:
     return run
 
 
+def enet_multiply_adds(h: int, w: int, classes: int) -> int:
+    """ENet's multiply-adds at h x w, from the architecture of the reference port
+    (davidtvs/PyTorch-ENet, models/enet.py): every convolution's kernel height x width x
+    input channels x output channels x the pixels it is applied at (a transposed
+    convolution: its input pixels); batch norm, activations, pooling, unpooling not counted.
+    Bottlenecks work at input channels / 4 (internal_ratio=4 of the block's input)."""
+
+    def px(f):
+        return (h // f) * (w // f)
+
+    def bottleneck(c, main):  # 1x1 c -> c/4, main conv (main = its taps), 1x1 c/4 -> c
+        i = c // 4
+        return c * i + main * i * i + i * c
+
+    def down(c_in, c_out):  # 2x2/2 projection, 3x3, 1x1 expansion, all at the output size
+        i = c_in // 4
+        return 4 * c_in * i + 9 * i * i + i * c_out
+
+    def up_at_input(c_in, c_out):  # main 1x1, projection 1x1, 2x2/2 transposed conv
+        i = c_in // 4
+        return c_in * c_out + c_in * i + 4 * i * i
+
+    total = 9 * 3 * 13 * px(2)  # initial block: 13 3x3/2 filters beside the max pool
+    total += down(16, 64) * px(4) + 4 * bottleneck(64, 9) * px(4)  # stage 1
+    stage = 6 * bottleneck(128, 9) + 2 * bottleneck(128, 5 + 5)  # 2 asymmetric 5x1 + 1x5
+    total += down(64, 128) * px(8) + 2 * stage * px(8)  # stages 2 and 3
+    total += up_at_input(128, 64) * px(8) + 32 * 64 * px(4)  # 4.0: 1x1 32->64 at 2x size
+    total += 2 * bottleneck(64, 9) * px(4)
+    total += up_at_input(64, 16) * px(4) + 16 * 16 * px(2)  # 5.0
+    total += bottleneck(16, 9) * px(2)
+    total += 9 * 16 * classes * px(2)  # full convolution: 3x3/2 transposed
+    return total
+
+
 def train_config(data_dir: Path, run_dir: Path, **train):
     """A config for quick real training on `small_data`; keyword args go to the train
     section, or to runtime / model for the keys of those."""
@@ -190,9 +225,25 @@ def fit_quietly(cfg):
 
 def checkpoint_values(directory: Path, name: str = "") -> dict:
     """name -> array for every variable in checkpoint `name` (default: the latest) of
-    `directory`."""
+    `directory`. A directory of SMP's per-partition checkpoints (`mp_rank_<k>/`, or a run's
+    `checkpoints/` holding `smp/`) gives the union of the partitions' parts of one save,
+    read file by file here (not through enet_cli), checking that what two parts both hold
+    (the state outside the model) is the same."""
     import tensorflow as tf
 
+    directory = Path(directory)
+    if (directory / "smp").is_dir() and not tf.train.latest_checkpoint(str(directory)):
+        directory = directory / "smp"
+    parts = sorted(directory.glob("mp_rank_*"), key=lambda p: int(p.name.split("_")[-1]))
+    if parts:
+        name = name or Path(tf.train.latest_checkpoint(str(parts[0]))).name
+        merged: dict = {}
+        for part in parts:
+            for key, value in checkpoint_values(part, name).items():
+                if key in merged:
+                    np.testing.assert_array_equal(merged[key], value, err_msg=key)
+                merged[key] = value
+        return merged
     path = str(directory / name) if name else tf.train.latest_checkpoint(str(directory))
     reader = tf.train.load_checkpoint(path)
     return {

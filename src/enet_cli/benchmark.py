@@ -103,8 +103,12 @@ def machine() -> Dict[str, object]:
             present = set(value.split())
             flags = [flag for flag in CPU_FLAGS if flag in present]
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    usable = getattr(os, "sched_getaffinity", None)
     return {
-        "cores": os.cpu_count(),
+        # The cores this process may run on (taskset, a container's cpuset), which is what
+        # the timings depend on; the machine may have more.
+        "cores": len(usable(0)) if usable else os.cpu_count(),
+        "machine_cores": os.cpu_count(),
         "cpu": model_name,
         "cpu_flags": flags,
         "load_average": [round(v, 2) for v in load],

@@ -345,7 +345,11 @@ def export(
     model: Path = typer.Argument(..., help="Run directory, SavedModel or checkpoint directory."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to create."),
     format: str = typer.Option(
-        "saved_model", "--format", help="saved_model or tflite.", metavar="<saved_model|tflite>"
+        "saved_model",
+        "--format",
+        help="saved_model, tflite, or checkpoint (the run's checkpoints as whole ones, e.g. "
+        "an SMP run's per-partition checkpoints merged).",
+        metavar="<saved_model|tflite|checkpoint>",
     ),
     quantize: str = typer.Option(
         "none",
@@ -407,7 +411,7 @@ def export(
     request.check()
     with ui.status(f"exporting {model} as {format} ({quantize})"):
         report = export_model(request)
-    what = format if format == "saved_model" else f"TFLite {quantize}"
+    what = f"TFLite {quantize}" if format == "tflite" else format
     stdout.print(f"wrote {what} to {report.path}: {_mib(report.size_bytes)}", soft_wrap=True)
     if report.operators:
         stdout.print(

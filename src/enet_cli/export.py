@@ -25,7 +25,7 @@ from enet_cli.inference import TFLITE_NAME
 from enet_cli.model import build_enet
 from enet_cli.tflite import Quantize, TFLiteRunner, convert
 from enet_cli.train.metrics import confusion_matrix, segmentation_metrics
-from enet_cli.train.state import RunMeta
+from enet_cli.train.state import RunMeta, convert_to_whole
 
 
 def serving_model(model, meta: RunMeta):
@@ -84,6 +84,7 @@ def write_saved_model(model, meta: RunMeta, directory: Path, xla: bool = False) 
 class ExportFormat(str, Enum):
     saved_model = "saved_model"
     tflite = "tflite"
+    checkpoint = "checkpoint"  # whole training checkpoints (e.g. from SMP's partitioned ones)
 
 
 class ExportRequest(BaseModel):
@@ -115,6 +116,13 @@ class ExportRequest(BaseModel):
             )
         if self.xla and self.format != ExportFormat.saved_model:
             raise ConfigError("--xla applies to --format saved_model (TFLite runs on XNNPACK)")
+        if self.format == ExportFormat.checkpoint and (
+            self.data_dir is not None or self.image_size is not None
+        ):
+            raise ConfigError(
+                "--format checkpoint copies the training state as it is: --data and --size "
+                "do not apply"
+            )
         outputs.check_apart(self.out, [self.source, self.data_dir], "--out")
         outputs.check_replaceable(self.out, "export", self.force, "--out")
 
@@ -149,6 +157,8 @@ def export_model(request: ExportRequest) -> ExportReport:
 
     request.check()
     fmt, quantize = request.format, request.quantize
+    if fmt == ExportFormat.checkpoint:
+        return _export_checkpoints(request)
     model, meta = load_keras_model(request.source)
     manifest = _manifest_for(request, meta) if request.data_dir is not None else None
     size = tuple(request.image_size or meta.image_size)
@@ -183,6 +193,24 @@ def export_model(request: ExportRequest) -> ExportReport:
         exported = load_predictor(out)
         report.agreement = agreement(model, exported.logits, manifest, request, size)
     return report
+
+
+def _export_checkpoints(request: ExportRequest) -> ExportReport:
+    """A run's checkpoints (either layout) as whole checkpoints in `request.out`."""
+    source = Path(request.source)
+    directory = source / "checkpoints" if (source / "checkpoints").is_dir() else source
+    with outputs.claim(
+        Path(request.out), "export", request.force, [request.source], "--out"
+    ) as staged:
+        convert_to_whole(directory, staged.path)
+        out = staged.publish()
+    return ExportReport(
+        path=out,
+        format=request.format,
+        quantize=request.quantize,
+        image_size=None,
+        size_bytes=_size_on_disk(out),
+    )
 
 
 def _manifest_for(request: ExportRequest, meta: RunMeta):

@@ -14,6 +14,7 @@ import numpy as np
 
 from enet_cli.backend import tf
 from enet_cli.errors import DataError
+from enet_cli.train.checkpoints import find_checkpoint
 from enet_cli.train.state import RunMeta, load_model_from_checkpoint
 
 TFLITE_NAME = "model.tflite"  # inside an `enet export --format tflite` directory
@@ -47,9 +48,9 @@ def _from_checkpoint(directory: Path) -> Predictor:
     found = load_model_from_checkpoint(directory)
     if found is None:
         raise DataError(f"no checkpoint with enet.json in {directory}")
-    model, meta = found
+    model, meta, checkpoint = found
     fn = tf.function(lambda images: model(images, training=False))
-    return Predictor(meta, fn, f"checkpoint {tf.train.latest_checkpoint(str(directory))}")
+    return Predictor(meta, fn, f"checkpoint {checkpoint}")
 
 
 def _from_tflite(model_file: Path, meta: RunMeta) -> Predictor:
@@ -84,14 +85,14 @@ def _find(path: Path) -> Tuple[Path, RunMeta, str]:
             raise DataError(f"{path.parent} has no enet.json beside {path.name}; export it again")
         return path, meta, "tflite"
     for candidate in [path, path / "model", path / "1", path / "checkpoints"]:
-        meta = RunMeta.read(candidate) if candidate.is_dir() else None
+        meta = RunMeta.of_checkpoints(candidate) if candidate.is_dir() else None
         if meta is None:
             continue
         if (candidate / "saved_model.pb").is_file():
             return candidate, meta, "saved_model"
         if (candidate / TFLITE_NAME).is_file():
             return candidate / TFLITE_NAME, meta, "tflite"
-        if tf.train.latest_checkpoint(str(candidate)):
+        if find_checkpoint(candidate):
             return candidate, meta, "checkpoint"
     raise DataError(
         f"no trained ENet in {path}: expected a SavedModel, TFLite export or checkpoints with "
@@ -148,7 +149,8 @@ def load_keras_model(path: Path):
         )
     with _loading(found):
         if kind == "checkpoint":
-            return load_model_from_checkpoint(found)
+            model, meta, _ = load_model_from_checkpoint(found)
+            return model, meta
         loaded = tf.saved_model.load(str(found))
         weights = getattr(loaded, "variables_", None)
         if weights is None:

@@ -12,6 +12,7 @@ import sys
 import tarfile
 import urllib.request
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -25,9 +26,52 @@ PREFIX = "s3://enet-test-bucket/jobs"
 ECR = "763104351884.dkr.ecr.us-east-1.amazonaws.com/tensorflow-training:"
 
 
+class OutboundRecorder:
+    """An HTTP(S) proxy on 127.0.0.1 that forwards nothing and remembers where each request
+    was going. With HTTP(S)_PROXY pointing at it and only loopback exempt, any request the
+    SDK (or botocore) would send to a real host, telemetry included, lands here."""
+
+    running: ClassVar[dict] = {}  # url -> recorder
+
+    def __init__(self):
+        import socketserver
+        import threading
+
+        self.seen: list = []
+        recorder = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                line = self.rfile.readline().decode(errors="replace").split()
+                if len(line) >= 2:
+                    recorder.seen.append(line[1])  # CONNECT host:443, or GET http://host/...
+                self.wfile.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        OutboundRecorder.running[self.url] = self
+
+    def env(self) -> dict:
+        return {
+            "HTTPS_PROXY": self.url,
+            "HTTP_PROXY": self.url,
+            "NO_PROXY": "127.0.0.1,localhost",
+        }
+
+
 @pytest.fixture(scope="module")
-def aws(tmp_path_factory):
-    """A moto server and the environment a user's shell would have for it."""
+def outbound():
+    recorder = OutboundRecorder()
+    yield recorder
+    recorder.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def aws(tmp_path_factory, outbound):
+    """A moto server and the environment a user's shell would have for it; any request
+    that is not for the moto server is caught by `outbound`."""
     # moto's request recorder appends to MOTO_RECORDER_FILEPATH, default ./moto_recording
     # (moto/moto_api/_internal/recorder/models.py reads it when moto.moto_api is imported):
     # a fresh file per module, never the working tree, so a test reads only its own requests.
@@ -48,6 +92,7 @@ def aws(tmp_path_factory):
         "AWS_DEFAULT_REGION": REGION,
         "SAGEMAKER_ROLE": ROLE,
         "HOME": str(tmp_path_factory.mktemp("home")),  # no ~/.aws, no ~/.sagemaker config
+        **outbound.env(),
     }
     session = boto3.Session(
         aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
@@ -84,13 +129,19 @@ def launch(env, *args, timeout=300):
     full_env = {**enet_env(), **env}
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", ROOT_ENV, "SM_HP_MP_PARAMETERS"):
         full_env.pop(name, None)
-    return subprocess.run(
+    recorder = OutboundRecorder.running.get(full_env.get("HTTPS_PROXY", ""))
+    seen = recorder.seen if recorder else []
+    before = len(seen)
+    result = subprocess.run(
         [sys.executable, "-m", "enet_cli", "launch", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=full_env,
     )
+    # Nothing but the moto server on 127.0.0.1 was contacted (no telemetry, no real AWS).
+    assert seen[before:] == [], seen[before:]
+    return result
 
 
 CASES = {
@@ -288,6 +339,33 @@ REFUSALS = {
     "single on two": (["--instance-count", "2"], "--mode single trains on one instance"),
     "engine": (["--mode", "mp", "--engine", "smddp"], "--engine smddp does not run --mode mp"),
     "s3 prefix": (["--s3-prefix", "bucket/x"], "--s3-prefix 'bucket/x' must be an s3:// URI"),
+    "mp on two": (
+        ["--mode", "mp", "--instance-count", "2"],
+        "--instance-count 2: --mode mp splits the model across one instance's GPUs",
+    ),
+    "ddp on one gpu": (
+        [
+            "--mode",
+            "ddp",
+            "--engine",
+            "tf",
+            "--instance-type",
+            "ml.g5.xlarge",
+            "--batch-size",
+            "16",
+            "--instance-count",
+            "1",
+        ],
+        "--instance-type ml.g5.xlarge has 1 GPU: --mode ddp needs several",
+    ),
+    "malformed type": (
+        ["--instance-type", "p3.2xlarge"],
+        "--instance-type 'p3.2xlarge' is not a SageMaker instance type (like ml.g5.xlarge)",
+    ),
+    "max_wait on demand": (
+        ["--no-spot", "--max-wait", "7200"],
+        "--max-wait applies to spot jobs only; drop it or drop --no-spot",
+    ),
 }
 
 
@@ -335,21 +413,24 @@ def _toolkit_arguments(hyperparameters):
     return args
 
 
-def run_container(code_dir: Path, hyperparameters, data: Path, root: Path):
+def run_container(code_dir: Path, hyperparameters, data: Path, root: Path, env=None):
     """The job as SageMaker runs it, in a temporary /opt/ml: the entry script in the code
-    directory with the toolkit's arguments, hyperparameters.json and resourceconfig.json."""
+    directory with the toolkit's arguments, hyperparameters.json and resourceconfig.json.
+    `mp_parameters`, if any, reach the script only as the toolkit's --mp_parameters."""
     import shutil
 
     config = root / "input" / "config"
     config.mkdir(parents=True)
-    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+    written = {k: v for k, v in hyperparameters.items() if k != "mp_parameters"}
+    (config / "hyperparameters.json").write_text(json.dumps(written))
     (config / "resourceconfig.json").write_text(
         json.dumps(
             {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}
         )
     )
     shutil.copytree(data, root / "input" / "data" / "train")
-    env = {**enet_env(), ROOT_ENV: str(root)}
+    env = {**enet_env(), ROOT_ENV: str(root), **(env or {})}
+    env.pop("SM_HP_MP_PARAMETERS", None)
     command = [sys.executable, "enet_entry.py", *_toolkit_arguments(hyperparameters)]
     return subprocess.run(
         command, cwd=code_dir, capture_output=True, text=True, timeout=600, env=env
@@ -360,7 +441,8 @@ def _check_trained(result, root: Path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (root / "model" / "1" / "saved_model.pb").is_file()  # what SageMaker collects
     assert (root / "model" / "metrics.json").is_file()
-    assert list((root / "checkpoints").glob("ckpt-*.index"))  # synced to checkpoint_s3_uri
+    checkpoints = root / "checkpoints"  # synced to checkpoint_s3_uri; SMP's per partition
+    assert list(checkpoints.glob("ckpt-*.index")) or list(checkpoints.glob("smp/mp_rank_*/*.index"))
     assert not (root / "output" / "failure").exists()
     lines = [line for line in result.stdout.splitlines() if line.startswith(METRICS_PREFIX)]
     assert lines
@@ -393,14 +475,16 @@ def _uploaded_job(env, clients, small_data, tmp_path):
     return code, hyperparameters
 
 
-def _staged_job(tmp_path):
+def _staged_job(tmp_path, train=None, runtime=None, launch=None):
     """The source staged as launch stages it, hyperparameters encoded as SDK 2 does."""
     from enet_cli.config import LaunchConfig, load_config
     from enet_cli.sagemaker.plan import make_plan
     from enet_cli.sagemaker.source import stage_source
 
-    cfg = load_config(None, {"train": {"epochs": 1, "batch_size": 4}})
-    plan = make_plan(cfg, LaunchConfig())
+    settings = {"train": {"epochs": 1, "batch_size": 4, **(train or {})}}
+    if runtime:
+        settings["runtime"] = runtime
+    plan = make_plan(load_config(None, settings), LaunchConfig(**(launch or {})))
     hyperparameters = {k: json.dumps(v) for k, v in plan.hyperparameters.items()}
     hyperparameters["sagemaker_program"] = json.dumps("enet_entry.py")
     return stage_source(tmp_path / "ml" / "code"), hyperparameters
@@ -420,7 +504,40 @@ def test_the_jobs_source_trains_in_the_container_contract(small_data, tmp_path, 
     _check_trained(run_container(code, hyperparameters, small_data, root), root)
 
 
+STAND_INS = REPO / "tests" / "stand_ins"
+DISTRIBUTED_JOBS = {
+    # mode: (runtime settings, launch settings, batch, what the engine line must say)
+    "mp": (
+        {"mode": "mp", "partitions": 2, "microbatches": 2, "pipeline": "simple"},
+        {},
+        4,
+        "smp engine, 2 partitions, 2 microbatch(es) per batch, simple pipeline (from "
+        "SageMaker's mp_parameters",
+    ),
+    "ddp": (
+        {"mode": "ddp"},
+        {"instance_type": "ml.p3.16xlarge", "instance_count": 1},
+        8,
+        "smddp engine, 1 rank(s) on CPU",
+    ),
+}
+
+
 @pytest.mark.compat
+@pytest.mark.parametrize("mode", list(DISTRIBUTED_JOBS))
+def test_distributed_jobs_run_their_library_engine_in_the_container(small_data, tmp_path, mode):
+    """The mp and ddp jobs launch plans, run through the entry script with the library's
+    stand-in importable as it is in AWS's container: the engine it picks, and for SMP its
+    parameters from the toolkit's --mp_parameters alone (the entry script's hand-off)."""
+    runtime, launch_settings, batch, engine_line = DISTRIBUTED_JOBS[mode]
+    code, hyperparameters = _staged_job(tmp_path, {"batch_size": batch}, runtime, launch_settings)
+    root = tmp_path / "ml"
+    env = {"PYTHONPATH": os.pathsep.join([str(STAND_INS), os.environ.get("PYTHONPATH", "")])}
+    result = run_container(code, hyperparameters, small_data, root, env)
+    _check_trained(result, root)
+    assert engine_line in result.stderr, result.stderr[-2000:]
+
+
 def test_entry_install_keeps_the_container_tensorflow(tmp_path, monkeypatch):
     """The entry script's pip command, resolved by pip itself (--dry-run) in this
     environment - the container stand-in of its job (TF 2.6 / 2.11 / current): it installs
@@ -472,7 +589,7 @@ def test_wait_follows_the_job_to_its_end(aws, small_data):
     assert f"job {job} finished; model in {PREFIX}/output/{job}/output/model.tar.gz" in (
         result.stderr
     )
-    assert "Traceback" not in result.stderr  # no telemetry call to AWS behind our back
+    assert "Traceback" not in result.stderr
 
 
 def test_launch_uploads_only_the_manifest_and_its_shards(aws, small_data, tmp_path):

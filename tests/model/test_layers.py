@@ -176,7 +176,11 @@ def test_bottleneck_rejects_unknown_kind():
 
 
 def test_keras_layers_are_keras2():
-    assert issubclass(Bottleneck, keras.layers.Layer)
+    """Keras 2's Layer lives in `<package>.engine.base_layer` (keras 2.x, tf_keras); Keras
+    3's in `keras.src.layers.layer`, which tf.keras becomes on TF >= 2.16 unless
+    TF_USE_LEGACY_KERAS=1 is set before TensorFlow is first imported (backend.py)."""
+    bases = [c.__module__ for c in Bottleneck.__mro__ if c.__name__ == "Layer"]
+    assert bases and all(m.endswith("engine.base_layer") for m in bases), bases
     assert not callable(getattr(keras, "version", None)) or not keras.version().startswith("3")
 
 

@@ -272,19 +272,13 @@ def _alive(pid: int) -> bool:
     return status.is_file() and "zombie" not in status.read_text()
 
 
-@pytest.mark.compat
-def test_smddp_engine_two_ranks_average_gradients_and_only_rank_0_writes(small_data, tmp_path):
-    """Two rank processes as smddprun starts them, on the stand-in library (which really
-    reduces across processes). Checked against the same step computed here by hand: each
-    rank's half batch (its own batch-norm statistics), the loss normalised by the pixels of
-    both halves, gradients summed over the halves, weight decay added once."""
+def start_smddp_ranks(args, runs, calls: Path, extra_env=None):
+    """Two `enet train` rank processes as smddprun starts them (OMPI_COMM_WORLD_*), on the
+    stand-in library, which logs its calls to `calls`/rank-<r>.jsonl."""
     from enet_cli.train.launcher import free_ports
 
     port = free_ports(1)[0]
-    calls = tmp_path / "calls"
-    calls.mkdir()
-    runs = [tmp_path / "rank0", tmp_path / "rank1"]
-    args = ["train", str(small_data), "--mode", "ddp", "--batch-size", "4", "--steps", "1"]
+    calls.mkdir(exist_ok=True)
     procs = []
     for rank in (0, 1):
         env = enet_env()
@@ -295,26 +289,33 @@ def test_smddp_engine_two_ranks_average_gradients_and_only_rank_0_writes(small_d
             OMPI_COMM_WORLD_LOCAL_RANK=str(rank),
             SMDDP_STANDIN_ADDR=f"127.0.0.1:{port}",
             SMDDP_STANDIN_LOG=str(calls),
+            **(extra_env or {}),
         )
+        command = [sys.executable, "-m", "enet_cli", *args, "--seed", "3", *NO_DROPOUT]
         procs.append(
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "enet_cli",
-                    *args,
-                    "--seed",
-                    "3",
-                    *NO_DROPOUT,
-                    "--run-dir",
-                    str(runs[rank]),
-                ],
+                [*command, "--run-dir", str(runs[rank])],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
                 env=env,
             )
         )
+    return procs
+
+
+@pytest.mark.compat
+@pytest.mark.parametrize("oob", ["average", "sum"])
+def test_smddp_engine_two_ranks_average_gradients_and_only_rank_0_writes(small_data, tmp_path, oob):
+    """Two rank processes as smddprun starts them, on the stand-in library (which really
+    reduces across processes). Checked against the same step computed here by hand: each
+    rank's half batch (its own batch-norm statistics), the loss normalised by the pixels of
+    both halves, gradients summed over the halves, weight decay added once. The same
+    numbers whether oob_allreduce averages or sums (its documentation says both)."""
+    calls = tmp_path / "calls"
+    runs = [tmp_path / "rank0", tmp_path / "rank1"]
+    args = ["train", str(small_data), "--mode", "ddp", "--batch-size", "4", "--steps", "1"]
+    procs = start_smddp_ranks(args, runs, calls, {"SMDDP_STANDIN_OOB": oob})
     outs = [p.communicate(timeout=600) for p in procs]
     for proc, (_out, err) in zip(procs, outs):
         assert proc.returncode == 0, err[-3000:]
@@ -325,13 +326,24 @@ def test_smddp_engine_two_ranks_average_gradients_and_only_rank_0_writes(small_d
     assert (runs[0] / "model" / "saved_model.pb").is_file()
 
     expected = _smddp_reference_step(small_data, seed=3)
-    for rank in (0, 1):
-        log = [json.loads(line) for line in (calls / f"rank-{rank}.jsonl").read_text().splitlines()]
+    logs = [
+        [json.loads(line) for line in (calls / f"rank-{rank}.jsonl").read_text().splitlines()]
+        for rank in (0, 1)
+    ]
+    model_broadcast = []
+    for log in logs:
         broadcasts = [c for c in log if c["call"] == "broadcast_variables"]
         # Once, after the first step: the model's variables, then the optimizer's.
         assert [c["count"] for c in broadcasts][:1] == [expected["model_variables"]]
         assert len(broadcasts) == 2 and all(c["root_rank"] == 0 for c in broadcasts)
         assert any(c["call"] == "gradient_tape" and c["op"] == "average" for c in log)
+        assert {c["op"] for c in log if c["call"] == "oob_allreduce"} == {oob}
+        model_broadcast.append(broadcasts[0])
+    # The ranks' batch-norm statistics came from different halves of the batch, so they
+    # differed after the step; the broadcast gave rank 1 rank 0's model.
+    assert model_broadcast[0]["before"] != model_broadcast[1]["before"]
+    assert model_broadcast[0]["before"] == model_broadcast[0]["after"]
+    assert model_broadcast[1]["after"] == model_broadcast[0]["after"]
 
     values = checkpoint_values(runs[0] / "checkpoints")
     moments = [k for k, v in values.items() if v.shape == (3, 3, 11, 16) and _is_slot(k)]
@@ -380,3 +392,55 @@ def _smddp_reference_step(data_dir: Path, seed: int) -> dict:
         "pixels": pixels,
         "model_variables": len(model.variables),
     }
+
+
+def _wait_for(path: Path, procs, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        for proc in procs:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+def _stop_step(text: str, reason: str) -> int:
+    match = re.search(re.escape(reason) + r": stopped at step (\d+) ", text)
+    assert match, text[-3000:]
+    return int(match.group(1))
+
+
+def test_sigterm_to_local_workers_stops_them_at_one_step_with_a_checkpoint(small_data, tmp_path):
+    """SIGTERM to `enet train --local-workers 2` reaches both workers; they stop after the
+    same step, the chief saves that step's checkpoint, and the command exits 130."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "enet_cli", "train", str(small_data), "--mode", "ddp",
+         *LONG_RUN, "--checkpoint-every-steps", "1", "--run-dir", str(run)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=enet_env(),
+    )  # fmt: skip
+    _wait_for(run / "checkpoints" / "ckpt-1.index", [proc])
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-3000:]
+    step = _stop_step(err, "SIGTERM")
+    assert _stop_step((run / "logs" / "worker-1.log").read_text(), "SIGTERM") == step
+    saved = checkpoint_values(run / "checkpoints")
+    assert int(saved["global_step/.ATTRIBUTES/VARIABLE_VALUE"]) == step
+    assert (run / "checkpoints" / f"ckpt-{step}.index").is_file()
+
+
+def test_smddp_rank_stopped_alone_stops_every_rank_at_the_same_step(small_data, tmp_path):
+    """SIGTERM to rank 1 only: the engine's any_worker (an oob_allreduce of the stop flag)
+    makes rank 0 stop after the same step, and rank 0 saves it."""
+    runs = [tmp_path / "rank0", tmp_path / "rank1"]
+    args = ["train", str(small_data), "--mode", "ddp", "--batch-size", "4", "--epochs", "50",
+            "--checkpoint-every-steps", "1"]  # fmt: skip
+    procs = start_smddp_ranks(args, runs, tmp_path / "calls")
+    _wait_for(runs[0] / "checkpoints" / "ckpt-1.index", procs)
+    procs[1].send_signal(signal.SIGTERM)
+    errs = [p.communicate(timeout=180)[1] for p in procs]
+    assert [p.returncode for p in procs] == [130, 130], errs
+    step = _stop_step(errs[1], "SIGTERM")
+    assert _stop_step(errs[0], "another worker was stopped") == step
+    saved = checkpoint_values(runs[0] / "checkpoints")
+    assert int(saved["global_step/.ATTRIBUTES/VARIABLE_VALUE"]) == step

@@ -18,6 +18,7 @@ from conftest import checkpoint_values
 
 
 @pytest.mark.slow
+@pytest.mark.compat
 def test_sigterm_at_every_step_saves_the_straight_runs_checkpoint_and_resumes_exactly(
     tiny_data, straight, tmp_path
 ):

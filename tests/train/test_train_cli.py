@@ -67,6 +67,7 @@ def test_sagemaker_container_contract(small_data, tmp_path):
     assert "enet-metrics: epoch=1 " in result.stdout
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize(
     "hyperparameters,code,needle",
     [

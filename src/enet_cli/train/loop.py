@@ -24,6 +24,7 @@ from enet_cli.data.pipeline import check_data, make_dataset, reading_shards
 from enet_cli.errors import Interrupted, PeerLost, TrainingError
 from enet_cli.model import fused
 from enet_cli.sagemaker.contract import RunPaths
+from enet_cli.train.checkpoints import find_checkpoint
 from enet_cli.train.engines.base import Engine
 from enet_cli.train.metrics import format_metrics_line, segmentation_metrics
 from enet_cli.train.state import RunMeta, TrainState, check_compatible
@@ -145,7 +146,7 @@ def fit(cfg: EnetConfig, paths: RunPaths, engine: Engine) -> Dict[str, object]:
         with reading_shards(cfg.data.data_dir), ui.StopRequest().installed() as stop:
             return _fit(cfg, paths, engine, manifest, global_batch, per_replica_batch, stop)
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without saving
-        last = tf.train.latest_checkpoint(str(paths.checkpoints)) or "none yet"
+        last = find_checkpoint(paths.checkpoints) or "none yet"
         raise Interrupted(
             f"stopped at once by a second Ctrl-C, nothing saved; the last checkpoint is {last}: "
             f"run the same command again to resume from it"
@@ -196,7 +197,7 @@ def _fit(
             write_directory=engine.checkpoint_dir(paths.checkpoints),
             backend=engine.checkpoints,
         )
-    resumed = state.restore_latest() if cfg.runtime.resume else None
+        resumed = state.restore_latest() if cfg.runtime.resume else None
     if engine.is_chief:
         # Everything is checked and built: only now do old checkpoints make way (kept aside).
         if not cfg.runtime.resume:
@@ -431,7 +432,7 @@ def _finish(cfg, paths, engine, state, meta, history, last_val, manifest) -> Dic
     export_saved_model(state.model, meta, export_dir, option="the run's model directory")
     if not engine.is_chief:  # a worker whose export is part of a collective: to scratch
         return summary
-    summary["exported_weights"] = best or "final"
+    summary["exported_weights"] = str(best) if best else "final"
     summary["saved_model"] = str(paths.export)
     paths.outputs.mkdir(parents=True, exist_ok=True)
     _write_json(paths.outputs / "metrics.json", summary)

@@ -19,9 +19,26 @@ from enet_cli.backend import tf
 from enet_cli.config import ModelConfig
 from enet_cli.data.manifest import Manifest
 from enet_cli.errors import ConfigError, DataError, TrainingError
+from enet_cli.train.checkpoints import (
+    BEST,
+    CHECKPOINT_SUBDIRS,
+    FoundCheckpoint,
+    check_model_complete,
+    find_checkpoint,
+)
+from enet_cli.train.checkpoints import restore as restore_found
 
 META_NAME = "enet.json"
-BEST = "best"
+# The loop's own variables: a resume reads them from the checkpoint file before the first
+# step, since SMP restores the checkpoint itself only during that step.
+POSITION = (
+    "global_step",
+    "epoch",
+    "step_in_epoch",
+    "best_val_miou",
+    "epoch_loss_sum",
+    "epoch_confusion",
+)
 
 
 class RunMeta(BaseModel):
@@ -54,6 +71,16 @@ class RunMeta(BaseModel):
         tmp.replace(directory / META_NAME)
 
     @classmethod
+    def of_checkpoints(cls, directory: Path) -> Optional["RunMeta"]:
+        """enet.json of a checkpoint directory; a run's best/ (and SMP's directories) use
+        the one of the checkpoints/ they are in."""
+        directory = Path(directory)
+        meta = cls.read(directory)
+        if meta is None and directory.name in CHECKPOINT_SUBDIRS:
+            meta = cls.read(directory.parent)
+        return meta
+
+    @classmethod
     def read(cls, directory: Path) -> Optional["RunMeta"]:
         path = Path(directory) / META_NAME
         if not path.is_file():
@@ -65,10 +92,27 @@ class RunMeta(BaseModel):
             raise DataError(f"{path} is damaged ({first}); export or train again") from None
 
 
+def create_slots(optimizer, variables) -> None:
+    """Make the optimizer's slot variables now, as its first apply_gradients would (same
+    variables, same order). A checkpoint in several parts (SMP's partitions) must find
+    them: restored before they exist, each part's values for a slot wait as a deferred
+    restoration, and one part's (empty) entry can shadow another's.
+    Keras >= 2.11 optimizers build(); older ones _create_all_weights()."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if hasattr(inner, "build") and not hasattr(inner, "_create_all_weights"):
+        inner.build(variables)
+    else:
+        inner._create_all_weights(variables)
+
+
 class CheckpointBackend:
-    """How checkpoints are written and read. TensorFlow's CheckpointManager everywhere but
-    under SMP, whose partitioned model must be saved and restored by the library's own
-    manager (engines/smp.py)."""
+    """How checkpoints are written and read: TensorFlow's CheckpointManager, whole
+    checkpoints numbered by global step, everywhere but under SMP, whose partitioned model
+    is saved and restored by the library's own manager (engines/smp.py)."""
+
+    def directories(self, write_directory: Path) -> Tuple[Path, Path]:
+        """(recent, best) checkpoint directories under a run's `checkpoints/`."""
+        return write_directory, write_directory / BEST
 
     def manager(self, checkpoint: tf.train.Checkpoint, directory: Path, keep: int):
         return tf.train.CheckpointManager(checkpoint, str(directory), keep)
@@ -77,11 +121,17 @@ class CheckpointBackend:
         """Checkpoints are numbered by global step: ckpt-120 is the state after step 120."""
         return manager.save(checkpoint_number=step)
 
-    def restore(self, checkpoint: tf.train.Checkpoint, path: str) -> None:
+    def find(self, directory: Path) -> Optional[FoundCheckpoint]:
+        """The checkpoint a resume starts from (an SMP run's too: its parts are merged)."""
+        return find_checkpoint(directory)
+
+    def restore(self, checkpoint: tf.train.Checkpoint, found: FoundCheckpoint, manager) -> None:
         # Partial on purpose: the optimizer may own a learning-rate variable in one run and
         # not in the next (a schedule vs a constant); model mismatches are caught by
         # check_compatible() and by the shape errors the caller turns into a ConfigError.
-        checkpoint.restore(path).expect_partial()
+        if found.partitioned:
+            create_slots(checkpoint.optimizer, checkpoint.model.trainable_variables)
+        restore_found(checkpoint, found)
 
 
 class TrainState:
@@ -109,9 +159,11 @@ class TrainState:
         self.epoch_confusion = tf.Variable(
             tf.zeros([num_classes, num_classes], tf.int64), trainable=False
         )
+        self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.checkpoint = tf.train.Checkpoint(
             model=model,
             optimizer=optimizer,
+            global_step=self.global_step,
             epoch=self.epoch,
             step_in_epoch=self.step_in_epoch,
             best_val_miou=self.best_val_miou,
@@ -122,10 +174,12 @@ class TrainState:
         self.backend = backend or CheckpointBackend()
         self.writes = write_directory is not None
         self.manager = self.best = None
+        self._write_directories: Tuple[Path, ...] = ()
         if write_directory is not None:
-            write_directory = Path(write_directory)
-            self.manager = self.backend.manager(self.checkpoint, write_directory, keep)
-            self.best = self.backend.manager(self.checkpoint, write_directory / BEST, 1)
+            recent, best = self.backend.directories(Path(write_directory))
+            self.manager = self.backend.manager(self.checkpoint, recent, keep)
+            self.best = self.backend.manager(self.checkpoint, best, 1)
+            self._write_directories = (recent, best)
         self.model = model
         self._write_directory = write_directory
         # The step of the checkpoint restored or last saved: saving it again would write a
@@ -133,22 +187,35 @@ class TrainState:
         # Every process knows it alike, so collective saves stay in step.
         self._saved_step: Optional[int] = None
 
-    def latest(self) -> Optional[str]:
-        return tf.train.latest_checkpoint(str(self.directory))
+    def latest(self) -> Optional[FoundCheckpoint]:
+        return self.backend.find(self.directory)
 
-    def restore_latest(self) -> Optional[str]:
-        path = self.latest()
-        if path:
+    def restore_latest(self) -> Optional[FoundCheckpoint]:
+        found = self.latest()
+        if found:
             try:
-                self.backend.restore(self.checkpoint, path)
+                self.backend.restore(self.checkpoint, found, self.manager)
+                self._load_position(found.prefixes[0])
             except (AssertionError, ValueError, tf.errors.OpError) as err:
                 first = str(err).strip().splitlines()[0][:200]
                 raise ConfigError(
-                    f"checkpoint {path} does not fit this model ({first}); use another "
+                    f"checkpoint {found} does not fit this model ({first}); use another "
                     f"--run-dir or --no-resume"
                 ) from None
             self._saved_step = int(self.checkpoint.optimizer.iterations.numpy())
-        return path
+        return found
+
+    def _load_position(self, prefix: str) -> None:
+        """Where the loop was, from the file: the same values the restore brings, known now
+        even when the restore itself is deferred to the first step (SMP)."""
+        reader = tf.train.load_checkpoint(prefix)
+        saved = reader.get_variable_to_shape_map()
+        for name in POSITION:
+            key = f"{name}/.ATTRIBUTES/VARIABLE_VALUE"
+            if key in saved:  # a checkpoint of enet-cli <= 0.x has no global_step
+                getattr(self, name).assign(reader.get_tensor(key))
+        if "global_step/.ATTRIBUTES/VARIABLE_VALUE" in saved:
+            self.checkpoint.optimizer.iterations.assign(self.global_step)
 
     def save(self) -> Optional[str]:
         """ckpt-<step>, unless this step's checkpoint exists already (then the same one)."""
@@ -162,6 +229,7 @@ class TrainState:
 
     def _write(self, manager) -> Optional[str]:
         previous = self.latest()
+        self.global_step.assign(self.checkpoint.optimizer.iterations)
         try:
             return self.backend.save(manager, self.checkpoint.optimizer.iterations)
         except (tf.errors.OpError, OSError) as err:
@@ -178,10 +246,8 @@ class TrainState:
         checkpoint itself is only listed once complete): nobody else writes here now."""
         import shutil
 
-        if self._write_directory is None:
-            return
-        for directory in (Path(self._write_directory), Path(self._write_directory) / BEST):
-            for partial in directory.glob("*_temp*"):
+        for directory in self._write_directories:
+            for partial in Path(directory).rglob("*_temp*"):
                 if partial.is_dir():
                     shutil.rmtree(partial, ignore_errors=True)
                 else:
@@ -192,12 +258,15 @@ class TrainState:
             return None
         return self._write(self.best)
 
-    def load_best_weights(self) -> Optional[str]:
-        """Put the best checkpoint's model weights into the model (for export)."""
-        path = self.best.latest_checkpoint if self.best is not None else None
-        if path:
-            self.backend.restore(tf.train.Checkpoint(model=self.model), path)
-        return path
+    def load_best_weights(self) -> Optional[FoundCheckpoint]:
+        """Put the best checkpoint's model weights into the model (for export): every
+        partition's part of it under SMP, read from the files, as SMP's save_model does."""
+        if not self._write_directories:
+            return None
+        found = find_checkpoint(self._write_directories[1])
+        if found:
+            restore_found(tf.train.Checkpoint(model=self.model), found)
+        return found
 
 
 def check_compatible(directory: Path, meta: RunMeta) -> None:
@@ -213,15 +282,58 @@ def check_compatible(directory: Path, meta: RunMeta) -> None:
 
 
 def load_model_from_checkpoint(directory: Path):
-    """(model, meta) from a checkpoint directory or a run's checkpoints (latest checkpoint)."""
+    """(model, meta, found) from a checkpoint directory or a run's checkpoints (latest
+    checkpoint, either layout), or None when there is none."""
     from enet_cli.model import build_enet
 
     directory = Path(directory)
-    meta = RunMeta.read(directory)
-    latest = tf.train.latest_checkpoint(str(directory))
-    if meta is None or latest is None:
+    meta = RunMeta.of_checkpoints(directory)
+    found = find_checkpoint(directory)
+    if meta is None or found is None:
         return None
     model = build_enet(meta.model, None)
-    status = tf.train.Checkpoint(model=model).restore(latest).expect_partial()
-    status.assert_existing_objects_matched()  # a truncated checkpoint fails here, not later
-    return model, meta
+    restore_found(tf.train.Checkpoint(model=model), found)
+    check_model_complete(found, len(model.variables))  # a truncated checkpoint fails here
+    return model, meta, found
+
+
+def convert_to_whole(directory: Path, out: Path) -> FoundCheckpoint:
+    """Write the newest checkpoint (and the best) of a run's `checkpoints/` as whole
+    checkpoints in `out` (ckpt-<step>, best/, enet.json, history.json): what an SMP run's
+    per-partition checkpoints become for anything that reads one checkpoint. Everything is
+    kept: weights, optimizer slots and step, the loop's position."""
+    from enet_cli.backend import keras
+    from enet_cli.model import build_enet
+
+    directory, out = Path(directory), Path(out)
+    meta = RunMeta.read(directory)
+    found = find_checkpoint(directory)
+    if meta is None or found is None:
+        raise DataError(f"no checkpoints with enet.json in {directory}")
+    keys = {name for name, _ in tf.train.list_variables(found.prefixes[0])}
+    for source, target in ((found, out), (find_checkpoint(directory / BEST), out / BEST)):
+        if source is None:
+            continue
+        model = build_enet(meta.model, None)
+        # Any schedule: a schedule owns no variable, and training always gives one.
+        optimizer = keras.optimizers.Adam(
+            keras.optimizers.schedules.PiecewiseConstantDecay([2**62], [1.0, 1.0])
+        )
+        if any(k.startswith("optimizer/inner_optimizer/") for k in keys):  # mixed_float16
+            optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+        state = TrainState(model, optimizer, len(meta.class_names), target, 1)
+        create_slots(optimizer, model.trainable_variables)
+        restore_found(state.checkpoint, source)
+        check_model_complete(source, len(model.variables))
+        step = int(
+            tf.train.load_checkpoint(source.prefixes[0]).get_tensor(
+                "global_step/.ATTRIBUTES/VARIABLE_VALUE"
+            )
+        )
+        manager = tf.train.CheckpointManager(state.checkpoint, str(target), 1)
+        manager.save(checkpoint_number=step)
+    meta.write(out)
+    history = directory / "history.json"
+    if history.is_file():
+        (out / "history.json").write_bytes(history.read_bytes())
+    return found

@@ -9,6 +9,11 @@ are broadcast from rank 0 once after the first step (the optimizer's slots exist
 then), and metrics are summed over ranks with `oob_allreduce` (the library's reduction for
 non-gradient tensors). Only rank 0 writes checkpoints, logs and the model.
 
+What `oob_allreduce` returns is documented both ways (smd_data_parallel_tensorflow.rst: it
+"average[s] the tensors", and "internally uses NCCL AllReduce with ncclSum"; AWS's examples
+call it to "average the loss across workers"). The engine does not bet on either: at start-up
+it reduces a 1 from every rank and reads the answer, 1 (an average) or the rank count (a sum).
+
 The library is not on PyPI; it is imported here only, lazily.
 """
 
@@ -51,6 +56,7 @@ class SMDDPEngine(Engine):
         self.num_replicas = int(sdp.size())
         self.rank = int(sdp.rank())
         self.is_chief = self.rank == 0
+        self._to_sum = self._oob_to_sum()
         # Each rank draws its own dropout masks (ranks are separate processes).
         SpatialDropout.REPLICA_SEED = self.rank
 
@@ -69,9 +75,22 @@ class SMDDPEngine(Engine):
         )
         return dataset_fn(context)
 
+    def _oob_to_sum(self) -> float:
+        """The factor that turns oob_allreduce's answer into the sum over ranks."""
+        probe = float(self.sdp.oob_allreduce(tf.constant(1.0, tf.float64)))
+        if abs(probe - 1.0) < 1e-9:
+            return float(self.num_replicas)  # it averages
+        if abs(probe - self.num_replicas) < 1e-9:
+            return 1.0  # it sums
+        raise EnvironmentProblem(
+            f"smdistributed.dataparallel's oob_allreduce of 1 over {self.num_replicas} ranks "
+            f"returned {probe}, neither their average nor their sum; this enet-cli does not "
+            f"know this version of the library"
+        )
+
     def _sum(self, value: tf.Tensor) -> tf.Tensor:
-        """Sum over ranks: oob_allreduce averages, the only op it supports."""
-        return self.sdp.oob_allreduce(value) * float(self.num_replicas)
+        """Sum over ranks with the library's non-gradient reduction (see the module doc)."""
+        return self.sdp.oob_allreduce(value) * self._to_sum
 
     def make_train_step(self, model, optimizer, task, weight_decay):
         sdp = self.sdp

@@ -6,7 +6,8 @@ Its contract, which this engine follows: `smp.init()`; forward and backward in a
 decorated `@smp.step` that the library runs once per microbatch; gradients returned from
 it are averaged with `.accumulate()` and applied *outside* it, once; outputs are
 `.merge()`d and losses `.reduce_mean()`d; checkpoints go through `smp.CheckpointManager`,
-since each process holds only its partition's variables.
+since each process holds only its partition's variables: every partition saves its own part
+(checkpoints/smp/mp_rank_<k>), and the SavedModel is exported from all parts merged.
 
 Because the step averages microbatches, each microbatch's loss is its share of the whole
 batch's loss times M (the whole batch's non-void weight reaches the step unsplit), so the
@@ -14,9 +15,10 @@ mean over microbatches is exactly single mode's loss, and so are its gradients. 
 normalises each microbatch by its own statistics, as in the tf pipeline engine.
 
 The ENet inside the DistributedModel is the same Keras model every mode builds, and it is
-what the checkpoints and the export hold: an mp checkpoint restores in single mode, in
-evaluate and predict, and the other way round. Only rank 0 (mp_rank 0 of dp_rank 0) logs
-and writes the model. The library is not on PyPI; it is imported here only, lazily.
+what the checkpoints and the export hold: the partitions' checkpoints merged restore in
+single mode, in evaluate, predict and export, and a whole checkpoint resumes here. Only
+rank 0 (mp_rank 0 of dp_rank 0) logs and writes the model. The library is not on PyPI; it
+is imported here only, lazily.
 """
 
 import importlib
@@ -29,8 +31,9 @@ from enet_cli.errors import ConfigError, EnvironmentProblem
 from enet_cli.model import build_enet
 from enet_cli.model.layers import SpatialDropout
 from enet_cli.sagemaker.contract import mp_parameters
+from enet_cli.train.checkpoints import SMP, SMP_BEST, FoundCheckpoint, find_checkpoint
 from enet_cli.train.engines.base import Engine
-from enet_cli.train.state import CheckpointBackend
+from enet_cli.train.state import CheckpointBackend, create_slots
 
 MODULE = "smdistributed.modelparallel.tensorflow"
 
@@ -62,37 +65,59 @@ def smp_parameters(runtime: RuntimeConfig) -> Tuple[Dict[str, Any], bool]:
 
 
 class SMPCheckpoints(CheckpointBackend):
-    """smp.CheckpointManager, through its documented calls only: save() and restore()."""
+    """smp.CheckpointManager, through its documented calls only: save() and restore().
+
+    The library writes each partition's variables into `<directory>/mp_rank_<k>`, numbers
+    checkpoints by save count, and defers restore() to the first smp.step (after it has
+    partitioned the model); its restore walks every subdirectory of `<directory>`, so the
+    best checkpoints live beside the recent ones (checkpoints/smp-best), never inside them.
+    The loop's position is read from the files meanwhile (TrainState._load_position).
+    """
 
     def __init__(self, smp):
         self.smp = smp
+
+    def directories(self, write_directory: Path) -> Tuple[Path, Path]:
+        return write_directory / SMP, write_directory / SMP_BEST
 
     def manager(self, checkpoint, directory: Path, keep: int):
         return self.smp.CheckpointManager(checkpoint, directory=str(directory), max_to_keep=keep)
 
     def save(self, manager, step) -> Optional[str]:
-        return manager.save()  # numbered by save count: SMP's save() takes no number
+        path = manager.save()
+        # Every partition's part is on disk before anyone reads them (the export merges
+        # the best one's parts; SMP's save_model waits the same way).
+        self.smp.barrier()
+        return path
 
-    def restore(self, checkpoint, path: str) -> None:
-        # restore() takes the directory's latest checkpoint; callers pass exactly that one.
-        status = self.manager(checkpoint, Path(path).parent, 1).restore()
-        if hasattr(status, "expect_partial"):
-            status.expect_partial()
+    def find(self, directory: Path) -> Optional[FoundCheckpoint]:
+        return find_checkpoint(directory, partitioned_first=True)
+
+    def restore(self, checkpoint, found: FoundCheckpoint, manager) -> None:
+        if found.partitioned:
+            create_slots(checkpoint.optimizer, checkpoint.model.trainable_variables)
+            manager.restore()  # applied by the library during the first step
+        else:  # a whole checkpoint (another mode's, or an mp run of enet-cli before SMP's layout)
+            super().restore(checkpoint, found, manager)
 
 
-def distributed_model(smp, enet: keras.Model):
-    """The ENet wrapped in an smp.DistributedModel (defined here: the base class comes from
-    the library, which may only be imported inside its container)."""
+def distributed_model(smp, cfg, image_size):
+    """An smp.DistributedModel holding an ENet (defined here: the base class comes from the
+    library, which may only be imported inside its container).
+
+    The ENet is built inside __init__, from the arguments: SMP makes a second copy of the
+    model for partitioning by calling the subclass's constructor again with the same
+    arguments (v2/model.py, _duplicate_model), and refuses layers the copies share."""
 
     class DistributedENet(smp.DistributedModel):
-        def __init__(self, model):
+        def __init__(self, cfg, image_size):
             super().__init__()
-            self.enet = model
+            self.enet = build_enet(cfg, image_size)
 
         def call(self, images, training=None):
             return self.enet(images, training=training)
 
-    return DistributedENet(enet)
+    return DistributedENet(cfg, image_size)
 
 
 class SMPEngine(Engine):
@@ -137,9 +162,8 @@ class SMPEngine(Engine):
         return run_checkpoints  # every partition's process saves its own variables
 
     def build_model(self, cfg, image_size):
-        model = build_enet(cfg, image_size)
-        self.distributed = distributed_model(self.smp, model)
-        return model
+        self.distributed = distributed_model(self.smp, cfg, image_size)
+        return self.distributed.enet
 
     def distribute_dataset(self, dataset_fn):
         return dataset_fn(None)  # every process of the model replica reads the same batch

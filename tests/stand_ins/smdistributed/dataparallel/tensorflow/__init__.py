@@ -185,22 +185,48 @@ def allreduce(tensor, param_index, num_params, compression=Compression.none, op=
 
 
 def oob_allreduce(tensor, compression=Compression.none, op=ReduceOp.AVERAGE):
+    """The documentation says both "oob_allreduce average the tensors" and "internally uses
+    NCCL AllReduce with ncclSum"; AWS's examples use it to "average the loss across
+    workers". This follows the first unless SMDDP_STANDIN_OOB=sum, so that tests can run a
+    script against both readings."""
     op = op or ReduceOp.AVERAGE
     if op != ReduceOp.AVERAGE:
         raise ValueError("oob_allreduce supports only ReduceOp.AVERAGE")
-    return _graph_collective(tensor, op.value)
+    reading = os.environ.get("SMDDP_STANDIN_OOB", "average")
+    if reading not in ("average", "sum"):
+        raise ValueError(f"SMDDP_STANDIN_OOB must be average or sum, not {reading!r}")
+    _record("oob_allreduce", op=reading)
+    return _graph_collective(tensor, reading)
 
 
 def broadcast(tensor, root_rank):
     return _graph_collective(tensor, "broadcast", root_rank)
 
 
+def _digest(variables) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for variable in variables:
+        digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
+    return digest.hexdigest()
+
+
 def broadcast_variables(variables, root_rank):
+    """Every rank's variables take root_rank's values; the log has a digest of their values
+    before and after, so a test sees what the broadcast changed."""
     variables = list(variables)
-    _record("broadcast_variables", count=len(variables), root_rank=root_rank)
+    before = _digest(variables)
     site = _new_site()
     for variable in variables:
         variable.assign(_collective(site, "broadcast", variable.numpy(), root_rank))
+    _record(
+        "broadcast_variables",
+        count=len(variables),
+        root_rank=root_rank,
+        before=before,
+        after=_digest(variables),
+    )
 
 
 def broadcast_global_variables(root_rank):

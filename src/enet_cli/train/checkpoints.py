@@ -1,0 +1,120 @@
+"""Where a run's checkpoints are, in either of the two layouts a run can have.
+
+- **whole**: `checkpoints/ckpt-<step>` and `checkpoints/best/ckpt-<step>`, every variable in
+  one checkpoint (tf.train.CheckpointManager; single, ddp and the tf mp engine).
+- **partitioned**: `checkpoints/smp/mp_rank_<k>/ckpt-<n>` and `checkpoints/smp-best/...`,
+  written by SageMaker's model parallel library (SMP v1), whose CheckpointManager saves each
+  partition's variables into its own `mp_rank_<k>` directory (the library's
+  v2/checkpoint.py). The whole state is the union of the partitions' checkpoints of one
+  save. SMP's restore() walks *every* subdirectory of the directory it is given, so its
+  best checkpoints must not sit inside it: hence `smp-best` beside `smp`, not under it.
+
+Everything that reads a checkpoint (resume in any mode, evaluate, predict, export) finds it
+through `find_checkpoint`, so an SMP run's checkpoints serve everywhere a whole one does.
+"""
+
+import re
+from pathlib import Path
+from typing import List, NamedTuple, Optional, Set
+
+from enet_cli.backend import tf
+
+BEST = "best"
+SMP = "smp"
+SMP_BEST = "smp-best"
+CHECKPOINT_SUBDIRS = (BEST, SMP, SMP_BEST)  # inside a run's checkpoints/, beside enet.json
+_PARTITION = re.compile(r"mp_rank_(\d+)$")
+_NUMBER = re.compile(r"-(\d+)$")
+
+
+class FoundCheckpoint(NamedTuple):
+    """One saved state: a single checkpoint prefix, or one prefix per partition."""
+
+    prefixes: List[str]
+    label: str  # how to name it to a user
+
+    @property
+    def partitioned(self) -> bool:
+        return len(self.prefixes) > 1 or bool(_PARTITION.search(Path(self.prefixes[0]).parent.name))
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def partition_dirs(directory: Path) -> List[Path]:
+    """`directory/mp_rank_<k>` directories in partition order."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _PARTITION.match(p.name))]
+    return [p for _, p in sorted(found) if p.is_dir()]
+
+
+def _complete(directory: Path) -> Set[str]:
+    """Names of the checkpoints listed in `directory`'s state file whose index exists."""
+    state = tf.train.get_checkpoint_state(str(directory))
+    if state is None:
+        return set()
+    names = {Path(p).name for p in state.all_model_checkpoint_paths}
+    return {n for n in names if (directory / f"{n}.index").is_file()}
+
+
+def latest_partitioned(directory: Path) -> Optional[FoundCheckpoint]:
+    """The newest save that every partition holds (a stop between two partitions' saves
+    leaves the previous one the newest complete state)."""
+    parts = partition_dirs(directory)
+    if not parts:
+        return None
+    common = set.intersection(*(_complete(p) for p in parts))
+    if not common:
+        return None
+    name = max(common, key=lambda n: int(_NUMBER.search(n).group(1)) if _NUMBER.search(n) else -1)
+    label = f"{Path(directory) / 'mp_rank_*' / name} ({len(parts)} partitions)"
+    return FoundCheckpoint([str(p / name) for p in parts], label)
+
+
+def find_checkpoint(directory: Path, partitioned_first: bool = False) -> Optional[FoundCheckpoint]:
+    """The newest checkpoint in a run's `checkpoints/` (or its `best/`), either layout.
+
+    `directory` may also be an SMP directory itself (`.../smp` or `.../smp-best`). A whole
+    checkpoint is preferred unless `partitioned_first` (the SMP engine resuming its own)."""
+    directory = Path(directory)
+    whole = tf.train.latest_checkpoint(str(directory))
+    candidates = [directory]
+    if directory.name == BEST:
+        candidates.append(directory.parent / SMP_BEST)
+    else:
+        candidates.append(directory / SMP)
+    split = next(filter(None, (latest_partitioned(c) for c in candidates)), None)
+    order = [split, whole] if partitioned_first else [whole, split]
+    for found in order:
+        if isinstance(found, str):
+            return FoundCheckpoint([found], found)
+        if found is not None:
+            return found
+    return None
+
+
+def restore(checkpoint: "tf.train.Checkpoint", found: FoundCheckpoint) -> None:
+    """Restore every part of `found` into `checkpoint`, now (what SMP's own save_model does
+    to assemble the whole model). Partial on purpose: each part holds only its variables,
+    and the optimizer may own a learning-rate variable in one run and not in the next."""
+    for prefix in found.prefixes:
+        checkpoint.restore(prefix).expect_partial()
+
+
+def check_model_complete(found: FoundCheckpoint, num_variables: int) -> None:
+    """Raise ValueError unless the parts together hold every model variable once (a
+    truncated or missing partition fails here, not as a silently half-initialised model)."""
+    keys: Set[str] = set()
+    for prefix in found.prefixes:
+        keys.update(
+            name
+            for name, _ in tf.train.list_variables(prefix)
+            if name.startswith("model/") and ".OPTIMIZER_SLOT" not in name
+        )
+    if len(keys) != num_variables:
+        raise ValueError(
+            f"{found} holds {len(keys)} of the model's {num_variables} variables"
+            + (" (a partition is missing)" if found.partitioned else "")
+        )
