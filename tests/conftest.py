@@ -259,3 +259,52 @@ def trained_run(small_data, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("trained") / "run"
     fit_quietly(train_config(small_data, run, epochs=2))
     return run
+
+
+# ---------------------------------------------------------------------------------------
+# Guard: tests write only into temporary directories, never into the working tree
+# ---------------------------------------------------------------------------------------
+_TOOL_DEBRIS = ("__pycache__/", ".pytest_cache/", ".egg-info/", ".ruff_cache/")
+
+
+def _working_tree_files() -> set:
+    """Untracked and ignored files of the repository (git's view), minus tool caches."""
+    try:
+        listed = subprocess.run(
+            ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    if listed.returncode != 0:  # not a git checkout: nothing to compare
+        return set()
+    paths = {line[3:] for line in listed.stdout.splitlines() if line[:2] in ("??", "!!")}
+    return {p for p in paths if not any(d in p for d in _TOOL_DEBRIS)}
+
+
+def pytest_sessionstart(session):
+    if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist)
+        session.config._enet_tree_before = _working_tree_files()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_enet_tree_before", None)
+    if before is None:
+        return
+    new = sorted(_working_tree_files() - before)
+    if new:
+        session.config._enet_tree_written = new
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    new = getattr(config, "_enet_tree_written", None)
+    if new:
+        terminalreporter.write_line(
+            f"FAILED working-tree guard: tests wrote {len(new)} file(s) into the repository "
+            f"(write under tmp_path instead): {', '.join(new[:10])}",
+            red=True,
+        )

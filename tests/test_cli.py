@@ -1,5 +1,7 @@
 """The `enet` command as a user runs it: real subprocesses, exit codes, one-line errors."""
 
+import json
+
 import pytest
 
 from conftest import enet_env, enet_multiply_adds, error_lines, run_enet
@@ -80,3 +82,29 @@ def test_bad_options_give_one_line_and_no_traceback(args, code, needle):
     assert len(lines) == 1, result.stderr
     assert needle in lines[0] and lines[0].startswith("error:")
     assert "Traceback" not in result.stderr
+
+
+def test_demo_runs_the_whole_workflow_and_its_numbers_are_evaluates(tmp_path):
+    """`enet demo` as a new user runs it (one epoch to keep it short): every output it
+    names exists, its JSON is strict, and the test mean IoU it prints is what `enet
+    evaluate` computes from the model it wrote."""
+    out = tmp_path / "demo"
+    result = run_enet("demo", "--out", str(out), "--epochs", "1", timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = float(result.stdout.split("test mean IoU ")[1].split("%")[0])
+    assert (out / "data" / "manifest.json").is_file()
+    assert (out / "run" / "model" / "saved_model.pb").is_file()
+    overlays = sorted((out / "predictions").rglob("*.png"))
+    assert len(overlays) >= 3  # one per bundled test image at least
+    saved = json.loads(
+        (out / "test_metrics.json").read_text(),
+        parse_constant=lambda c: pytest.fail(f"test_metrics.json holds {c}: not JSON"),
+    )
+    scored = run_enet(
+        "evaluate", str(out / "run"), str(out / "data"), "--split", "test",
+        "--json", str(tmp_path / "m.json"),
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    evaluated = json.loads((tmp_path / "m.json").read_text())["mean_iou"]
+    assert saved["mean_iou"] == pytest.approx(evaluated, rel=1e-6)
+    assert printed == pytest.approx(100 * evaluated, abs=0.05)

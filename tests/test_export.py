@@ -276,7 +276,7 @@ def test_benchmark_reports_the_cores_it_may_use(tmp_path):
     report_path = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "enet_cli", "benchmark", "--what", "pipeline",
-         "--size", "96x128", "--iterations", "1", "--warmup", "0", "--json", str(report_path)],
+         "--size", "96x128", "--iterations", "2", "--warmup", "1", "--json", str(report_path)],
         capture_output=True, text=True, timeout=300, env=enet_env(),
         preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}),
     )  # fmt: skip
@@ -290,3 +290,27 @@ def test_benchmark_refuses_unknown_variants():
     assert result.returncode == 2
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "onnx" in lines[0] and "tflite_int8" in lines[0], lines
+
+
+def _xla_compiled_functions(saved_model_dir) -> int:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((saved_model_dir / "saved_model.pb").read_bytes())
+    library = proto.meta_graphs[0].graph_def.library
+    return sum(
+        1 for f in library.function if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b
+    )
+
+
+def test_xla_saved_model_is_compiled_and_serves_the_same_logits(trained_run, small_data, tmp_path):
+    from enet_cli.inference import load_predictor
+
+    plain = _export(source=trained_run, out=tmp_path / "plain", format="saved_model")
+    xla = _export(source=trained_run, out=tmp_path / "xla", format="saved_model", xla=True)
+    assert _xla_compiled_functions(xla.path) >= 1 and _xla_compiled_functions(plain.path) == 0
+    pixels, _ = _val_batch(small_data)
+    images = pixels.astype(np.float32) / 255.0
+    a = load_predictor(plain.path).logits(images).numpy()
+    b = load_predictor(xla.path).logits(images).numpy()
+    np.testing.assert_allclose(a, b, atol=1e-4)

@@ -119,3 +119,35 @@ def test_cli_evaluate_and_predict(trained_run, small_data, tmp_path):
         bad = run_enet(*args)
         assert bad.returncode == 3
         assert error_lines(bad.stderr)[-1].startswith("error:") and needle in bad.stderr
+
+
+def _strict_json(path):
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_every_json_file_a_run_writes_is_strict_json(trained_run, small_data, tmp_path):
+    """IoU of a class absent from a split is null, not NaN (which jq and browsers reject):
+    every JSON file of a real run and of enet evaluate parses with a strict parser."""
+    evaluate(trained_run, small_data, "val", 2, json_path=tmp_path / "val.json")
+    files = [*sorted(trained_run.rglob("*.json")), tmp_path / "val.json"]
+    assert len(files) >= 5
+    for path in files:
+        _strict_json(path)
+
+
+def test_json_we_write_has_null_where_a_number_is_undefined():
+    """The IoU of a class in neither the labels nor the predictions is NaN in the metrics;
+    written, it is null, with NumPy numbers as plain numbers."""
+    from enet_cli.outputs import json_text
+    from enet_cli.train.metrics import segmentation_metrics
+
+    confusion = np.array([[5, 1, 0], [2, 7, 0], [0, 0, 0]])  # class 2: absent everywhere
+    metrics = segmentation_metrics(confusion, ["a", "b", "c"])
+    text = json_text({**metrics, "inf": float("inf"), "count": np.int64(3)})
+    parsed = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert parsed["iou"]["c"] is None and parsed["inf"] is None and parsed["count"] == 3
+    assert parsed["iou"]["a"] == pytest.approx(5 / 8)
+    assert parsed["mean_iou"] == pytest.approx((5 / 8 + 7 / 10) / 2)  # over present classes

@@ -1,6 +1,5 @@
 """`enet evaluate`: score a trained model on a split with the training loop's metric code."""
 
-import json
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -50,7 +49,7 @@ def evaluate(
         confusion=matrix.tolist(),
     )
     if json_path is not None:
-        outputs.write_file(Path(json_path), json.dumps(metrics, indent=2) + "\n", "--json")
+        outputs.write_file(Path(json_path), outputs.json_text(metrics), "--json")
     if confusion_csv is not None:
         rows = [["truth \\ predicted", *manifest.class_names]]
         rows += [[name, *map(str, row)] for name, row in zip(manifest.class_names, matrix)]

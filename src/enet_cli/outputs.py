@@ -79,6 +79,29 @@ def foreign_entries(directory: Path, kind: str) -> list:
     )
 
 
+def json_text(data, indent: Optional[int] = 2) -> str:
+    """Strict JSON for what we write: NumPy numbers as numbers, NaN and infinities (an IoU of
+    a class absent from a split) as null, which jq, browsers and JSON libraries accept."""
+    import math
+
+    import numpy as np
+
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        if isinstance(value, np.ndarray):
+            return clean(value.tolist())
+        if isinstance(value, (np.floating, np.integer)):
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+
+    return json.dumps(clean(data), indent=indent, allow_nan=False) + "\n"
+
+
 def write_marker(directory: Path, kind: str) -> None:
     write_atomic(
         Path(directory) / MARKER,

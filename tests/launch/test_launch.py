@@ -125,7 +125,7 @@ def created(env, job: str) -> dict:
     return found[0]
 
 
-def launch(env, *args, timeout=300):
+def launch(env, *args, timeout=300, outbound_allowed=False):
     full_env = {**enet_env(), **env}
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", ROOT_ENV, "SM_HP_MP_PARAMETERS"):
         full_env.pop(name, None)
@@ -140,7 +140,8 @@ def launch(env, *args, timeout=300):
         env=full_env,
     )
     # Nothing but the moto server on 127.0.0.1 was contacted (no telemetry, no real AWS).
-    assert seen[before:] == [], seen[before:]
+    if not outbound_allowed:
+        assert seen[before:] == [], seen[before:]
     return result
 
 
@@ -487,6 +488,11 @@ def _staged_job(tmp_path, train=None, runtime=None, launch=None):
     plan = make_plan(load_config(None, settings), LaunchConfig(**(launch or {})))
     hyperparameters = {k: json.dumps(v) for k, v in plan.hyperparameters.items()}
     hyperparameters["sagemaker_program"] = json.dumps("enet_entry.py")
+    # What SDK 2 adds for SMP (Framework._distribution_configuration): the modelparallel
+    # "parameters" as the mp_parameters hyperparameter.
+    smp = (plan.distribution or {}).get("smdistributed", {}).get("modelparallel")
+    if smp:
+        hyperparameters["mp_parameters"] = json.dumps(smp.get("parameters", {}))
     return stage_source(tmp_path / "ml" / "code"), hyperparameters
 
 
@@ -648,3 +654,23 @@ def test_unreachable_aws_is_one_line(aws, small_data):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr[-2000:]
     assert re.match(r"error: AWS refused or could not be reached \(.*127\.0\.0\.1:9", lines[0])
+
+
+def test_sdk_telemetry_is_off_unless_the_user_turns_it_on(aws, small_data, tmp_path):
+    """The SDK reports calls to an S3 endpoint of AWS's (sagemaker/telemetry) unless told
+    not to. enet launch tells it not to; a user whose SDK config says otherwise is obeyed,
+    which also shows that the recording proxy of these tests sees such a request."""
+    env, _ = aws
+    recorder = OutboundRecorder.running[env["HTTPS_PROXY"]]
+    config = tmp_path / "sdk.yaml"
+    config.write_text(
+        "SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n"
+        "      TelemetryOptOut: false\n"
+    )
+    before = len(recorder.seen)
+    result = launch(
+        {**env, "SAGEMAKER_USER_CONFIG_OVERRIDE": str(config)}, str(small_data),
+        "--s3-prefix", PREFIX, "--job-name", "enet-test-telemetry", outbound_allowed=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert any("sm-pysdk-t" in host for host in recorder.seen[before:]), recorder.seen[before:]

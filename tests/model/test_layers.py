@@ -1,8 +1,13 @@
 """ENet layers: argmax-free unpooling equals argmax + scatter; sampling grids match the port."""
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
+from conftest import enet_env
 from enet_cli.backend import keras, tf
 from enet_cli.model.layers import (
     Bottleneck,
@@ -205,3 +210,51 @@ def test_spatial_dropout_drops_whole_channels_and_replays_after_restore():
     clone(x, training=False)
     clone.set_weights(layer.get_weights())
     np.testing.assert_array_equal(clone(x, training=True), layer(x, training=True))
+
+
+SYNC_BN_PROBE = r"""
+import json
+import numpy as np
+from enet_cli.backend import tf
+from enet_cli.model.layers import SyncBatchNorm
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+strategy = tf.distribute.MirroredStrategy(["/CPU:0", "/CPU:1"])
+rng = np.random.default_rng(0)
+# A channel whose mean is large against its spread: where E[x^2] - E[x]^2 loses its digits.
+x = (1000.0 + rng.normal(size=(4, 6, 6, 3))).astype(np.float32)
+with strategy.scope():
+    layer = SyncBatchNorm(epsilon=1e-3)
+    layer.build(x.shape)
+parts = strategy.experimental_distribute_values_from_function(
+    lambda context: tf.constant(x[2 * context.replica_id_in_sync_group:][:2])
+)
+out = strategy.run(lambda v: layer(v, training=True), args=(parts,))
+ours = np.concatenate([t.numpy() for t in strategy.experimental_local_results(out)])
+print(json.dumps({"ours": ours.tolist()}))
+"""
+
+
+def test_sync_batch_norm_keeps_float32_digits_where_one_pass_variance_loses_them():
+    """Two replicas (2 logical CPU devices) normalising a 4-image batch together, on data
+    whose mean (1000) dwarfs its spread (1): the two-pass statistics match the float64
+    normalisation of the whole batch to float32 round-off; E[x^2] - E[x]^2 in float32
+    (Keras' synchronised batch norm) is off by whole percents."""
+    result = subprocess.run(
+        [sys.executable, "-c", SYNC_BN_PROBE], capture_output=True, text=True, timeout=300,
+        env=enet_env(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours = np.array(json.loads(result.stdout.strip().splitlines()[-1])["ours"])
+    x = (1000.0 + np.random.default_rng(0).normal(size=(4, 6, 6, 3))).astype(np.float32)
+    exact = x.astype(np.float64)
+    mean, var = exact.mean((0, 1, 2)), exact.var((0, 1, 2))
+    reference = (exact - mean) / np.sqrt(var + 1e-3)
+    x32 = x.astype(np.float32)
+    one_pass_var = (x32 * x32).mean((0, 1, 2)) - x32.mean((0, 1, 2)) ** 2
+    one_pass = (x32 - x32.mean((0, 1, 2))) / np.sqrt(np.maximum(one_pass_var, 0) + 1e-3)
+    ours_error = np.abs(ours - reference).max()
+    one_pass_error = np.abs(one_pass - reference).max()
+    assert ours_error < 1e-3, ours_error
+    assert one_pass_error > 20 * ours_error and one_pass_error > 1e-2, one_pass_error

@@ -138,11 +138,13 @@ def test_two_workers_step_equals_one_process_at_the_global_batch(
     """One step of 2 workers x batch 2 (synchronised batch norm) = one step of batch 4.
 
     Adam's first moments are 0.1 x the gradient, so comparing them compares gradients. The
-    classifier's gradient (no batch norm between it and the loss) agrees to 2e-4. Through
-    the batch-norm layers float32 round-off grows: all moments differ by ~4%, as much as a
-    single process differs from itself between Keras' fused and unfused batch norm (same
-    math, 2-3% measured). For scale: per-replica batch norm gives ~140%, averaging instead
-    of summing the replicas' gradients 50%.
+    classifier's gradient (no batch norm between it and the loss) agrees to 5e-4 (2.3e-4
+    measured). Through ENet's 88 batch-norm layers at 2 images per replica float32 round-off
+    grows: all moments differ by 4.2% in norm (held to 6%), as much as a single process
+    differs from itself between Keras' fused and unfused batch norm (same math, 2-3%). For
+    scale: per-replica batch norm gives ~140%, averaging instead of summing the replicas'
+    gradients 50%. The synchronised batch norm's own precision is tested on its own
+    (tests/model/test_layers.py).
     """
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     env_tmp = tmp_path / "scratch"
@@ -174,9 +176,11 @@ def test_two_workers_step_equals_one_process_at_the_global_batch(
     assert sorted(a) == sorted(b)
     classifier_m = [k for k in a if a[k].shape == (3, 3, 11, 16) and a[k].min() < 0]
     assert len(classifier_m) == 2  # the kernel and its first moment (v is >= 0)
-    for key in classifier_m:
-        assert relative_error(a[key], b[key]) < 2e-3, key
-    assert relative_error(optimizer_moments(a), optimizer_moments(b)) < 0.1
+    kernel = next(k for k in classifier_m if not _is_slot(k))
+    moment = next(k for k in classifier_m if _is_slot(k))
+    assert relative_error(a[kernel], b[kernel]) < 1e-5  # measured 1.1e-6
+    assert relative_error(a[moment], b[moment]) < 5e-4  # measured 2.3e-4
+    assert relative_error(optimizer_moments(a), optimizer_moments(b)) < 0.06  # measured 0.042
     assert relative_error(model_values(a), model_values(b)) < 3e-3
     loss, reference_loss = (v["epoch_loss_sum/.ATTRIBUTES/VARIABLE_VALUE"] for v in (a, b))
     assert abs(loss - reference_loss) < 1e-5 * reference_loss
@@ -190,11 +194,34 @@ def test_two_workers_step_equals_one_process_at_the_global_batch(
     result = run_enet("evaluate", str(ddp / "checkpoints"), str(small_data), "--split", "val")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mean IoU" in result.stdout
-    result = two_workers(2, single)
+    result = two_workers(2, single, "--scale-lr")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from" in result.stderr and "(epoch 1, step 1)" in result.stderr
     assert (single / "checkpoints" / "ckpt-2.index").is_file()
     assert json.loads((single / "metrics.json").read_text())["steps"] == 2
+    # --scale-lr: step 2 moved the weights with 2 x the learning rate (2 replicas).
+    from enet_cli.config import TrainConfig
+
+    lr = _adam_step_learning_rate(
+        checkpoint_values(single / "checkpoints", "ckpt-1"),
+        checkpoint_values(single / "checkpoints", "ckpt-2"),
+        step=2,
+    )
+    assert lr == pytest.approx(2 * TrainConfig().learning_rate, rel=1e-3)
+
+
+def _adam_step_learning_rate(before: dict, after: dict, step: int) -> float:
+    """The learning rate Adam used for step `step`, from the classifier kernel's change and
+    its moments after the step: w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)."""
+    kernels = [k for k, v in after.items() if v.shape == (3, 3, 11, 16)]
+    weight = next(k for k in kernels if k.startswith("model/") and not _is_slot(k))
+    slots = [after[k] for k in kernels if _is_slot(k)]
+    m = next(x for x in slots if x.min() < 0)  # v is >= 0
+    v = next(x for x in slots if x.min() >= 0)
+    delta = (after[weight] - before[weight]).astype(np.float64)
+    direction = np.sqrt(1 - 0.999**step) / (1 - 0.9**step) * m / (np.sqrt(v) + 1e-7)
+    usable = np.abs(direction) > 0.1 * np.abs(direction).max()
+    return float(np.median(-delta[usable] / direction[usable]))
 
 
 def _run_with_env(args, extra_env, timeout=600):

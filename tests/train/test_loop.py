@@ -73,20 +73,20 @@ def _same_state(a, b):
 
 @pytest.mark.compat
 def test_checkpoint_resume_round_trip(small_data, tmp_path, capsys):
-    """Stopped after step 2 and resumed to step 3 = a straight 3-step run, and the resumed
+    """Stopped after step 1 and resumed to step 2 = a straight 2-step run, and the resumed
     run says where it resumed: a run that silently started over would print "starting from
     scratch" (and, with other data order or weights, end elsewhere)."""
-    straight = fit_quietly(train_config(small_data, tmp_path / "straight", steps=3))
-    first = fit_quietly(train_config(small_data, tmp_path / "r", steps=2))
-    assert first["steps"] == 2 and first["epochs_completed"] == 0
+    straight = fit_quietly(train_config(small_data, tmp_path / "straight", steps=2))
+    first = fit_quietly(train_config(small_data, tmp_path / "r", steps=1))
+    assert first["steps"] == 1 and first["epochs_completed"] == 0
     capsys.readouterr()
-    second = fit_quietly(train_config(small_data, tmp_path / "r", steps=3))
+    second = fit_quietly(train_config(small_data, tmp_path / "r", steps=2))
     said = capsys.readouterr().err
-    assert f"resuming from {tmp_path / 'r' / 'checkpoints' / 'ckpt-2'} (epoch 1, step 2)" in said
-    assert second["steps"] == straight["steps"] == 3
+    assert f"resuming from {tmp_path / 'r' / 'checkpoints' / 'ckpt-1'} (epoch 1, step 1)" in said
+    assert second["steps"] == straight["steps"] == 2
     later = checkpoint_values(tmp_path / "r" / "checkpoints")
-    assert int(later["global_step/.ATTRIBUTES/VARIABLE_VALUE"]) == 3
-    assert int(later["step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE"]) == 3
+    assert int(later["global_step/.ATTRIBUTES/VARIABLE_VALUE"]) == 2
+    assert int(later["step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE"]) == 2
     _same_state(checkpoint_values(tmp_path / "straight" / "checkpoints"), later)
     again = fit_quietly(train_config(small_data, tmp_path / "r", steps=1, resume=False))
     assert again["steps"] == 1 and "starting from scratch" in capsys.readouterr().err
@@ -147,3 +147,81 @@ def test_mixed_precision_trains_and_exports_float32(small_data, tmp_path, precis
     from enet_cli.backend import keras
 
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def _first_batch_cross_entropy(data_dir, seed: int):
+    """Per-pixel cross-entropy of the first training batch under the seeded initial model,
+    and the pixels' labels (non-void only), computed here in float64."""
+    from enet_cli.config import DataConfig, ModelConfig
+    from enet_cli.data.pipeline import make_dataset
+    from enet_cli.model import build_enet
+    from enet_cli.train.loop import seed_everything
+
+    manifest = load_manifest(data_dir)
+    seed_everything(seed)
+    model = build_enet(
+        ModelConfig(num_classes=manifest.num_classes, dropout=0, stage1_dropout=0),
+        manifest.image_size,
+    )
+    data = DataConfig(data_dir=data_dir)
+    images, labels = next(iter(make_dataset(data, manifest, "train", 4, True, seed=seed)))
+    logits = model(images, training=True).numpy().astype(np.float64)
+    logits = logits.reshape(-1, logits.shape[-1])
+    labels = labels.numpy().ravel()
+    keep = labels != manifest.ignore_index
+    logits, labels = logits[keep], labels[keep]
+    top = logits.max(-1)
+    log_sum = np.log(np.exp(logits - top[:, None]).sum(-1)) + top
+    return log_sum - logits[np.arange(len(labels)), labels], labels
+
+
+def test_class_weighting_is_the_loss_training_minimises(small_data, tmp_path):
+    """--class-weighting none and median: the first step's loss is the reference recipe's
+    weighted cross-entropy (sum of w[label] x CE / sum of w[label]) with the manifest's
+    weights, computed here; and differs from the default (enet) weighting's."""
+    manifest = load_manifest(small_data)
+    ce, labels = _first_batch_cross_entropy(small_data, 5)
+    weights = {
+        "none": np.ones(manifest.num_classes),
+        "median": np.asarray(manifest.class_weights["median"]),
+        "enet": np.asarray(manifest.class_weights["enet"]),
+    }
+    expected = {k: float((w[labels] * ce).sum() / w[labels].sum()) for k, w in weights.items()}
+    for weighting in ("none", "median"):
+        run = tmp_path / weighting
+        fit_quietly(
+            train_config(
+                small_data, run, steps=1, seed=5, dropout=0, stage1_dropout=0,
+                class_weighting=weighting,
+            )
+        )  # fmt: skip
+        values = checkpoint_values(run / "checkpoints")
+        loss = float(values["epoch_loss_sum/.ATTRIBUTES/VARIABLE_VALUE"])
+        assert loss == pytest.approx(expected[weighting], rel=1e-4), weighting
+        assert abs(loss - expected["enet"]) > 1e-3 * loss, weighting  # the option mattered
+
+
+def test_cosine_schedule_and_mid_epoch_validation(small_data, tmp_path, capsys):
+    """The cosine schedule's lr at each epoch end, as Keras' CosineDecay defines it over the
+    run's steps, and --val-every-steps validating inside epochs (not again at their ends)."""
+    import math
+
+    from enet_cli.train.metrics import parse_metrics_line
+
+    capsys.readouterr()
+    summary = fit_quietly(
+        train_config(
+            small_data, tmp_path / "run", epochs=2, lr_schedule="cosine", learning_rate=2e-3,
+            val_every_steps=4,
+        )
+    )  # fmt: skip
+    total = summary["steps"]
+    assert total == 12
+    for epoch in summary["history"]:
+        expected = 2e-3 * 0.5 * (1 + math.cos(math.pi * epoch["step"] / total))
+        assert epoch["lr"] == pytest.approx(expected, rel=1e-5, abs=1e-12), epoch
+    lines = [parse_metrics_line(x) for x in capsys.readouterr().out.splitlines()]
+    lines = [x for x in lines if x]
+    mid = [x["step"] for x in lines if "loss" not in x and "val_loss" in x]
+    assert mid == [4, 8]  # steps 4 and 8 are inside epochs; step 12 ends the run
+    assert [x["step"] for x in lines if "loss" in x] == [6, 12]

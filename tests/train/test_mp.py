@@ -5,13 +5,22 @@ on SMP: the engine against the stand-in library's documented API."""
 import itertools
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO, checkpoint_values, error_lines, fit_quietly, run_enet, train_config
+from conftest import (
+    REPO,
+    checkpoint_values,
+    enet_env,
+    error_lines,
+    fit_quietly,
+    run_enet,
+    train_config,
+)
 from enet_cli.sagemaker.contract import ROOT_ENV
 from enet_cli.train.metrics import parse_metrics_line
 
@@ -351,3 +360,59 @@ def test_smp_engine_without_the_library_says_where_it_exists():
 
     with pytest.raises(EnvironmentProblem, match=r"exists only in SageMaker's TensorFlow 2\.6"):
         get_engine(RuntimeConfig(mode="mp", engine="smp"))
+
+
+PLACEMENT_PROBE = r"""
+import json, sys
+import numpy as np
+from enet_cli.backend import tf
+from enet_cli.config import ModelConfig, RuntimeConfig
+from enet_cli.train.engines.pipeline import PipelineEngine
+from enet_cli.train.task import SegmentationTask
+
+engine = PipelineEngine(RuntimeConfig(mode="mp", partitions=2, microbatches=2))
+model = engine.build_model(ModelConfig(num_classes=11), (96, 128))
+optimizer = tf.keras.optimizers.Adam()
+task = SegmentationTask(11, 11, [1.0] * 11)
+step = engine.make_train_step(model, optimizer, task, 2e-4)
+batch = (tf.zeros([4, 96, 128, 3]), tf.zeros([4, 96, 128], tf.int32))
+step(batch)  # one real step: every slot exists
+graph = step.get_concrete_function(batch).graph
+report = {"stages": [s.blocks for s in engine.stages], "ops": {}, "variables": {}}
+for stage in engine.stages:
+    for block in stage.blocks:
+        report["ops"][block] = sorted({
+            op.device for op in graph.get_operations()
+            # its forward computations (variable reads run where the variable lives)
+            if op.name.split("/")[0] == block
+            and op.type not in ("Placeholder", "ReadVariableOp")
+        })
+for variable in model.variables + optimizer.variables():
+    report["variables"][variable.name] = variable.device
+print(json.dumps(report))
+"""
+
+
+def test_pipeline_stages_run_on_their_devices():
+    """Every forward op of a stage's blocks is placed on that stage's device, and so are
+    its variables and Adam's slots for them (one real step on 2 logical CPU devices; the
+    backward ops are colocated with their forward ops, TensorFlow's default)."""
+    result = subprocess.run(
+        [sys.executable, "-c", PLACEMENT_PROBE], capture_output=True, text=True,
+        timeout=300, env=enet_env(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    stage_of = {b: k for k, blocks in enumerate(report["stages"]) for b in blocks}
+    assert len(report["stages"]) == 2 and all(report["stages"])
+    placed_blocks = [block for block, devices in report["ops"].items() if devices]
+    assert len(placed_blocks) >= len(stage_of) - 1  # "logits" is a name, not a computation
+    for block in placed_blocks:
+        assert report["ops"][block] == [f"/device:CPU:{stage_of[block]}"], block
+    placed = 0
+    for name, device in report["variables"].items():
+        block = next((b for b in stage_of if f"{b}/" in name), None)
+        if block is not None:
+            assert device.endswith(f"CPU:{stage_of[block]}"), (name, device)
+            placed += 1
+    assert placed > 2 * len(stage_of)  # weights and slots of every block were checked

@@ -69,11 +69,11 @@ class SyncBatchNorm(keras.layers.BatchNormalization):
     """Batch norm whose training statistics cover all replicas of the tf.distribute strategy.
 
     Keras' own synchronised batch norm computes the variance as E[x^2] - E[x]^2, which loses
-    most of its float32 digits when a channel's mean is large against its spread (a
-    data-parallel step then differed from the single-process step by 3-4% in gradient norm
-    here). This computes it in two passes - global mean first, then the global mean squared
-    deviation - at the price of one more all-reduce per layer, and agrees with the unsplit
-    batch to float32 round-off. Same variables as BatchNormalization: checkpoints move freely.
+    most of its float32 digits when a channel's mean is large against its spread. This
+    computes it in two passes - global mean first, then the global mean squared deviation -
+    at the price of one more all-reduce per layer, and agrees with the unsplit batch to
+    float32 round-off where the one-pass formula is off by whole percents. Same variables as
+    BatchNormalization: checkpoints move freely.
     """
 
     def __init__(self, **kwargs):

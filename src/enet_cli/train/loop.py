@@ -407,7 +407,7 @@ class History:
     def add(self, epoch: int, values: Dict[str, float]) -> None:
         self.epochs = [e for e in self.epochs if int(e["epoch"]) <= epoch] + [values]
         if self.path is not None:
-            outputs.write_atomic(self.path, json.dumps(self.epochs, default=_json_default))
+            outputs.write_atomic(self.path, outputs.json_text(self.epochs, indent=None))
 
 
 def _finish(cfg, paths, engine, state, meta, history, last_val, manifest) -> Dict[str, object]:
@@ -452,12 +452,4 @@ def _finish(cfg, paths, engine, state, meta, history, last_val, manifest) -> Dic
 
 
 def _write_json(path: Path, data) -> None:
-    outputs.write_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(type(value))
+    outputs.write_atomic(path, outputs.json_text(data))
