@@ -419,7 +419,8 @@ def export(
         )
     found = report.agreement
     if found is None:
-        stdout.print("agreement with the float model: not measured (give --data DATA_DIR)")
+        if format != "checkpoint":  # a copy of the training state: nothing to measure
+            stdout.print("agreement with the float model: not measured (give --data DATA_DIR)")
         return
     stdout.print(
         f"against the float model on {found.split} ({found.images} images): pixel agreement "
