@@ -158,7 +158,9 @@ class TrainConfig(_Section):
 
     epochs: int = Field(300, gt=0)
     steps: Optional[int] = Field(None, gt=0, description="Stop after this many steps instead.")
-    batch_size: int = Field(10, gt=0, description="Global batch (all replicas together).")
+    batch_size: int = Field(
+        10, gt=0, description="Images per replica (ddp: per GPU or worker; mp: per pipeline)."
+    )
     learning_rate: float = Field(5e-4, gt=0)
     weight_decay: float = Field(
         2e-4, ge=0, description="L2 penalty on every weight, added to the gradients (as Adam's)."
@@ -398,9 +400,13 @@ def load_config(
     if hyperparameters:
         data = _merge(data, sort_settings(hyperparameters, "hyperparameter"))
     try:
-        return EnetConfig.model_validate(_merge(data, overrides))
+        cfg = EnetConfig.model_validate(_merge(data, overrides))
     except ValidationError as err:
         raise ConfigError(_describe(err.errors()[0], overrides, path)) from None
+    from enet_cli.train.engines.table import check_settings  # it reads this module's enums
+
+    check_settings(cfg.runtime, cfg.train.batch_size)
+    return cfg
 
 
 def make_options(cls: Type[ModelT], values: Dict[str, Any]) -> ModelT:

@@ -176,4 +176,4 @@ def test_size_and_batch_mismatches(segnet_data):
             training=True,
         )
     with pytest.raises(DataError, match="--batch-size 30 is larger than the train split"):
-        check_batch_size(manifest, "train", 30, "--batch-size")
+        check_batch_size(manifest, "train", 30)

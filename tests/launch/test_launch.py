@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import pytest
 
-from conftest import REPO, enet_env, error_lines
+from conftest import FIXTURES, REPO, enet_env, error_lines, preprocess_to
 from enet_cli.sagemaker.contract import FOREIGN_HYPERPARAMETERS, ROOT_ENV
 from enet_cli.train.metrics import METRICS_PREFIX, metric_definitions
 
@@ -152,12 +152,12 @@ CASES = {
         {},
     ),
     "ddp-smddp": (
-        ["--mode", "ddp", "--batch-size", "16"],
+        ["--mode", "ddp", "--batch-size", "1"],
         {"image": r"2\.11\.0-gpu-py39", "instance": ("ml.p4d.24xlarge", 2)},
         {"sagemaker_distributed_dataparallel_enabled": True, "engine": "smddp"},
     ),
     "ddp-tf": (
-        ["--mode", "ddp", "--engine", "tf", "--batch-size", "16"],
+        ["--mode", "ddp", "--engine", "tf", "--batch-size", "1"],
         {"image": r"2\.19\.0-gpu-py312", "instance": ("ml.p4d.24xlarge", 2)},
         {"sagemaker_multi_worker_mirrored_strategy_enabled": True, "engine": "tf"},
     ),
@@ -297,7 +297,7 @@ def test_dry_run_prints_the_plan_and_touches_no_aws(small_data):
         "AWS_ACCESS_KEY_ID": "",
         "HOME": "/nonexistent",
     }
-    result = launch(env, str(small_data), "--mode", "ddp", "--batch-size", "16", "--dry-run")
+    result = launch(env, str(small_data), "--mode", "ddp", "--batch-size", "1", "--dry-run")
     assert result.returncode == 0, result.stderr[-3000:]
     text = " ".join(result.stdout.split())
     for needle in (
@@ -305,10 +305,70 @@ def test_dry_run_prints_the_plan_and_touches_no_aws(small_data):
         '"smdistributed": {"dataparallel": {"enabled": true}}',
         "AWS TensorFlow 2.11.0 training image (py39)",
         "max_wait 172800 s",
+        "global batch 16 (1 per replica x 16 replicas)",
         "metric validation:mean_iou",
         f"/data/{small_data.name}",
     ):
         assert needle in text, needle
+
+
+@pytest.fixture(scope="session")
+def camvid_sized_data(tmp_path_factory) -> Path:
+    """Preprocessed data with CamVid's 367 training images (the fixture's 24, each linked
+    under 16 names; tiny images: only the counts matter), so that a job's default global
+    batch fits as it does with the real dataset."""
+    raw = tmp_path_factory.mktemp("camvid-sized") / "raw"
+    source = FIXTURES / "camvid-segnet-mini"
+    for folder in ("train", "trainannot", "val", "valannot", "test", "testannot"):
+        (raw / folder).mkdir(parents=True)
+        files = sorted((source / folder).glob("*.png"))
+        copies = -(-367 // len(files)) if folder.startswith("train") else 1
+        for k in range(copies):
+            for f in files:
+                if folder.startswith("train") and k * len(files) + files.index(f) >= 367:
+                    break
+                os.link(f, raw / folder / (f"{k:02d}{f.name}" if copies > 1 else f.name))
+    out = raw.parent / "data"
+    preprocess_to(raw, out, image_size=(24, 32), workers=2)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["single", "ddp", "mp"])
+def test_every_modes_defaults_make_a_valid_job(camvid_sized_data, mode):
+    """`enet launch --mode M DATA --dry-run` with no other option: a plan, exit 0, its
+    global batch the default 10 per replica times the default instances' GPUs."""
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "SAGEMAKER_ROLE": ROLE}
+    result = launch(env, str(camvid_sized_data), "--mode", mode, "--dry-run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = " ".join(result.stdout.split())
+    expected = {
+        "single": "batch 10",
+        "ddp": "global batch 160 (10 per replica x 16 replicas)",
+        "mp": "batch 10",
+    }[mode]
+    assert expected in text, text
+
+
+def test_sync_batchnorm_makes_auto_pick_the_engine_that_has_it(small_data):
+    """SMDDP has no cross-replica batch norm: `auto` is the tf engine (MultiWorkerMirrored
+    on the newest TF container) for `--sync-batchnorm`, never an smddp job that fails."""
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "SAGEMAKER_ROLE": ROLE, "COLUMNS": "1000"}
+    args = ("--mode", "ddp", "--batch-size", "1", "--sync-batchnorm", "--dry-run")
+    result = launch(env, str(small_data), *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = " ".join(result.stdout.split())
+    assert "ddp / tf" in text and '"multi_worker_mirrored_strategy": {"enabled": true}' in text
+    assert '"sync_batchnorm": true' in text and "smdistributed" not in text
+
+
+def test_a_global_batch_larger_than_the_data_is_one_line(small_data):
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "SAGEMAKER_ROLE": ROLE}
+    result = launch(env, str(small_data), "--mode", "ddp", "--batch-size", "2", "--dry-run")
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert error_lines(result.stderr) == [
+        "error: --batch-size 2 x 16 replicas = 32 images per step is larger than the train "
+        "split (24 images); use --batch-size 1 or less"
+    ]
 
 
 REFUSALS = {
@@ -333,9 +393,14 @@ REFUSALS = {
         ["--mode", "mp", "--partitions", "16", "--batch-size", "4"],
         "--partitions 16 needs 16 GPUs on one instance; the instance type has 8",
     ),
-    "global batch": (
-        ["--mode", "ddp", "--batch-size", "4"],
-        "--batch-size 4 (the global batch) is not divisible by the job's 16 replicas",
+    "sync batch norm on smddp": (
+        ["--mode", "ddp", "--engine", "smddp", "--sync-batchnorm"],
+        "--sync-batchnorm does not work with --mode ddp --engine smddp (it has no "
+        "cross-replica batch norm); use --mode ddp --engine tf, or drop --sync-batchnorm",
+    ),
+    "sync batch norm on mp": (
+        ["--mode", "mp", "--sync-batchnorm"],
+        "--sync-batchnorm does not work with --mode mp --engine smp",
     ),
     "single on two": (["--instance-count", "2"], "--mode single trains on one instance"),
     "engine": (["--mode", "mp", "--engine", "smddp"], "--engine smddp does not run --mode mp"),
@@ -353,7 +418,7 @@ REFUSALS = {
             "--instance-type",
             "ml.g5.xlarge",
             "--batch-size",
-            "16",
+            "1",
             "--instance-count",
             "1",
         ],
@@ -523,7 +588,7 @@ DISTRIBUTED_JOBS = {
     "ddp": (
         {"mode": "ddp"},
         {"instance_type": "ml.p3.16xlarge", "instance_count": 1},
-        8,
+        1,
         "smddp engine, 1 rank(s) on CPU",
     ),
 }
@@ -573,14 +638,14 @@ def test_entry_install_keeps_the_container_tensorflow(tmp_path, monkeypatch):
 @pytest.mark.compat
 def test_dockerfile_matches_the_launch_defaults_and_the_entry_script():
     """No Docker engine here: check the Dockerfile against the code it builds on."""
-    from enet_cli.sagemaker.plan import DEFAULTS
     from enet_cli.sagemaker.source import ENTRY_SCRIPT
+    from enet_cli.train.engines.table import all_specs
 
     text = (REPO / "Dockerfile").read_text()
     bases = dict(re.findall(r"ARG BASE_(\w+)=\S+/tensorflow-training:(\S+)", text))
-    for (mode, engine), default in DEFAULTS.items():
-        if engine.value in ("smddp", "smp") or mode.value == "single":
-            assert bases[mode.value] == f"{default.framework_version}-gpu-{default.py_version}"
+    for spec in all_specs():
+        if spec.engine.value in ("smddp", "smp") or spec.mode.value == "single":
+            assert bases[spec.mode.value] == f"{spec.framework_version}-gpu-{spec.py_version}"
     assert f"SAGEMAKER_PROGRAM={ENTRY_SCRIPT}" in text
     assert f"python /opt/ml/code/{ENTRY_SCRIPT} --install-only" in text
     assert "COPY build/source/ /opt/ml/code/" in text  # python -m enet_cli.sagemaker.source

@@ -19,7 +19,7 @@ from enet_cli.sagemaker.contract import ROOT_ENV
 
 STAND_INS = REPO / "tests" / "stand_ins"
 NO_DROPOUT = ("--dropout", "0", "--stage1-dropout", "0")
-LONG_RUN = ("--local-workers", "2", "--batch-size", "4", "--epochs", "50")
+LONG_RUN = ("--local-workers", "2", "--batch-size", "2", "--epochs", "50")  # 2 x 2 images
 
 
 @pytest.fixture
@@ -82,13 +82,29 @@ def test_multi_host_tf_config_comes_from_sagemaker_resourceconfig(tmp_path, monk
 @pytest.mark.parametrize(
     "options, code, message",
     [
-        (["--local-workers", "2"], 2, "--local-workers 2 needs --mode ddp (got --mode single)"),
         (
-            ["--mode", "ddp", "--local-workers", "2", "--batch-size", "5"],
+            ["--local-workers", "2"],
             2,
-            "--batch-size 5 is not divisible by --local-workers 2; use a multiple of 2",
+            "--local-workers 2 does not work with --mode single --engine tf (its processes are "
+            "started by SageMaker); use --mode ddp --engine tf",
         ),
-        (["--sync-batchnorm"], 2, "--sync-batchnorm works with --mode ddp --engine tf only"),
+        (
+            ["--mode", "ddp", "--local-workers", "2", "--batch-size", "13"],
+            3,
+            "--batch-size 13 x 2 replicas = 26 images per step is larger than the train split "
+            "(24 images); use --batch-size 12 or less",
+        ),
+        (
+            ["--sync-batchnorm"],
+            2,
+            "--sync-batchnorm does not work with --mode single --engine tf (it has no "
+            "cross-replica batch norm); use --mode ddp --engine tf, or drop --sync-batchnorm",
+        ),
+        (
+            ["--mode", "ddp", "--engine", "smddp", "--sync-batchnorm"],
+            2,
+            "--sync-batchnorm does not work with --mode ddp --engine smddp",
+        ),
         (
             ["--mode", "ddp", "--engine", "smddp"],
             6,
@@ -150,11 +166,11 @@ def test_two_workers_step_equals_one_process_at_the_global_batch(
     env_tmp = tmp_path / "scratch"
     env_tmp.mkdir()
 
-    def common(steps):
-        return (str(small_data), "--batch-size", "4", "--steps", str(steps), "--seed", "3")
+    def common(steps, batch):  # --batch-size is per replica (engines/table.py)
+        return (str(small_data), "--batch-size", batch, "--steps", str(steps), "--seed", "3")
 
     def two_workers(steps, run, *extra):
-        args = ["train", *common(steps), *NO_DROPOUT, "--mode", "ddp", "--local-workers", "2"]
+        args = ["train", *common(steps, "2"), *NO_DROPOUT, "--mode", "ddp", "--local-workers", "2"]
         return _run_with_env([*args, *extra, "--run-dir", str(run)], {"TMPDIR": str(env_tmp)})
 
     result = two_workers(1, ddp, "--sync-batchnorm")
@@ -341,7 +357,7 @@ def test_smddp_engine_two_ranks_average_gradients_and_only_rank_0_writes(small_d
     numbers whether oob_allreduce averages or sums (its documentation says both)."""
     calls = tmp_path / "calls"
     runs = [tmp_path / "rank0", tmp_path / "rank1"]
-    args = ["train", str(small_data), "--mode", "ddp", "--batch-size", "4", "--steps", "1"]
+    args = ["train", str(small_data), "--mode", "ddp", "--batch-size", "2", "--steps", "1"]
     procs = start_smddp_ranks(args, runs, calls, {"SMDDP_STANDIN_OOB": oob})
     outs = [p.communicate(timeout=600) for p in procs]
     for proc, (_out, err) in zip(procs, outs):
@@ -465,7 +481,7 @@ def test_smddp_rank_stopped_alone_stops_every_rank_at_the_same_step(small_data, 
     """SIGTERM to rank 1 only: the engine's any_worker (an oob_allreduce of the stop flag)
     makes rank 0 stop after the same step, and rank 0 saves it."""
     runs = [tmp_path / "rank0", tmp_path / "rank1"]
-    args = ["train", str(small_data), "--mode", "ddp", "--batch-size", "4", "--epochs", "50",
+    args = ["train", str(small_data), "--mode", "ddp", "--batch-size", "2", "--epochs", "50",
             "--checkpoint-every-steps", "1"]  # fmt: skip
     procs = start_smddp_ranks(args, runs, tmp_path / "calls")
     _wait_for(runs[0] / "checkpoints" / "ckpt-1.index", procs)

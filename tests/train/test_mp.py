@@ -343,8 +343,10 @@ def test_smp_parameters_come_from_sagemaker(smp, tmp_path, monkeypatch):
     assert "4 microbatch(es) per batch, simple pipeline (from SageMaker's mp_parameters" in (
         engine.describe()
     )
-    with pytest.raises(ConfigError, match="--batch-size 6 is not divisible by 4 microbatches"):
-        engine.check_batch(6)
+    from enet_cli.train.engines.table import check_microbatches
+
+    with pytest.raises(ConfigError, match="--batch-size 6 is not divisible by --microbatches 4"):
+        check_microbatches(6, engine.microbatches)
     monkeypatch.setenv("SM_HP_MP_PARAMETERS", json.dumps({**params, "microbatches": 8}))
     assert get_engine(runtime).microbatches == 8  # the toolkit's variable, which SMP reads
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")

@@ -145,11 +145,17 @@ def load_manifest(
     return manifest
 
 
-def check_batch_size(manifest: Manifest, split: str, batch_size: int, option: str) -> None:
-    """A training batch larger than the split would yield no batch at all: say so up front."""
+def check_batch_size(manifest: Manifest, split: str, batch_size: int, replicas: int = 1) -> None:
+    """A step larger than the split would yield no batch at all: say so up front."""
     records = manifest.splits[split].records
-    if batch_size > records:
-        raise DataError(
-            f"{option} {batch_size} is larger than the {split} split ({records} images); "
-            f"use {option} {records} or less"
-        )
+    if batch_size * replicas <= records:
+        return
+    what = f"--batch-size {batch_size}"
+    if replicas > 1:
+        what += f" x {replicas} replicas = {batch_size * replicas} images per step"
+    fix = (
+        f"use --batch-size {records // replicas} or less"
+        if records >= replicas
+        else f"use at most {records} replicas"
+    )
+    raise DataError(f"{what} is larger than the {split} split ({records} images); {fix}")

@@ -46,14 +46,14 @@ def data_channel(data: str, prefix: str) -> str:
     return f"{prefix}/data/{Path(data).resolve().name}"
 
 
-def check_local_data(cfg: EnetConfig, data: str) -> None:
-    """A local DATA must be enet preprocess output, with enough records for the batch."""
+def check_local_data(cfg: EnetConfig, data: str, replicas: int) -> None:
+    """A local DATA must be enet preprocess output, with enough records for a step."""
     if data.startswith("s3://"):
         return
     from enet_cli.data.manifest import check_batch_size
 
     manifest = load_manifest(Path(data), splits=["train", "val"])
-    check_batch_size(manifest, "train", cfg.train.batch_size, "--batch-size")
+    check_batch_size(manifest, "train", cfg.train.batch_size, replicas)
 
 
 def print_plan(plan: LaunchPlan, rows) -> None:
@@ -71,7 +71,7 @@ def print_plan(plan: LaunchPlan, rows) -> None:
 def launch(cfg: EnetConfig, launch_cfg: LaunchConfig, data: str) -> Optional[str]:
     """Submit (or with --dry-run, print) the job; returns its name when submitted."""
     plan = make_plan(cfg, launch_cfg)
-    check_local_data(cfg, data)
+    check_local_data(cfg, data, plan.replicas)
     prefix = (launch_cfg.s3_prefix or "").rstrip("/")
     if prefix and not prefix.startswith("s3://"):
         raise ConfigError(f"--s3-prefix {prefix!r} must be an s3:// URI, e.g. s3://bucket/enet")

@@ -1,9 +1,10 @@
 """What `enet launch` submits, decided before any AWS call: the container, the instances,
 the distribution, the hyperparameters, spot and checkpoints - and every refusal.
 
-The defaults per (mode, engine) live here, in `DEFAULTS`. They follow where AWS's
-libraries still exist: SMDDP's last TensorFlow container is 2.11 (Python 3.9), SMP v1's is
-2.6 (Python 3.8); TensorFlow's own engines take the newest TensorFlow container.
+Which engines exist, what each can run, its container and its default instances are the
+engine table's (train/engines/table.py): the same table `enet train` reads. They follow
+where AWS's libraries still exist: SMDDP's last TensorFlow container is 2.11 (Python 3.9),
+SMP v1's is 2.6 (Python 3.8); TensorFlow's own engines take the newest TensorFlow container.
 """
 
 import re
@@ -11,28 +12,9 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from enet_cli.config import EnetConfig, EngineChoice, LaunchConfig, Mode
 from enet_cli.errors import ConfigError
-from enet_cli.train.engines import ENGINES
+from enet_cli.train.engines.table import EngineSpec, describe_batch, resolve_for_job
 from enet_cli.train.metrics import metric_definitions
 
-
-class Default(NamedTuple):
-    framework_version: str
-    py_version: str
-    instance_type: str
-    instance_count: int
-
-
-NEWEST_TF = ("2.19.0", "py312")
-DEFAULTS = {
-    (Mode.single, EngineChoice.tf): Default(*NEWEST_TF, "ml.g5.xlarge", 1),
-    (Mode.ddp, EngineChoice.smddp): Default("2.11.0", "py39", "ml.p4d.24xlarge", 2),
-    (Mode.ddp, EngineChoice.tf): Default(*NEWEST_TF, "ml.p4d.24xlarge", 2),
-    (Mode.mp, EngineChoice.smp): Default("2.6.0", "py38", "ml.p3.16xlarge", 1),
-    (Mode.mp, EngineChoice.tf): Default(*NEWEST_TF, "ml.p3.16xlarge", 1),
-}
-# Instance types each library runs on (SMDDP: the SDK's own list; SMP v1: its documentation).
-SMDDP_INSTANCES = ("ml.p3.16xlarge", "ml.p3dn.24xlarge", "ml.p4d.24xlarge", "ml.p4de.24xlarge")
-SMP_INSTANCES = ("ml.p3.16xlarge", "ml.p3dn.24xlarge", "ml.p4d.24xlarge", "ml.g4dn.12xlarge")
 # GPUs per instance, for the types these defaults and libraries use (AWS's instance pages).
 GPUS = {
     "ml.g4dn.xlarge": 1, "ml.g4dn.2xlarge": 1, "ml.g4dn.12xlarge": 4, "ml.g4dn.metal": 8,
@@ -62,6 +44,7 @@ class LaunchPlan(NamedTuple):
     max_run: int
     max_wait: Optional[int]
     volume_size: int
+    replicas: int  # data-parallel replicas: the global batch is --batch-size x replicas
 
     def describe(self) -> List[Tuple[str, str]]:
         """(what, value) rows for `--dry-run` and the launch summary."""
@@ -76,6 +59,7 @@ class LaunchPlan(NamedTuple):
             ("instances", f"{self.instance_count} x {self.instance_type}"),
             ("processes per host", str(self.processes_per_host)),
             ("distribution", json.dumps(self.distribution) if self.distribution else "none"),
+            ("batch", describe_batch(self.hyperparameters["batch_size"], self.replicas)),
             ("hyperparameters", json.dumps(self.hyperparameters, sort_keys=True)),
             (
                 "spot",
@@ -86,18 +70,6 @@ class LaunchPlan(NamedTuple):
         ]
         rows += [(f"metric {m['Name']}", m["Regex"]) for m in self.metric_definitions]
         return rows
-
-
-def launch_engine(cfg: EnetConfig) -> EngineChoice:
-    """In SageMaker `auto` means the library: the container of the mode carries it."""
-    mode, engine = cfg.runtime.mode, cfg.runtime.engine
-    allowed = ENGINES[mode]
-    if engine == EngineChoice.auto:
-        return allowed[0]
-    if engine not in allowed:
-        names = ", ".join(["auto"] + [e.value for e in allowed])
-        raise ConfigError(f"--engine {engine.value} does not run --mode {mode.value}; use {names}")
-    return engine
 
 
 def hyperparameters(cfg: EnetConfig, engine: EngineChoice) -> Dict[str, Any]:
@@ -114,15 +86,13 @@ def hyperparameters(cfg: EnetConfig, engine: EngineChoice) -> Dict[str, Any]:
 def make_plan(cfg: EnetConfig, launch: LaunchConfig) -> LaunchPlan:
     """The job for `cfg` (the training settings) and `launch`, or a ConfigError naming the
     option to change - before anything is uploaded."""
-    mode = cfg.runtime.mode
-    engine = launch_engine(cfg)
-    default = DEFAULTS[(mode, engine)]
-    instance_type = launch.instance_type or default.instance_type
-    count = launch.instance_count or default.instance_count
+    spec = resolve_for_job(cfg.runtime, cfg.train.batch_size)
+    mode, engine = spec.mode, spec.engine
+    instance_type = launch.instance_type or spec.default_instance_type
+    count = launch.instance_count or spec.default_instance_count
     gpus = GPUS.get(instance_type)
-    _check_instance(mode, engine, instance_type, count, gpus)
+    _check_instance(spec, instance_type, count, gpus)
     distribution, processes = _distribution(cfg, engine, gpus)
-    _check_batch(cfg, mode, engine, count, processes, gpus)
     max_wait = None
     if launch.spot:
         max_wait = launch.max_wait if launch.max_wait is not None else 2 * launch.max_run
@@ -137,8 +107,8 @@ def make_plan(cfg: EnetConfig, launch: LaunchConfig) -> LaunchPlan:
     return LaunchPlan(
         mode=mode,
         engine=engine,
-        framework_version=launch.framework_version or default.framework_version,
-        py_version=launch.py_version or default.py_version,
+        framework_version=launch.framework_version or spec.framework_version,
+        py_version=launch.py_version or spec.py_version,
         image_uri=launch.image_uri,
         instance_type=instance_type,
         instance_count=count,
@@ -150,40 +120,40 @@ def make_plan(cfg: EnetConfig, launch: LaunchConfig) -> LaunchPlan:
         max_run=launch.max_run,
         max_wait=max_wait,
         volume_size=launch.volume_size,
+        replicas=count * (gpus or 1) if mode == Mode.ddp else 1,
     )
 
 
-def _check_instance(mode, engine, instance_type: str, count: int, gpus: Optional[int]) -> None:
+def _check_instance(spec: EngineSpec, instance_type: str, count: int, gpus: Optional[int]):
     if not re.fullmatch(r"ml\.[a-z0-9]+\.[a-z0-9]+", instance_type):
         raise ConfigError(
             f"--instance-type {instance_type!r} is not a SageMaker instance type "
             f"(like ml.g5.xlarge)"
         )
-    library = {EngineChoice.smddp: SMDDP_INSTANCES, EngineChoice.smp: SMP_INSTANCES}.get(engine)
-    if library is not None and instance_type not in library:
+    engine, mode = spec.engine.value, spec.mode
+    if spec.instance_types is not None and instance_type not in spec.instance_types:
         family = instance_type.split(".")[1]
         why = (
             "smdistributed's TensorFlow containers predate p5 instances"
             if family.startswith("p5")
-            else f"{engine.value} does not support it"
+            else f"{engine} does not support it"
         )
         raise ConfigError(
-            f"--instance-type {instance_type} cannot run --engine {engine.value} ({why}); use "
-            f"one of: {', '.join(library)}"
+            f"--instance-type {instance_type} cannot run --engine {engine} ({why}); use "
+            f"one of: {', '.join(spec.instance_types)}"
         )
-    if mode == Mode.single and count != 1:
-        raise ConfigError(
-            f"--instance-count {count}: --mode single trains on one instance; use --mode ddp"
+    if spec.max_instances is not None and count > spec.max_instances:
+        why = (
+            "trains on one instance; use --mode ddp"
+            if mode == Mode.single
+            else "splits the model across one instance's GPUs; use --instance-count 1 (or "
+            "--mode ddp to add instances)"
         )
-    if mode == Mode.mp and count != 1:
-        raise ConfigError(
-            f"--instance-count {count}: --mode mp splits the model across one instance's "
-            f"GPUs; use --instance-count 1 (or --mode ddp to add instances)"
-        )
+        raise ConfigError(f"--instance-count {count}: --mode {mode.value} {why}")
     if mode != Mode.single and gpus == 1 and count == 1:
         raise ConfigError(
             f"--instance-type {instance_type} has 1 GPU: --mode {mode.value} needs several; "
-            f"use a multi-GPU type such as {DEFAULTS[(mode, engine)].instance_type}"
+            f"use a multi-GPU type such as {spec.default_instance_type}"
         )
 
 
@@ -215,19 +185,3 @@ def _distribution(cfg: EnetConfig, engine, gpus: Optional[int]):
             f"{gpus}: use --partitions <= {gpus} or a larger type"
         )
     return None, 1
-
-
-def _check_batch(cfg: EnetConfig, mode, engine, count: int, processes: int, gpus) -> None:
-    batch = cfg.train.batch_size
-    if mode == Mode.mp and batch % cfg.runtime.microbatches:
-        raise ConfigError(
-            f"--batch-size {batch} is not divisible by --microbatches "
-            f"{cfg.runtime.microbatches}; use a multiple of {cfg.runtime.microbatches}"
-        )
-    if mode == Mode.ddp:
-        replicas = count * processes if engine == EngineChoice.smddp else count * (gpus or 1)
-        if batch % replicas:
-            raise ConfigError(
-                f"--batch-size {batch} (the global batch) is not divisible by the job's "
-                f"{replicas} replicas; use a multiple of {replicas}"
-            )

@@ -26,6 +26,7 @@ from enet_cli.model import fused
 from enet_cli.sagemaker.contract import RunPaths
 from enet_cli.train.checkpoints import find_checkpoint
 from enet_cli.train.engines.base import Engine
+from enet_cli.train.engines.table import check_microbatches
 from enet_cli.train.metrics import format_metrics_line, segmentation_metrics
 from enet_cli.train.state import RunMeta, TrainState, check_compatible
 from enet_cli.train.task import build_task
@@ -132,10 +133,10 @@ def fit(cfg: EnetConfig, paths: RunPaths, engine: Engine) -> Dict[str, object]:
     """Train according to `cfg`, writing under `paths`; returns the final metrics."""
     manifest = load_manifest(cfg.data.data_dir, True, splits=["train", "val"])
     check_data(cfg.data, manifest)
-    global_batch = cfg.train.batch_size
-    check_batch_size(manifest, "train", global_batch, "--batch-size")
-    engine.check_batch(global_batch)
-    per_replica_batch = global_batch // engine.num_replicas
+    per_replica_batch = cfg.train.batch_size  # the batch's meaning: engines/table.py
+    check_batch_size(manifest, "train", per_replica_batch, engine.num_replicas)
+    check_microbatches(per_replica_batch, engine.microbatches)
+    global_batch = per_replica_batch * engine.num_replicas
     if engine.is_chief:  # refused now, not after hours of training
         outputs.check_replaceable(paths.export, "export", True, "the run's model directory")
     previous_policy = keras.mixed_precision.global_policy()

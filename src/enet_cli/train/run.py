@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from enet_cli import outputs
-from enet_cli.config import EnetConfig, EngineChoice, Mode, load_config
+from enet_cli.config import EnetConfig, load_config
 from enet_cli.errors import ConfigError, EnetError
 from enet_cli.sagemaker import contract
 from enet_cli.sagemaker.contract import RunPaths
@@ -87,29 +87,16 @@ def launch_if_requested(
 def _launch(config_file, overrides, argv) -> Optional[int]:
     from enet_cli.data.manifest import check_batch_size, load_manifest
     from enet_cli.train import launcher
-    from enet_cli.train.engines import resolve_engine
+    from enet_cli.train.engines.table import resolve
 
     cfg, paths = prepare_run(config_file, overrides)
     workers = cfg.runtime.local_workers
     if workers <= 1:
         return None
-    if cfg.runtime.mode != Mode.ddp:
-        raise ConfigError(
-            f"--local-workers {workers} needs --mode ddp (got --mode {cfg.runtime.mode.value})"
-        )
-    if resolve_engine(cfg.runtime) != EngineChoice.tf:
-        raise ConfigError(
-            "--local-workers starts TensorFlow workers; use --engine tf (SMDDP's processes "
-            "are started by smddprun inside SageMaker)"
-        )
-    if cfg.train.batch_size % workers:
-        raise ConfigError(
-            f"--batch-size {cfg.train.batch_size} is not divisible by --local-workers "
-            f"{workers}; use a multiple of {workers}"
-        )
+    resolve(cfg.runtime)  # the table: which engines start local workers
     if cfg.data.data_dir is None:
         raise ConfigError("no data directory given; pass DATA_DIR (the output of enet preprocess)")
     manifest = load_manifest(cfg.data.data_dir, splits=["train", "val"])
-    check_batch_size(manifest, "train", cfg.train.batch_size, "--batch-size")
+    check_batch_size(manifest, "train", cfg.train.batch_size, workers)
     with outputs.lock_run_dir(cfg.runtime.run_dir):
         return launcher.launch_local_workers([*argv, "--engine", "tf"], workers, paths.logs)

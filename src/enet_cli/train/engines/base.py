@@ -19,7 +19,6 @@ import numpy as np
 
 from enet_cli.backend import keras, tf
 from enet_cli.config import ModelConfig
-from enet_cli.errors import ConfigError
 from enet_cli.model import build_enet
 from enet_cli.train.state import CheckpointBackend
 from enet_cli.train.task import SegmentationTask
@@ -29,7 +28,8 @@ class Engine:
     """Interface. `fit()` in loop.py uses only these members."""
 
     name = "engine"
-    num_replicas = 1
+    num_replicas = 1  # data-parallel replicas: each takes --batch-size images per step
+    microbatches = 1  # pieces a replica's batch is cut into
     is_chief = True
     sync_batchnorm = False  # batch-norm statistics over the global batch (build_enet option)
     checkpoints = CheckpointBackend()  # how checkpoints are written and read
@@ -39,14 +39,6 @@ class Engine:
 
     def scope(self):
         return contextlib.nullcontext()
-
-    def check_batch(self, global_batch: int) -> None:
-        """Refuse a global batch the engine cannot split evenly."""
-        if global_batch % self.num_replicas:
-            raise ConfigError(
-                f"--batch-size {global_batch} is not divisible by the {self.num_replicas} "
-                f"replicas; use a multiple of {self.num_replicas}"
-            )
 
     def build_model(self, cfg: ModelConfig, image_size) -> keras.Model:
         """The ENet this engine trains (called in scope(); engines may place or wrap it)."""

@@ -138,13 +138,6 @@ class PipelineEngine(Engine):
             f"{self.microbatches} microbatch(es) per batch, {self.schedule.value} schedule"
         )
 
-    def check_batch(self, global_batch: int) -> None:
-        if global_batch % self.microbatches:
-            raise ConfigError(
-                f"--batch-size {global_batch} is not divisible by --microbatches "
-                f"{self.microbatches}; use a multiple of {self.microbatches}"
-            )
-
     def build_model(self, cfg, image_size):
         """Build on the stage devices: each block's variables (and later its optimizer
         slots) are created on the device of its stage."""

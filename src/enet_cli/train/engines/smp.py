@@ -151,13 +151,6 @@ class SMPEngine(Engine):
             f"mp_rank {self.smp.mp_rank()})"
         )
 
-    def check_batch(self, global_batch: int) -> None:
-        if global_batch % self.microbatches:
-            raise ConfigError(
-                f"--batch-size {global_batch} is not divisible by {self.microbatches} "
-                f"microbatches; use a multiple of {self.microbatches}"
-            )
-
     def checkpoint_dir(self, run_checkpoints: Path) -> Optional[Path]:
         return run_checkpoints  # every partition's process saves its own variables
 
