@@ -13,7 +13,7 @@ from enet_cli.backend import tf
 from enet_cli.config import ModelConfig, TrainConfig
 from enet_cli.model import build_enet
 from enet_cli.train.engines.single import SingleEngine
-from enet_cli.train.loop import build_optimizer
+from enet_cli.train.optim import build_update
 from enet_cli.train.task import SegmentationTask
 
 
@@ -21,9 +21,9 @@ def train_step(size, batch):
     """(model, run): a fresh ENet and a callable running one real train step on fixed data
     (the engine's step: weighted loss, Adam, weight decay). Also used by fused_prelu.py."""
     model = build_enet(ModelConfig(num_classes=11), size)
-    optimizer = build_optimizer(TrainConfig(), 5e-4)
     task = SegmentationTask(11, 11, tuple([1.0] * 11))
-    step = SingleEngine().make_train_step(model, optimizer, task, 2e-4)
+    update = build_update(TrainConfig(), model.trainable_variables)
+    step = SingleEngine().make_train_step(model, update, task)
     images = tf.random.uniform((batch, *size, 3), seed=1)
     labels = tf.random.uniform((batch, *size), maxval=12, dtype=tf.int32, seed=2)
     return model, lambda: step((images, labels))["loss"].numpy()

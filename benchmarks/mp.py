@@ -39,7 +39,7 @@ from enet_cli.model import build_enet  # noqa: E402
 from enet_cli.model.enet import INPUT, model_blocks, run_blocks  # noqa: E402
 from enet_cli.train.engines.pipeline import plan_stages  # noqa: E402
 from enet_cli.train.engines.single import SingleEngine  # noqa: E402
-from enet_cli.train.loop import build_lr_schedule, build_optimizer  # noqa: E402
+from enet_cli.train.optim import build_update  # noqa: E402
 from enet_cli.train.task import SegmentationTask  # noqa: E402
 
 TASK = SegmentationTask(11, 11, tuple([1.0] * 11))
@@ -47,8 +47,8 @@ LADDER = [(360, 480), (720, 960), (1080, 1440), (1440, 1920), (2160, 2880)]
 MB = 2**20
 
 
-def _optimizer():
-    return build_optimizer(TrainConfig(), build_lr_schedule(TrainConfig(), 10, 10))
+def _update(model):
+    return build_update(TrainConfig(), model.trainable_variables)
 
 
 def _batch(size, batch):
@@ -63,10 +63,10 @@ def _step(engine, size, batch):
     if engine is None:
         with tf.device("/CPU:0"):
             model = build_enet(cfg, size)
-        step = SingleEngine().make_train_step(model, _optimizer(), TASK, 2e-4)
+        step = SingleEngine().make_train_step(model, _update(model), TASK)
     else:
         model = engine.build_model(cfg, size)
-        step = engine.make_train_step(model, _optimizer(), TASK, 2e-4)
+        step = engine.make_train_step(model, _update(model), TASK)
     return step, _batch(size, batch)
 
 
@@ -110,7 +110,7 @@ def _transient(fn, *args) -> int:
 
 
 def _single_need(model, size) -> int:
-    step = SingleEngine().make_train_step(model, _optimizer(), TASK, 2e-4)
+    step = SingleEngine().make_train_step(model, _update(model), TASK)
     batch = _batch(size, 1)
     return 3 * _bytes(model.trainable_variables) + _bytes(batch) + _transient(step, batch)
 

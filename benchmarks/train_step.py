@@ -18,7 +18,7 @@ from enet_cli.backend import keras, tf
 from enet_cli.config import ModelConfig, Precision, TrainConfig
 from enet_cli.model import build_enet
 from enet_cli.train.engines.single import SingleEngine
-from enet_cli.train.loop import build_optimizer
+from enet_cli.train.optim import build_update
 from enet_cli.train.task import SegmentationTask
 
 SIZE = (360, 480)
@@ -28,9 +28,11 @@ def train_rate(batch: int, precision: str, steps: int) -> list:
     keras.mixed_precision.set_global_policy(precision)
     try:
         model = build_enet(ModelConfig(num_classes=11), SIZE)
-        optimizer = build_optimizer(TrainConfig(precision=Precision(precision)), 5e-4)
         task = SegmentationTask(11, 11, tuple([1.0] * 11))
-        step = SingleEngine().make_train_step(model, optimizer, task, 2e-4)
+        cfg = TrainConfig(precision=Precision(precision))
+        step = SingleEngine().make_train_step(
+            model, build_update(cfg, model.trainable_variables), task
+        )
         images = tf.random.uniform((batch, *SIZE, 3))
         labels = tf.random.uniform((batch, *SIZE), maxval=12, dtype=tf.int32)
         for _ in range(2):  # trace, then one warm step

@@ -24,6 +24,32 @@ def test_version():
     assert result.stdout.strip().startswith(f"enet-cli {__version__}")
 
 
+@pytest.mark.compat
+def test_train_help_explains_every_option_and_shows_defaults_as_defaults():
+    import re
+    import subprocess
+    import sys
+
+    env = {**enet_env(), "COLUMNS": "300"}  # one line per option
+    result = subprocess.run(
+        [sys.executable, "-m", "enet_cli", "train", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "[default: 300]" in text and "(300)" not in text
+    assert "[default: --no-sync-batchnorm]" in text
+    options = re.findall(r"│ (--[a-z0-9-]+)\s", text)
+    assert len(options) > 30
+    for option in options:
+        line = next(line for line in text.splitlines() if f"│ {option} " in line)
+        words = line.split(">", 1)[-1].split("[default")[0].strip(" │")
+        assert len(words) > 10, f"{option} has no help text: {line}"
+
+
 def test_console_script_is_the_same_command():
     import shutil
     import subprocess

@@ -222,15 +222,15 @@ def _train(request: BenchmarkRequest) -> Measurement:
     from enet_cli.backend import tf
     from enet_cli.config import TrainConfig
     from enet_cli.train.engines.single import SingleEngine
-    from enet_cli.train.loop import build_optimizer
+    from enet_cli.train.optim import build_update
     from enet_cli.train.task import SegmentationTask
 
     model, meta = _model(request)
     k = meta.model.num_classes
     ui.info(f"train: {request.batch} x {request.image_size[0]}x{request.image_size[1]} steps")
-    optimizer = build_optimizer(TrainConfig(), 5e-4)
     task = SegmentationTask(k, meta.ignore_index, tuple([1.0] * k))
-    step = SingleEngine().make_train_step(model, optimizer, task, 2e-4)
+    update = build_update(TrainConfig(), model.trainable_variables)
+    step = SingleEngine().make_train_step(model, update, task)
     shape = (request.batch, *request.image_size)
     images = tf.random.uniform((*shape, 3), seed=1)
     labels = tf.random.uniform(shape, maxval=k + 1, dtype=tf.int32, seed=2)

@@ -43,10 +43,13 @@ app = typer.Typer(
     help="Train, evaluate and ship ENet semantic segmentation on CamVid, locally or on SageMaker.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode="rich",
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-model_app = typer.Typer(help="Inspect the ENet graph.", no_args_is_help=True)
+model_app = typer.Typer(
+    help="Inspect the ENet graph.", no_args_is_help=True, rich_markup_mode="rich"
+)
 app.add_typer(model_app, name="model")
 
 PANEL_DATA, PANEL_MODEL, PANEL_TRAIN, PANEL_DIST = "Data", "Model", "Training", "Distributed"
@@ -67,13 +70,13 @@ def _opt(section: str, field: str, panel: str, **kwargs: Any) -> Any:
     if isinstance(default, tuple) and field == "image_size":
         default = "x".join(str(v) for v in default)
     decls = kwargs.pop("decls", None) or [option_name(field)]
+    help_text = escape(info.description or "")
+    if default is not None and default != "":
+        if isinstance(default, bool) and len(decls[0].split("/")) == 2:
+            default = decls[0].split("/")[0 if default else 1]
+        help_text += f" [dim]\\[default: {escape(str(default))}][/dim]"
     return typer.Option(
-        None,
-        *decls,
-        help=info.description or "",
-        show_default=False if default is None else str(default),
-        rich_help_panel=panel,
-        **kwargs,
+        None, *decls, help=help_text, show_default=False, rich_help_panel=panel, **kwargs
     )
 
 
@@ -214,6 +217,7 @@ def train(
     batch_size: Optional[int] = _opt("train", "batch_size", PANEL_TRAIN),
     learning_rate: Optional[float] = _opt("train", "learning_rate", PANEL_TRAIN),
     weight_decay: Optional[float] = _opt("train", "weight_decay", PANEL_TRAIN),
+    clip_norm: Optional[float] = _opt("train", "clip_norm", PANEL_TRAIN),
     lr_schedule: Optional[LRSchedule] = _opt("train", "lr_schedule", PANEL_TRAIN),
     lr_decay_epochs: Optional[int] = _opt("train", "lr_decay_epochs", PANEL_TRAIN),
     lr_decay_factor: Optional[float] = _opt("train", "lr_decay_factor", PANEL_TRAIN),

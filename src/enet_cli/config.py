@@ -156,20 +156,36 @@ class DataConfig(_Section):
 class TrainConfig(_Section):
     """The optimisation recipe; defaults are the reference port's published CamVid recipe."""
 
-    epochs: int = Field(300, gt=0)
+    epochs: int = Field(300, gt=0, description="Passes over the train split.")
     steps: Optional[int] = Field(None, gt=0, description="Stop after this many steps instead.")
     batch_size: int = Field(
         10, gt=0, description="Images per replica (ddp: per GPU or worker; mp: per pipeline)."
     )
-    learning_rate: float = Field(5e-4, gt=0)
+    learning_rate: float = Field(5e-4, gt=0, description="Adam's learning rate at step 0.")
     weight_decay: float = Field(
         2e-4, ge=0, description="L2 penalty on every weight, added to the gradients (as Adam's)."
     )
-    lr_schedule: LRSchedule = LRSchedule.step
+    clip_norm: Optional[float] = Field(
+        None, gt=0, description="Clip the gradient to this global norm (off by default)."
+    )
+    lr_schedule: LRSchedule = Field(
+        LRSchedule.step,
+        description="step: x lr-decay-factor every lr-decay-epochs; cosine: to 0 at the end.",
+    )
     lr_decay_epochs: int = Field(100, gt=0, description="Step schedule: epochs between decays.")
-    lr_decay_factor: float = Field(0.1, gt=0, le=1)
-    class_weighting: ClassWeighting = ClassWeighting.enet
-    precision: Precision = Precision.float32
+    lr_decay_factor: float = Field(
+        0.1, gt=0, le=1, description="Step schedule: the learning rate's factor at each decay."
+    )
+    class_weighting: ClassWeighting = Field(
+        ClassWeighting.enet,
+        description="Loss weight per class: enet 1/ln(1.02+p) (the paper's), median "
+        "frequency, or none.",
+    )
+    precision: Precision = Field(
+        Precision.float32,
+        description="mixed_float16 (GPUs with tensor cores) or mixed_bfloat16 computes in "
+        "16 bits, keeps weights in float32.",
+    )
     seed: int = Field(0, ge=0, description="Seeds initial weights, data order and augmentation.")
     val_every_steps: Optional[int] = Field(
         None, gt=0, description="Also validate every N steps (always at each epoch's end)."
@@ -186,7 +202,10 @@ class TrainConfig(_Section):
 class RuntimeConfig(_Section):
     """How and where training runs: the engine choice and its knobs."""
 
-    mode: Mode = Mode.single
+    mode: Mode = Field(
+        Mode.single,
+        description="single: one device; ddp: data parallel; mp: model parallel (pipeline).",
+    )
     engine: EngineChoice = Field(
         EngineChoice.auto,
         description="ddp: smddp|tf, mp: smp|tf; auto = SageMaker's library when it imports.",

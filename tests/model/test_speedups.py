@@ -13,7 +13,7 @@ from enet_cli.backend import tf
 from enet_cli.config import ModelConfig
 from enet_cli.model import build_enet
 from enet_cli.model.layers import BlockPReLU, FullConv
-from enet_cli.train.loop import seed_everything
+from enet_cli.train.optim import seed_everything
 from enet_cli.train.task import SegmentationTask
 
 pytestmark = pytest.mark.compat

@@ -405,7 +405,7 @@ def _smddp_reference_step(data_dir: Path, seed: int) -> dict:
     from enet_cli.data.manifest import load_manifest
     from enet_cli.data.pipeline import make_dataset
     from enet_cli.model import build_enet
-    from enet_cli.train.loop import seed_everything
+    from enet_cli.train.optim import seed_everything
     from enet_cli.train.task import build_task
 
     manifest = load_manifest(data_dir)

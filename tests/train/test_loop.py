@@ -155,7 +155,7 @@ def _first_batch_cross_entropy(data_dir, seed: int):
     from enet_cli.config import DataConfig, ModelConfig
     from enet_cli.data.pipeline import make_dataset
     from enet_cli.model import build_enet
-    from enet_cli.train.loop import seed_everything
+    from enet_cli.train.optim import seed_everything
 
     manifest = load_manifest(data_dir)
     seed_everything(seed)

@@ -144,7 +144,7 @@ def _reference(data_dir, seed):
     from enet_cli.data.manifest import load_manifest
     from enet_cli.data.pipeline import make_dataset
     from enet_cli.model import build_enet
-    from enet_cli.train.loop import seed_everything
+    from enet_cli.train.optim import seed_everything
     from enet_cli.train.task import build_task
 
     manifest = load_manifest(data_dir)
@@ -368,15 +368,15 @@ PLACEMENT_PROBE = r"""
 import json, sys
 import numpy as np
 from enet_cli.backend import tf
-from enet_cli.config import ModelConfig, RuntimeConfig
+from enet_cli.config import ModelConfig, RuntimeConfig, TrainConfig
 from enet_cli.train.engines.pipeline import PipelineEngine
+from enet_cli.train.optim import build_update
 from enet_cli.train.task import SegmentationTask
 
 engine = PipelineEngine(RuntimeConfig(mode="mp", partitions=2, microbatches=2))
 model = engine.build_model(ModelConfig(num_classes=11), (96, 128))
-optimizer = tf.keras.optimizers.Adam()
 task = SegmentationTask(11, 11, [1.0] * 11)
-step = engine.make_train_step(model, optimizer, task, 2e-4)
+step = engine.make_train_step(model, build_update(TrainConfig(), model.trainable_variables), task)
 batch = (tf.zeros([4, 96, 128, 3]), tf.zeros([4, 96, 128], tf.int32))
 step(batch)  # one real step: every slot exists
 graph = step.get_concrete_function(batch).graph

@@ -18,7 +18,7 @@ import numpy as np
 
 from enet_cli import outputs, ui
 from enet_cli.backend import keras, tf
-from enet_cli.config import EnetConfig, LRSchedule, Precision, TrainConfig
+from enet_cli.config import EnetConfig, Precision
 from enet_cli.data.manifest import Manifest, check_batch_size, load_manifest
 from enet_cli.data.pipeline import check_data, make_dataset, reading_shards
 from enet_cli.errors import Interrupted, PeerLost, TrainingError
@@ -28,28 +28,15 @@ from enet_cli.train.checkpoints import find_checkpoint
 from enet_cli.train.engines.base import Engine
 from enet_cli.train.engines.table import check_microbatches
 from enet_cli.train.metrics import format_metrics_line, segmentation_metrics
+from enet_cli.train.optim import (
+    build_lr_schedule,
+    build_optimizer,
+    build_update,
+    learning_rate_at,
+    seed_everything,
+)
 from enet_cli.train.state import RunMeta, TrainState, check_compatible
 from enet_cli.train.task import build_task
-
-
-def build_lr_schedule(cfg: TrainConfig, steps_per_epoch: int, total_steps: int):
-    """The learning rate as a function of the optimizer's step (so it resumes for free).
-
-    Always a schedule object, even when constant: Keras optimizers own an extra variable
-    when given a schedule, and their slots are checkpointed by position, so switching
-    between a float and a schedule across a resume would restore slots into the wrong places.
-    """
-    schedules = keras.optimizers.schedules
-    if cfg.lr_schedule == LRSchedule.cosine:
-        return schedules.CosineDecay(cfg.learning_rate, max(total_steps, 1))
-    boundaries: List[int] = []
-    if cfg.lr_schedule == LRSchedule.step:
-        decay_steps = cfg.lr_decay_epochs * steps_per_epoch
-        boundaries = list(range(decay_steps, max(total_steps, 1), decay_steps))
-    values = [cfg.learning_rate * cfg.lr_decay_factor**k for k in range(len(boundaries) + 1)]
-    if not boundaries:  # constant: one boundary past any real run
-        boundaries, values = [2**62], [cfg.learning_rate, cfg.learning_rate]
-    return schedules.PiecewiseConstantDecay(boundaries, values)
 
 
 def _warn_without_kernel(engine: Engine) -> None:
@@ -60,26 +47,6 @@ def _warn_without_kernel(engine: Engine) -> None:
             f"no fused PReLU kernel ({reason}): training runs TensorFlow's composed ops "
             "instead, the same numbers about 1.2x slower"
         )
-
-
-def learning_rate_at(schedule, step: int) -> float:
-    return float(schedule(step))
-
-
-def seed_everything(seed: int) -> None:
-    """Initial weights depend on Python's, NumPy's and TF's generators (Keras draws from all)."""
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed)
-    tf.random.set_seed(seed)
-
-
-def build_optimizer(cfg: TrainConfig, schedule):
-    optimizer = keras.optimizers.Adam(learning_rate=schedule)
-    if cfg.precision == Precision.mixed_float16:
-        optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
-    return optimizer
 
 
 def _finite(value: float) -> bool:
@@ -226,7 +193,8 @@ def _fit(
         )
     )
 
-    train_step = engine.make_train_step(model, optimizer, task, tcfg.weight_decay)
+    update = build_update(tcfg, model.trainable_variables, optimizer)
+    train_step = engine.make_train_step(model, update, task)
     eval_step = engine.make_eval_step(model, task)
     logger = _Logger(engine, paths.logs)
     progress = ui.StepProgress(enabled=engine.is_chief)

@@ -21,6 +21,7 @@ from enet_cli.backend import keras, tf
 from enet_cli.config import ModelConfig
 from enet_cli.model import build_enet
 from enet_cli.train.state import CheckpointBackend
+from enet_cli.train.step import Update, objective
 from enet_cli.train.task import SegmentationTask
 
 
@@ -72,8 +73,9 @@ class Engine:
         """`dataset_fn(input_context)` -> this replica's (or worker's) tf.data.Dataset."""
         raise NotImplementedError
 
-    def make_train_step(self, model, optimizer, task: SegmentationTask, weight_decay: float):
-        """Returns step(batch) -> {"loss", "confusion"} reduced over replicas (host values)."""
+    def make_train_step(self, model, update: Update, task: SegmentationTask):
+        """step(batch) -> {"loss", "confusion"} summed over replicas: train/step.py's step
+        (objective, update) distributed the engine's way."""
         raise NotImplementedError
 
     def make_eval_step(self, model, task: SegmentationTask):
@@ -145,26 +147,15 @@ class StrategyEngine(Engine):
             for k, v in values.items()
         }
 
-    def make_train_step(self, model, optimizer, task, weight_decay):
-        replicas = self.num_replicas
-        variables = model.trainable_variables
-        scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
-
+    def make_train_step(self, model, update, task):
         def replica_step(images, labels):
             context = tf.distribute.get_replica_context()
+            total_weight = context.all_reduce(tf.distribute.ReduceOp.SUM, task.weight_sum(labels))
             with tf.GradientTape() as tape:
                 logits = model(images, training=True)
-                loss_sum, weight_sum = task.loss_terms(logits, labels)
-                total_weight = context.all_reduce(tf.distribute.ReduceOp.SUM, weight_sum)
-                loss = loss_sum / tf.maximum(total_weight, 1e-12)
-                target = optimizer.get_scaled_loss(loss) if scaled else loss
-            grads = tape.gradient(target, variables)
-            if scaled:
-                grads = optimizer.get_unscaled_gradients(grads)
-            # Coupled L2 (PyTorch Adam's weight_decay): + wd * w, split across the replicas
-            # whose gradients the optimizer sums.
-            grads = [g + (weight_decay / replicas) * v for g, v in zip(grads, variables)]
-            optimizer.apply_gradients(zip(grads, variables))
+                loss = objective(task, logits, labels, total_weight)
+            grads = update.gradients(tape, loss)
+            update.apply(context.all_reduce(tf.distribute.ReduceOp.SUM, grads))
             return {"loss": loss, "confusion": task.confusion(logits, labels)}
 
         @tf.function(autograph=False)  # plain Python control flow only: tracing 2x faster

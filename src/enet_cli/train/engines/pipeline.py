@@ -25,6 +25,7 @@ from enet_cli.errors import ConfigError, EnvironmentProblem
 from enet_cli.model.enet import INPUT, build_enet, model_blocks, run_blocks
 from enet_cli.model.summary import summarize
 from enet_cli.train.engines.base import Engine
+from enet_cli.train.step import objective
 
 
 class Stage(NamedTuple):
@@ -162,21 +163,13 @@ class PipelineEngine(Engine):
                 tensors = run_blocks([blocks[n] for n in stage.blocks], tensors, training)
         return tensors[self.stages[-1].blocks[-1]]
 
-    def make_train_step(self, model, optimizer, task, weight_decay):
-        variables = model.trainable_variables
-        scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
+    def make_train_step(self, model, update, task):
         m = self.microbatches
-
-        def gradients(tape, loss):
-            target = optimizer.get_scaled_loss(loss) if scaled else loss
-            grads = tape.gradient(target, variables)
-            return optimizer.get_unscaled_gradients(grads) if scaled else grads
 
         def forward(x, y, total_weight):
             """One microbatch: its share of the batch loss, and its confusion matrix."""
             logits = self._forward(model, x, True)
-            loss_sum, _ = task.loss_terms(logits, y)
-            return loss_sum / total_weight, task.confusion(logits, y)
+            return objective(task, logits, y, total_weight), task.confusion(logits, y)
 
         def interleaved(parts, total_weight):
             """A tape per microbatch: its backward pass frees its activations before the
@@ -185,7 +178,7 @@ class PipelineEngine(Engine):
             for x, y in parts:
                 with tf.GradientTape() as tape:
                     loss, confusion = forward(x, y, total_weight)
-                part = gradients(tape, loss)
+                part = update.gradients(tape, loss)
                 grads = part if grads is None else [a + b for a, b in zip(grads, part)]
                 losses.append(loss)
                 confusions.append(confusion)
@@ -197,7 +190,7 @@ class PipelineEngine(Engine):
             with tf.GradientTape() as tape:
                 results = [forward(x, y, total_weight) for x, y in parts]
                 loss = tf.add_n([r[0] for r in results])
-            return gradients(tape, loss), loss, tf.add_n([r[1] for r in results])
+            return update.gradients(tape, loss), loss, tf.add_n([r[1] for r in results])
 
         schedule = simple if self.schedule == PipelineSchedule.simple else interleaved
 
@@ -205,10 +198,9 @@ class PipelineEngine(Engine):
         def step(batch):
             images, labels = batch
             parts = list(zip(tf.split(images, m), tf.split(labels, m)))
-            total_weight = tf.maximum(tf.add_n([task.weight_sum(y) for _, y in parts]), 1e-12)
+            total_weight = tf.add_n([task.weight_sum(y) for _, y in parts])
             grads, loss, confusion = schedule(parts, total_weight)
-            grads = [g + weight_decay * v for g, v in zip(grads, variables)]
-            optimizer.apply_gradients(zip(grads, variables))
+            update.apply(grads)
             return {"loss": loss, "confusion": confusion}
 
         return step

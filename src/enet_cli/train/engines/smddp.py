@@ -22,10 +22,11 @@ from typing import Dict
 
 import numpy as np
 
-from enet_cli.backend import keras, tf
+from enet_cli.backend import tf
 from enet_cli.errors import EnvironmentProblem
 from enet_cli.model.layers import SpatialDropout
 from enet_cli.train.engines.base import Engine
+from enet_cli.train.step import objective
 
 MODULE = "smdistributed.dataparallel.tensorflow"
 
@@ -92,28 +93,20 @@ class SMDDPEngine(Engine):
         """Sum over ranks with the library's non-gradient reduction (see the module doc)."""
         return self.sdp.oob_allreduce(value) * self._to_sum
 
-    def make_train_step(self, model, optimizer, task, weight_decay):
+    def make_train_step(self, model, update, task):
         sdp = self.sdp
         ranks = float(self.num_replicas)
-        variables = model.trainable_variables
-        scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
 
         @tf.function(autograph=False)
         def local_step(images, labels):
+            total_weight = self._sum(tf.cast(task.weight_sum(labels), tf.float64))
             with tf.GradientTape() as tape:
                 logits = model(images, training=True)
-                loss_sum, weight_sum = task.loss_terms(logits, labels)
-                total_weight = self._sum(tf.cast(weight_sum, tf.float64))
-                loss = loss_sum / tf.cast(tf.maximum(total_weight, 1e-12), loss_sum.dtype)
-                # This rank's share of the global loss; the tape averages over ranks, so
-                # scale by the rank count to get the sum, i.e. the global loss's gradient.
-                target = loss * ranks
-                target = optimizer.get_scaled_loss(target) if scaled else target
-            grads = sdp.DistributedGradientTape(tape).gradient(target, variables)
-            if scaled:
-                grads = optimizer.get_unscaled_gradients(grads)
-            grads = [g + weight_decay * v for g, v in zip(grads, variables)]
-            optimizer.apply_gradients(zip(grads, variables))
+                loss = objective(task, logits, labels, total_weight)
+                # The tape averages over ranks: ranks x each share is the sum of the shares.
+                target = update.scale(loss * ranks)
+            tape = sdp.DistributedGradientTape(tape)
+            update.apply(update.unscale(tape.gradient(target, update.variables)))
             confusion = tf.cast(task.confusion(logits, labels), tf.float64)
             return {
                 "loss": self._sum(tf.cast(loss, tf.float64)),
@@ -126,7 +119,7 @@ class SMDDPEngine(Engine):
             out = local_step(*batch)
             if first[0]:  # the documented pattern: after the first step, from rank 0
                 sdp.broadcast_variables(model.variables, root_rank=0)
-                sdp.broadcast_variables(optimizer.variables(), root_rank=0)
+                sdp.broadcast_variables(update.optimizer.variables(), root_rank=0)
                 first[0] = False
             return out
 

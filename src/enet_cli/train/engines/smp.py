@@ -25,7 +25,7 @@ import importlib
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from enet_cli.backend import keras, tf
+from enet_cli.backend import tf
 from enet_cli.config import RuntimeConfig
 from enet_cli.errors import ConfigError, EnvironmentProblem
 from enet_cli.model import build_enet
@@ -34,6 +34,7 @@ from enet_cli.sagemaker.contract import mp_parameters
 from enet_cli.train.checkpoints import SMP, SMP_BEST, FoundCheckpoint, find_checkpoint
 from enet_cli.train.engines.base import Engine
 from enet_cli.train.state import CheckpointBackend, create_slots
+from enet_cli.train.step import objective
 
 MODULE = "smdistributed.modelparallel.tensorflow"
 
@@ -161,29 +162,23 @@ class SMPEngine(Engine):
     def distribute_dataset(self, dataset_fn):
         return dataset_fn(None)  # every process of the model replica reads the same batch
 
-    def make_train_step(self, model, optimizer, task, weight_decay):
+    def make_train_step(self, model, update, task):
         smp, distributed, m = self.smp, self.distributed, self.microbatches
-        variables = model.trainable_variables
-        scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
 
         @smp.step(non_split_inputs=["total_weight"])
         def microbatch(images, labels, total_weight):
             logits = distributed(images, training=True)
-            loss_sum, _ = task.loss_terms(logits, labels)
-            loss = loss_sum * m / total_weight  # the mean over microbatches: the batch's loss
-            target = optimizer.get_scaled_loss(loss) if scaled else loss
-            grads = tf.gradients(target, variables)  # what optimizer.get_gradients computes
-            if scaled:
-                grads = optimizer.get_unscaled_gradients(grads)
+            # The library averages microbatches: m x each share is the sum of the shares.
+            loss = objective(task, logits, labels, total_weight) * m
+            # tf.gradients: what optimizer.get_gradients computes, as SMP's examples do
+            grads = update.unscale(tf.gradients(update.scale(loss), update.variables))
             return grads, loss, logits
 
         @tf.function(autograph=False)
         def step(batch):
             images, labels = batch
-            total_weight = tf.maximum(task.weight_sum(labels), 1e-12)
-            grads, loss, logits = microbatch(images, labels, total_weight)
-            grads = [g.accumulate() + weight_decay * v for g, v in zip(grads, variables)]
-            optimizer.apply_gradients(zip(grads, variables))
+            grads, loss, logits = microbatch(images, labels, task.weight_sum(labels))
+            update.apply([g.accumulate() for g in grads])
             return {
                 "loss": loss.reduce_mean(),
                 "confusion": task.confusion(logits.merge(), labels),
