@@ -217,7 +217,7 @@ def train_config(data_dir: Path, run_dir: Path, **train):
 
 def fit_quietly(cfg):
     """Run the real training loop in this process (single engine)."""
-    from enet_cli.sagemaker.contract import local_paths
+    from enet_cli.artifacts import local_paths
     from enet_cli.train.run import run_training
 
     return run_training(cfg, local_paths(cfg.runtime.run_dir))

@@ -23,10 +23,17 @@ pytestmark = pytest.mark.compat
 
 
 def test_defaults_are_the_published_recipe():
+    """PyTorch-ENet's CamVid arguments (its saved ARGUMENTS: batch_size 10, epochs 300,
+    learning_rate 0.0005, lr_decay 0.1, lr_decay_epochs 100, weight_decay 0.0002, weighing
+    ENet, 360x480) and its training transform (Resize + ToTensor: no augmentation, no
+    gradient clipping, Adam)."""
     cfg = load_config()
     assert cfg.train.batch_size == 10 and cfg.train.epochs == 300
     assert cfg.train.learning_rate == 5e-4 and cfg.train.weight_decay == 2e-4
     assert cfg.train.lr_decay_epochs == 100 and cfg.train.lr_decay_factor == 0.1
+    assert cfg.train.class_weighting.value == "enet" and cfg.train.clip_norm is None
+    assert cfg.data.augment is False and cfg.data.random_scale is None
+    assert cfg.data.color_jitter == 0
     assert cfg.data.image_size is None  # the preprocessed size
     assert cfg.runtime.mode is Mode.single
     assert cfg.model.num_classes == 11

@@ -151,3 +151,41 @@ def test_json_we_write_has_null_where_a_number_is_undefined():
     assert parsed["iou"]["c"] is None and parsed["inf"] is None and parsed["count"] == 3
     assert parsed["iou"]["a"] == pytest.approx(5 / 8)
     assert parsed["mean_iou"] == pytest.approx((5 / 8 + 7 / 10) / 2)  # over present classes
+
+
+def test_a_photo_predicted_at_its_own_size_is_seen_as_training_saw_it(trained_run, small_data):
+    """Train/serve skew: `enet predict` on a raw 480x360 SegNet photo gives the class map of
+    the same photo's preprocessed record (its stored 96x128 pixels through the same model,
+    scores resized back the same way): the one preprocessor shrinks both with the area
+    filter, so the inputs are the same pixels and every pixel's class agrees (held to
+    99.9%). Non-antialiased bilinear, which predict used before, samples 4 of every ~14
+    source pixels: a different input, and a different map."""
+    from enet_cli.backend import tf
+    from enet_cli.predict import segment
+    from enet_cli.preprocessor import Preprocessor
+
+    manifest = load_manifest(small_data)
+    data = DataConfig(data_dir=small_data)
+    from enet_cli.data.pipeline import make_examples
+
+    records = make_examples(data, manifest, "test", False).batch(1)
+    predictor = load_predictor(trained_run)
+    compared = 0
+    for record in records.take(3):
+        image, name = record["image"], record["name"].numpy()[0].decode()
+        photo = FIXTURES / "camvid-segnet-mini" / "test" / f"{name}.png"
+        rgb = np.asarray(Image.open(photo).convert("RGB"))
+        served = segment(predictor, rgb)
+        assert served.shape == rgb.shape[:2]
+        logits = Preprocessor.logits_to_size(predictor.logits(image), rgb.shape[:2])
+        trained = tf.argmax(logits, axis=-1, output_type=tf.int32)[0].numpy()
+        assert np.mean(served == trained) >= 0.999, photo
+        assert np.array_equal(Preprocessor(manifest.image_size).pixels(rgb), to_uint8(image))
+        skewed = tf.image.resize(rgb[None] / 255.0, manifest.image_size, method="bilinear")
+        assert np.abs(skewed.numpy() - image.numpy()).max() > 0.1  # what the old path fed
+        compared += 1
+    assert compared == 3
+
+
+def to_uint8(image) -> np.ndarray:
+    return np.round(image.numpy()[0] * 255.0).astype(np.uint8)

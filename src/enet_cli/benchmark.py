@@ -195,11 +195,11 @@ def run_benchmark(request: BenchmarkRequest) -> BenchmarkReport:
 def _model(request: BenchmarkRequest, data_dir: Optional[Path] = None):
     """(Keras ENet, RunMeta): the trained one at request.model, else a fresh one for the
     classes of `data_dir` (CamVid's 11 when none is given)."""
+    from enet_cli.artifacts import RunMeta
     from enet_cli.config import ModelConfig
     from enet_cli.data.manifest import load_manifest
     from enet_cli.inference import load_keras_model
     from enet_cli.model import build_enet
-    from enet_cli.train.state import RunMeta
 
     if request.model is not None:
         return load_keras_model(request.model)
@@ -244,6 +244,7 @@ def _train(request: BenchmarkRequest) -> Measurement:
 def _infer(request: BenchmarkRequest, scratch: Path, data_dir: Optional[Path]) -> List[Measurement]:
     from enet_cli.backend import tf
     from enet_cli.export import ExportFormat, ExportRequest, export_model, serving_model
+    from enet_cli.preprocessor import to_unit
     from enet_cli.tflite import TFLiteRunner
 
     model, meta = _model(request, data_dir)
@@ -251,7 +252,7 @@ def _infer(request: BenchmarkRequest, scratch: Path, data_dir: Optional[Path]) -
     copy = serving_model(model, meta)
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (1, *request.image_size, 3), dtype=np.uint8)
-    image = tf.constant(pixels.astype(np.float32) / 255.0)
+    image = to_unit(pixels)
     weights = scratch / "weights"
     if request.model is None:  # export needs a model on disk: save the fresh one
         from enet_cli.export import export_saved_model

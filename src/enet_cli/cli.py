@@ -18,12 +18,14 @@ from rich.table import Table
 from enet_cli import __version__, ui
 from enet_cli.config import (
     DEFAULT_IMAGE_SIZE,
+    LOCAL_SETTINGS,
     SECTIONS,
     ClassScheme,
     ClassWeighting,
     EngineChoice,
     Interpolation,
     LaunchConfig,
+    LogFormat,
     LRSchedule,
     Mode,
     PipelineSchedule,
@@ -239,6 +241,7 @@ def train(
     keep_checkpoints: Optional[int] = _opt("train", "keep_checkpoints", PANEL_OUT),
     run_dir: Optional[Path] = _opt("runtime", "run_dir", PANEL_OUT),
     resume: Optional[bool] = _opt("runtime", "resume", PANEL_OUT, decls=["--resume/--no-resume"]),
+    log_format: Optional[LogFormat] = _opt("runtime", "log_format", PANEL_OUT),
 ) -> None:
     """Train ENet on a preprocessed directory (resumes the run directory's last checkpoint).
 
@@ -543,7 +546,7 @@ def demo(
 
 PANEL_LAUNCH = "SageMaker job"
 # Training options that describe this machine, not the job (the container decides them).
-_NOT_LAUNCHED = ("data_dir", "run_dir", "local_workers", "resume")
+_NOT_LAUNCHED = (*LOCAL_SETTINGS, "resume")
 
 
 def launch(**options: Any) -> None:

@@ -61,6 +61,14 @@ class LRSchedule(str, enum.Enum):
     constant = "constant"
 
 
+class LogFormat(str, enum.Enum):
+    """How `enet train` reports an epoch on stdout (train/report.py)."""
+
+    auto = "auto"
+    table = "table"
+    metrics = "metrics"
+
+
 class ClassWeighting(str, enum.Enum):
     enet = "enet"
     median = "median"
@@ -131,7 +139,9 @@ class DataConfig(_Section):
         description="HEIGHTxWIDTH the data was preprocessed at; default: the manifest's.",
     )
     augment: bool = Field(
-        True, description="Augment train data: random flips, plus the two options below."
+        False,
+        description="Augment train data: random flips, plus the two options below (the "
+        "reference recipe has none).",
     )
     random_scale: Optional[Tuple[float, float]] = Field(
         None, description="Random scale range before cropping back to image_size, e.g. 0.75,1.5."
@@ -226,6 +236,11 @@ class RuntimeConfig(_Section):
         description="Checkpoints, logs, model and metrics; rerunning with it resumes.",
     )
     resume: bool = Field(True, description="Continue from the run directory's last checkpoint.")
+    log_format: LogFormat = Field(
+        LogFormat.auto,
+        description="table: a row per epoch; metrics: the enet-metrics: lines SageMaker's "
+        "regexes read; auto: table on a terminal, metrics elsewhere and in SageMaker.",
+    )
 
 
 class ClassScheme(str, enum.Enum):
@@ -309,6 +324,10 @@ class EnetConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
+
+# Settings that describe this machine, not a SageMaker job: `enet launch` neither offers nor
+# passes them (the container decides: its channel, /opt/ml, its processes, its log format).
+LOCAL_SETTINGS = ("data_dir", "run_dir", "local_workers", "log_format")
 
 # Fields whose CLI option is not simply their kebab-case name (shorter, as users expect).
 OPTION_ALIASES = {"num_classes": "--classes", "image_size": "--size"}

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Dict, NamedTuple
 
 from enet_cli import outputs, ui
+from enet_cli.artifacts import local_paths
 from enet_cli.config import PreprocessConfig, load_config
-from enet_cli.sagemaker.contract import local_paths
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data" / "camvid"
 DEMO_SIZE = "240x320"

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from enet_cli import outputs
+from enet_cli.artifacts import RunMeta
 from enet_cli.backend import keras, tf
 from enet_cli.config import DataConfig, check_image_size
 from enet_cli.data.manifest import load_manifest
@@ -23,9 +24,9 @@ from enet_cli.data.pipeline import make_dataset
 from enet_cli.errors import ConfigError, DataError
 from enet_cli.inference import TFLITE_NAME
 from enet_cli.model import build_enet
+from enet_cli.preprocessor import resize_classes, resize_image, to_pixels, to_unit
 from enet_cli.tflite import Quantize, TFLiteRunner, convert
 from enet_cli.train.metrics import confusion_matrix, segmentation_metrics
-from enet_cli.train.state import RunMeta, convert_to_whole
 
 
 def serving_model(model, meta: RunMeta):
@@ -69,7 +70,7 @@ def write_saved_model(model, meta: RunMeta, directory: Path, xla: bool = False) 
         jit_compile=xla or None,
     )
     def serve(images):
-        logits = copy(tf.cast(images, tf.float32) / 255.0, training=False)
+        logits = copy(to_unit(images), training=False)
         return {"logits": logits, "classes": tf.argmax(logits, axis=-1, output_type=tf.int32)}
 
     # A plain tf.Module that tracks only the variables: saving the Keras model itself would
@@ -197,6 +198,8 @@ def export_model(request: ExportRequest) -> ExportReport:
 
 def _export_checkpoints(request: ExportRequest) -> ExportReport:
     """A run's checkpoints (either layout) as whole checkpoints in `request.out`."""
+    from enet_cli.train.state import convert_to_whole  # it converts a run's training state
+
     source = Path(request.source)
     directory = source / "checkpoints" if (source / "checkpoints").is_dir() else source
     with outputs.claim(
@@ -234,8 +237,7 @@ def _calibration(request: ExportRequest, manifest, size):
     def images():
         dataset = make_dataset(data, manifest, "train", 1, training=False)
         for image, _ in dataset.take(request.calibration_images):
-            resized = tf.image.resize(image, size, method="bilinear")[0]
-            yield tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 1.0) * 255.0), tf.uint8).numpy()
+            yield resize_image(to_pixels(image[0].numpy()), size, manifest.interpolation)
 
     return images
 
@@ -248,11 +250,10 @@ def agreement(model, exported_logits, manifest, request: ExportRequest, size) ->
     same = counted = 0
     matrices = {"float": np.zeros((k, k), np.int64), "export": np.zeros((k, k), np.int64)}
     for images, labels in make_dataset(data, manifest, request.split, 4, training=False):
-        if tuple(images.shape[1:3]) != tuple(size):
-            images = tf.image.resize(images, size, method="bilinear")
-            labels = tf.image.resize(labels[..., None], size, method="nearest")[..., 0]
-        # The export sees uint8 pixels; give the float model the same rounded pixels.
-        images = tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0) / 255.0
+        # The export sees uint8 pixels (resized as predict resizes); the float model too.
+        pixels = [resize_image(p, size, manifest.interpolation) for p in to_pixels(images.numpy())]
+        images = to_unit(np.stack(pixels))
+        labels = tf.constant(np.stack([resize_classes(c, size) for c in labels.numpy()]))
         ours = np.argmax(float_fn(images).numpy(), axis=-1)
         theirs = np.argmax(np.asarray(exported_logits(images)), axis=-1)
         valid = labels.numpy() != void

@@ -12,10 +12,11 @@ from typing import Callable, Iterator, NamedTuple, Tuple
 
 import numpy as np
 
+from enet_cli.artifacts import RunMeta, load_model_from_checkpoint
 from enet_cli.backend import tf
+from enet_cli.checkpoints import find_checkpoint
 from enet_cli.errors import DataError
-from enet_cli.train.checkpoints import find_checkpoint
-from enet_cli.train.state import RunMeta, load_model_from_checkpoint
+from enet_cli.preprocessor import to_pixels
 
 TFLITE_NAME = "model.tflite"  # inside an `enet export --format tflite` directory
 
@@ -37,8 +38,7 @@ def _from_saved_model(directory: Path, meta: RunMeta) -> Predictor:
     serve = loaded.signatures["serving_default"]
 
     def logits(images):
-        pixels = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)
-        return serve(images=pixels)["logits"]
+        return serve(images=to_pixels(images))["logits"]
 
     logits.loaded = loaded  # keep the loaded object (and its variables) alive
     return Predictor(meta, logits, f"SavedModel {directory}")
@@ -65,8 +65,7 @@ def _from_tflite(model_file: Path, meta: RunMeta) -> Predictor:
                 f"{model_file} takes {runner.size[0]}x{runner.size[1]} images, got "
                 f"{size[0]}x{size[1]}; export it again with --size {size[0]}x{size[1]}"
             )
-        pixels = np.round(np.clip(np.asarray(images, np.float32), 0.0, 1.0) * 255.0)
-        return tf.constant(runner(pixels.astype(np.uint8))[0])
+        return tf.constant(runner(to_pixels(np.asarray(images, np.float32)))[0])
 
     logits.runner = runner
     return Predictor(meta, logits, f"TFLite {model_file}")

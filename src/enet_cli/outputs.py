@@ -413,9 +413,13 @@ def write_atomic(path: Path, data: Union[str, bytes]) -> None:
 
 
 def set_aside(directory: Path) -> Optional[Path]:
-    """Rename `directory` to `<name>-replaced-<UTC time>` beside it (instead of deleting)."""
+    """Rename `directory` to `<name>-replaced-<UTC time>` beside it (instead of deleting);
+    an empty directory has nothing to keep, and is removed."""
     directory = Path(directory)
     if not directory.exists():
+        return None
+    if directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
         return None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = directory.parent / f"{directory.name}-replaced-{stamp}"

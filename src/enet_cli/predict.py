@@ -19,6 +19,7 @@ from enet_cli import outputs
 from enet_cli.backend import tf
 from enet_cli.errors import DataError, OutputError
 from enet_cli.inference import Predictor
+from enet_cli.preprocessor import Preprocessor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 OVERLAY_ALPHA = 0.55  # weight of the class colour over the photo
@@ -66,11 +67,8 @@ def check_out_dir(out_dir: Path) -> None:
 
 def segment(predictor: Predictor, rgb: np.ndarray) -> np.ndarray:
     """Class index per pixel of an (H, W, 3) uint8 image, at the image's own size."""
-    height, width = rgb.shape[:2]
-    size = list(predictor.meta.image_size)
-    image = tf.image.resize(tf.cast(rgb[None], tf.float32) / 255.0, size, method="bilinear")
-    logits = predictor.logits(image)
-    logits = tf.image.resize(logits, [height, width], method="bilinear")
+    preprocessor = Preprocessor(predictor.meta.image_size, predictor.meta.interpolation)
+    logits = preprocessor.logits_to_size(predictor.logits(preprocessor(rgb)), rgb.shape[:2])
     return tf.argmax(logits, axis=-1, output_type=tf.int32)[0].numpy()
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from enet_cli.backend import tf
 from enet_cli.errors import EnvironmentProblem
 from enet_cli.model.layers import BlockPReLU, PointwiseConv2D
+from enet_cli.preprocessor import to_unit
 
 
 class Quantize(str, Enum):
@@ -37,7 +38,7 @@ def _fixed_size_function(model, size: Tuple[int, int], dtype):
 
     @tf.function(input_signature=[tf.TensorSpec([1, *size, 3], dtype, name="image")])
     def serve(image):
-        logits = model(tf.cast(image, tf.float32) / 255.0, training=False)
+        logits = model(to_unit(image), training=False)
         return {"logits": logits, "classes": tf.argmax(logits, axis=-1, output_type=tf.int32)}
 
     return serve

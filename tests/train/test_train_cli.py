@@ -1,6 +1,7 @@
 """`enet train` as a process: SIGTERM then resume, the SageMaker container contract, errors."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -133,3 +134,78 @@ def test_fused_kernel_is_built_once_and_its_absence_is_a_warning(small_data, tmp
     assert len(warnings) == 1, lines
     assert "no fused PReLU kernel" in warnings[0] and "/nonexistent/c++" in warnings[0]
     assert "composed ops" in warnings[0]
+
+
+def test_a_camvid32_run_records_its_classes_in_every_file(tmp_path):
+    """The loop takes the class count from the data (camvid32: Kaggle's 32 classes, void
+    ignored: 31), so config.json must say so as enet.json does: a config that re-runs as
+    written trains the model the run holds, not the default 11 classes."""
+    from conftest import FIXTURES, fit_quietly, preprocess_to, train_config
+
+    data, run = tmp_path / "data32", tmp_path / "run"
+    kaggle = FIXTURES / "camvid-kaggle-mini"
+    preprocess_to(kaggle, data, classes="camvid32", image_size=SMALL_SIZE, workers=1)
+    fit_quietly(train_config(data, run, steps=1))
+    config = json.loads((run / "config.json").read_text())
+    meta = json.loads((run / "enet.json").read_text())
+    assert config["model"]["num_classes"] == 31 == meta["model"]["num_classes"]
+    assert len(meta["class_names"]) == 31 and "Void" not in meta["class_names"]
+
+
+def _in_a_terminal(args, timeout=300) -> str:
+    """Run `enet` with a pseudo-terminal as stdin, stdout and stderr (as in tmux); return
+    everything it wrote there."""
+    import os
+    import pty
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "enet_cli", *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=enet_env(),
+        close_fds=True,
+    )
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(master)
+    assert proc.returncode == 0, b"".join(chunks).decode(errors="replace")[-3000:]
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_a_terminal_gets_a_table_row_per_epoch_and_machines_the_metrics_lines(small_data, tmp_path):
+    """In a terminal: a header and one compact row per epoch (a mark on a new best), no
+    enet-metrics: line and no TensorFlow start-up line. --log-format metrics keeps the
+    machine lines there too; without a terminal they are the default (SageMaker's regexes
+    read them: test_launch.py)."""
+    from enet_cli.train.report import format_header
+
+    common = ["train", str(small_data), *TRAIN_ARGS, "--epochs", "2", "--no-resume"]
+    text = _in_a_terminal([*common, "--run-dir", str(tmp_path / "table")])
+    assert "previous checkpoints were moved" not in text  # a new run has none
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)  # colours and cursor moves
+    lines = [line.strip() for line in text.replace("\r", "\n").splitlines()]
+    assert format_header().strip() in lines
+    rows = [line for line in lines if re.match(r"^[12] +(6|12) +\d+\.\d{4} ", line)]
+    assert [row.split()[0] for row in rows] == ["1", "2"], lines
+    assert rows[0].endswith("* best")
+    assert len(rows[0]) <= 100  # one line in a 120-column terminal
+    assert "enet-metrics:" not in text
+    assert not re.search(r"[IWE]0000|cuInit|oneDNN", text)
+
+    machine = [*common[:-3], "--epochs", "1", "--log-format", "metrics"]
+    text = _in_a_terminal([*machine, "--run-dir", str(tmp_path / "m")])
+    lines = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).replace("\r", "\n").splitlines()
+    metrics = [line for line in lines if line.startswith("enet-metrics: epoch=")]
+    assert len(metrics) == 1 and format_header().strip() not in text, lines

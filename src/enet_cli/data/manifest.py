@@ -48,6 +48,7 @@ class Manifest(BaseModel):
     classes: List[ClassInfo]
     ignore_index: int
     void_color: Tuple[int, int, int] = (0, 0, 0)
+    interpolation: str = "area"  # the filter images were resized with (preprocessor.py)
     splits: Dict[str, SplitInfo]
     train_pixel_histogram: List[int]
     train_void_pixels: int

@@ -19,6 +19,7 @@ from enet_cli.backend import tf
 from enet_cli.config import DataConfig
 from enet_cli.data.manifest import Manifest
 from enet_cli.errors import DataError
+from enet_cli.preprocessor import to_unit
 
 AUTOTUNE = tf.data.experimental.AUTOTUNE
 SHUFFLE_BUFFER = 512  # serialized PNG records (~0.3 MB each at 360x480), not decoded images
@@ -102,7 +103,7 @@ def _example_fn(data: DataConfig, image_size, ignore_index: int, augment: bool, 
                     lambda: (tf.reverse(image, [1]), tf.reverse(label, [1])),
                     lambda: (image, label),
                 )
-        image = tf.cast(image, tf.float32) / 255.0
+        image = to_unit(image)
         label = tf.cast(label, tf.float32)  # exact for values < 2**24
         if augment:
             if data.random_scale is not None:

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from enet_cli import __version__, outputs
-from enet_cli.config import Interpolation, PreprocessConfig
+from enet_cli.config import PreprocessConfig
 from enet_cli.data.camvid import (
     SPLITS,
     ClassScheme,
@@ -46,6 +46,7 @@ from enet_cli.data.manifest import (
     write_manifest,
 )
 from enet_cli.errors import DataError, Interrupted
+from enet_cli.preprocessor import resize_classes, resize_image
 from enet_cli.processes import die_with_parent
 from enet_cli.ui import Interrupts, info, track, warn
 
@@ -172,15 +173,12 @@ def convert_example(task: Task) -> Converted:
             f"class indices"
         )
     classes, unknown = labels_to_classes(np.asarray(label_image), task.scheme, task.layout)
-    height, width = task.size
-    if image.size != (width, height):
-        resample = Image.BOX if task.interpolation == Interpolation.area.value else Image.BILINEAR
-        image = image.resize((width, height), resample=resample)
-        classes = np.asarray(Image.fromarray(classes).resize((width, height), Image.NEAREST))
+    pixels = resize_image(image, task.size, task.interpolation)
+    classes = resize_classes(classes, task.size)
     histogram = np.bincount(classes.ravel(), minlength=task.scheme.void_index + 1)
     return Converted(
         name=task.image.stem,
-        image_png=_png(np.asarray(image)),
+        image_png=_png(pixels),
         label_png=_png(classes),
         histogram=histogram,
         unknown_pixels=unknown,
@@ -458,6 +456,7 @@ def _manifest(cfg, layout: Layout, scheme: ClassScheme, results) -> Manifest:
         source_dir=str(Path(cfg.input_dir).resolve()),
         scheme=scheme.name,
         image_size=cfg.image_size,
+        interpolation=cfg.interpolation.value,
         classes=[ClassInfo(name=n, color=c) for n, c in zip(scheme.classes, scheme.colors)],
         ignore_index=scheme.void_index,
         splits={split: result.info for split, result in results.items()},

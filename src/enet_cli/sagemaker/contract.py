@@ -11,27 +11,15 @@ SM_* variables only as overrides. ENET_SAGEMAKER_ROOT replaces /opt/ml (for test
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, Dict, Optional
+
+from enet_cli.artifacts import RunPaths
 
 ROOT_ENV = "ENET_SAGEMAKER_ROOT"
 DEFAULT_ROOT = "/opt/ml"
 TRAIN_CHANNEL = "train"
 # Hyperparameters SageMaker or its libraries add on their own; not enet settings.
 FOREIGN_HYPERPARAMETERS = ("model_dir", "mp_parameters")
-
-
-class RunPaths(NamedTuple):
-    """Where a training run writes. Locally all under --run-dir; in SageMaker, split by role."""
-
-    checkpoints: Path
-    logs: Path
-    export: Path  # the SavedModel
-    outputs: Path  # metrics.json, classes.json, enet.json
-
-
-def local_paths(run_dir: Path) -> RunPaths:
-    run_dir = Path(run_dir)
-    return RunPaths(run_dir / "checkpoints", run_dir / "logs", run_dir / "model", run_dir)
 
 
 def root() -> Path:

@@ -10,7 +10,7 @@ SMP v1's is 2.6 (Python 3.8); TensorFlow's own engines take the newest TensorFlo
 import re
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from enet_cli.config import EnetConfig, EngineChoice, LaunchConfig, Mode
+from enet_cli.config import LOCAL_SETTINGS, EnetConfig, EngineChoice, LaunchConfig, Mode
 from enet_cli.errors import ConfigError
 from enet_cli.train.engines.table import EngineSpec, describe_batch, resolve_for_job
 from enet_cli.train.metrics import metric_definitions
@@ -24,8 +24,6 @@ GPUS = {
     "ml.p4d.24xlarge": 8, "ml.p4de.24xlarge": 8, "ml.p5.48xlarge": 8,
 }  # fmt: skip
 ENTRY_POINT = "enet_entry.py"
-# Settings that describe this machine, not the job: the container decides them.
-LOCAL_ONLY = ("data_dir", "run_dir", "local_workers")
 
 
 class LaunchPlan(NamedTuple):
@@ -78,7 +76,7 @@ def hyperparameters(cfg: EnetConfig, engine: EngineChoice) -> Dict[str, Any]:
     flat: Dict[str, Any] = {}
     for section in ("model", "data", "train", "runtime"):
         values = getattr(cfg, section).model_dump(mode="json")
-        flat.update({k: v for k, v in values.items() if k not in LOCAL_ONLY and v is not None})
+        flat.update({k: v for k, v in values.items() if k not in LOCAL_SETTINGS and v is not None})
     flat["engine"] = engine.value
     return flat
 

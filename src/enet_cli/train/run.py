@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from enet_cli import outputs
+from enet_cli.artifacts import RunPaths, local_paths
 from enet_cli.config import EnetConfig, load_config
 from enet_cli.errors import ConfigError, EnetError
 from enet_cli.sagemaker import contract
-from enet_cli.sagemaker.contract import RunPaths
 
 
 def prepare_run(
@@ -26,7 +26,7 @@ def prepare_run(
             cfg.data.data_dir = contract.channel_dir()
         return cfg, contract.sagemaker_paths()
     cfg = load_config(config_file, overrides)
-    return cfg, contract.local_paths(cfg.runtime.run_dir)
+    return cfg, local_paths(cfg.runtime.run_dir)
 
 
 def run_training(cfg: EnetConfig, paths: RunPaths) -> Dict[str, object]:

@@ -9,26 +9,20 @@ the interrupted one stopped, with the same data order and the same metrics.
 size), so evaluate/predict need nothing else and a resume can refuse a mismatch up front.
 """
 
-import json
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
-from pydantic import BaseModel
-
+from enet_cli.artifacts import RunMeta
 from enet_cli.backend import tf
-from enet_cli.config import ModelConfig
-from enet_cli.data.manifest import Manifest
-from enet_cli.errors import ConfigError, DataError, TrainingError
-from enet_cli.train.checkpoints import (
+from enet_cli.checkpoints import (
     BEST,
-    CHECKPOINT_SUBDIRS,
     FoundCheckpoint,
     check_model_complete,
     find_checkpoint,
 )
-from enet_cli.train.checkpoints import restore as restore_found
+from enet_cli.checkpoints import restore as restore_found
+from enet_cli.errors import ConfigError, DataError, TrainingError
 
-META_NAME = "enet.json"
 # The loop's own variables: a resume reads them from the checkpoint file before the first
 # step, since SMP restores the checkpoint itself only during that step.
 POSITION = (
@@ -39,57 +33,6 @@ POSITION = (
     "epoch_loss_sum",
     "epoch_confusion",
 )
-
-
-class RunMeta(BaseModel):
-    """What a checkpoint or SavedModel holds; written beside them as enet.json."""
-
-    format_version: int = 1
-    model: ModelConfig
-    image_size: Tuple[int, int]
-    class_names: List[str]
-    class_colors: List[Tuple[int, int, int]]
-    void_color: Tuple[int, int, int] = (0, 0, 0)
-    ignore_index: int
-
-    @classmethod
-    def from_manifest(cls, model: ModelConfig, manifest: Manifest) -> "RunMeta":
-        return cls(
-            model=model,
-            image_size=manifest.image_size,
-            class_names=manifest.class_names,
-            class_colors=[c.color for c in manifest.classes],
-            void_color=manifest.void_color,
-            ignore_index=manifest.ignore_index,
-        )
-
-    def write(self, directory: Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{META_NAME}.tmp"
-        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
-        tmp.replace(directory / META_NAME)
-
-    @classmethod
-    def of_checkpoints(cls, directory: Path) -> Optional["RunMeta"]:
-        """enet.json of a checkpoint directory; a run's best/ (and SMP's directories) use
-        the one of the checkpoints/ they are in."""
-        directory = Path(directory)
-        meta = cls.read(directory)
-        if meta is None and directory.name in CHECKPOINT_SUBDIRS:
-            meta = cls.read(directory.parent)
-        return meta
-
-    @classmethod
-    def read(cls, directory: Path) -> Optional["RunMeta"]:
-        path = Path(directory) / META_NAME
-        if not path.is_file():
-            return None
-        try:
-            return cls.model_validate_json(path.read_text())
-        except (OSError, ValueError) as err:  # pydantic's ValidationError is a ValueError
-            first = str(err).strip().splitlines()[0][:120]
-            raise DataError(f"{path} is damaged ({first}); export or train again") from None
 
 
 def create_slots(optimizer, variables) -> None:
@@ -279,22 +222,6 @@ def check_compatible(directory: Path, meta: RunMeta) -> None:
             f"checkpoints in {directory} are for {len(old.class_names)} classes but the data "
             f"has {len(meta.class_names)}; use another --run-dir or --no-resume"
         )
-
-
-def load_model_from_checkpoint(directory: Path):
-    """(model, meta, found) from a checkpoint directory or a run's checkpoints (latest
-    checkpoint, either layout), or None when there is none."""
-    from enet_cli.model import build_enet
-
-    directory = Path(directory)
-    meta = RunMeta.of_checkpoints(directory)
-    found = find_checkpoint(directory)
-    if meta is None or found is None:
-        return None
-    model = build_enet(meta.model, None)
-    restore_found(tf.train.Checkpoint(model=model), found)
-    check_model_complete(found, len(model.variables))  # a truncated checkpoint fails here
-    return model, meta, found
 
 
 def convert_to_whole(directory: Path, out: Path) -> FoundCheckpoint:

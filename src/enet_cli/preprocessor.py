@@ -1,0 +1,90 @@
+"""The one preprocessor: how a photo becomes ENet's input, and the way back, for training and
+for serving alike (as keras-hub's ImageSegmenterPreprocessor is shared by fit, predict and
+export). A model trained on images shrunk one way and served images shrunk another sees
+different pixels: `enet preprocess`, `predict`, `export` (int8 calibration) and `benchmark`
+resize here, with the filter the training data was made with, and every graph scales
+pixels here.
+
+- `resize_image`: PIL, antialiased. `area` (the default): a box filter (the area average)
+  when shrinking, bilinear when enlarging; `bilinear`: PIL's antialiased bilinear.
+- `resize_classes`: nearest, always (a class index must not be averaged).
+- `to_unit` / `to_pixels`: uint8 0-255 <-> float32 0-1, the model's input range.
+- `Preprocessor(size, interpolation)`: a photo of any size -> the model's input; logits
+  back to the photo's size.
+
+No TensorFlow at import: `enet preprocess`'s worker processes import this module.
+"""
+
+from typing import Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+AREA, BILINEAR = "area", "bilinear"
+
+
+def _filter(interpolation: str, source: Tuple[int, int], target: Tuple[int, int]):
+    if interpolation == BILINEAR:
+        return Image.BILINEAR
+    shrinking = target[0] <= source[0] and target[1] <= source[1]
+    return Image.BOX if shrinking else Image.BILINEAR
+
+
+def resize_image(image, size: Sequence[int], interpolation: str = AREA) -> np.ndarray:
+    """An RGB image (PIL or uint8 HxWx3) at `size` (height, width), as uint8."""
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    height, width = int(size[0]), int(size[1])
+    if picture.size == (width, height):
+        return np.asarray(picture)
+    resample = _filter(interpolation, picture.size, (width, height))
+    return np.asarray(picture.resize((width, height), resample=resample))
+
+
+def resize_classes(classes: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """A class-index map at `size`, nearest neighbour."""
+    height, width = int(size[0]), int(size[1])
+    if classes.shape[:2] == (height, width):
+        return classes
+    return np.asarray(Image.fromarray(classes).resize((width, height), Image.NEAREST))
+
+
+def to_unit(pixels):
+    """uint8 0-255 (a tensor or an array) -> float32 0-1, the model's input."""
+    from enet_cli.backend import tf
+
+    return tf.cast(pixels, tf.float32) / 255.0
+
+
+def to_pixels(images):
+    """float 0-1 -> uint8 0-255, rounded (the inverse of to_unit on its range)."""
+    from enet_cli.backend import tf
+
+    if isinstance(images, np.ndarray):
+        return np.round(np.clip(images.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)
+
+
+class Preprocessor:
+    """A photo -> ENet's input at the model's size, and its logits back to the photo's size."""
+
+    def __init__(self, size: Sequence[int], interpolation: str = AREA):
+        self.size = (int(size[0]), int(size[1]))
+        self.interpolation = interpolation
+
+    def pixels(self, rgb) -> np.ndarray:
+        """uint8 (height, width, 3) at the model's size: what `enet preprocess` stores."""
+        return resize_image(rgb, self.size, self.interpolation)
+
+    def __call__(self, rgb):
+        """float32 (1, height, width, 3) in 0-1 at the model's size."""
+        return to_unit(self.pixels(rgb)[None])
+
+    @staticmethod
+    def logits_to_size(logits, size: Sequence[int]):
+        """(1, h, w, K) logits -> (1, H, W, K): bilinear on the scores, then argmax, so class
+        boundaries fall between pixels, not on the model's coarser grid."""
+        from enet_cli.backend import tf
+
+        if tuple(int(v) for v in logits.shape[1:3]) == (int(size[0]), int(size[1])):
+            return logits
+        return tf.image.resize(logits, [int(size[0]), int(size[1])], method="bilinear")
