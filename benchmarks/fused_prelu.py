@@ -17,7 +17,7 @@ from _probe import train_step
 
 from enet_cli.backend import tf
 from enet_cli.model import fused
-from enet_cli.model.layers import BlockPReLU
+from enet_cli.model.ops import BlockPReLU
 
 
 def make_step(size, batch, use_kernel: bool):

@@ -18,7 +18,7 @@ import numpy as np
 
 from enet_cli.backend import tf
 from enet_cli.errors import EnvironmentProblem
-from enet_cli.model.layers import BlockPReLU, PointwiseConv2D
+from enet_cli.model.ops import BlockPReLU, PointwiseConv2D
 from enet_cli.preprocessor import to_unit
 
 

@@ -14,7 +14,7 @@ import pytest
 from enet_cli.backend import keras, tf
 from enet_cli.config import ModelConfig
 from enet_cli.model import build_enet, fused
-from enet_cli.model.layers import BlockPReLU
+from enet_cli.model.ops import BlockPReLU
 from enet_cli.train.optim import seed_everything
 
 pytestmark = pytest.mark.compat

@@ -191,7 +191,7 @@ def test_keras_layers_are_keras2():
 
 @pytest.mark.compat
 def test_spatial_dropout_drops_whole_channels_and_replays_after_restore():
-    from enet_cli.model.layers import SpatialDropout
+    from enet_cli.model.ops import SpatialDropout
 
     x = tf.ones((2, 4, 4, 64))
     layer = SpatialDropout(0.5, seed=11)
@@ -216,7 +216,7 @@ SYNC_BN_PROBE = r"""
 import json
 import numpy as np
 from enet_cli.backend import tf
-from enet_cli.model.layers import SyncBatchNorm
+from enet_cli.model.ops import SyncBatchNorm
 
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)

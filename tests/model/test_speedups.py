@@ -12,7 +12,7 @@ import pytest
 from enet_cli.backend import tf
 from enet_cli.config import ModelConfig
 from enet_cli.model import build_enet
-from enet_cli.model.layers import BlockPReLU, FullConv
+from enet_cli.model.ops import BlockPReLU, FullConv
 from enet_cli.train.optim import seed_everything
 from enet_cli.train.task import SegmentationTask
 
@@ -87,7 +87,7 @@ def test_frozen_prelu_slopes_give_the_same_inference_outputs():
 
 
 def test_pointwise_convolution_as_matmul_keeps_outputs_and_gradients():
-    from enet_cli.model.layers import PointwiseConv2D
+    from enet_cli.model.ops import PointwiseConv2D
 
     layer = PointwiseConv2D(24, 1, use_bias=False)
     images = tf.constant(np.random.default_rng(3).normal(0, 1, (2, 12, 16, 8)), tf.float32)
@@ -108,7 +108,7 @@ def test_pointwise_convolution_as_matmul_keeps_outputs_and_gradients():
 
 
 def test_enet_uses_pointwise_matmuls_for_its_1x1_convolutions():
-    from enet_cli.model.layers import PointwiseConv2D
+    from enet_cli.model.ops import PointwiseConv2D
 
     model = build_enet(ModelConfig(num_classes=11), (48, 64))
     convs = [m for m in model.submodules if isinstance(m, tf.keras.layers.Conv2D)]

@@ -196,7 +196,7 @@ def smp(monkeypatch):
     yield module
     for name in [m for m in sys.modules if m.startswith("smdistributed")]:
         del sys.modules[name]
-    from enet_cli.model.layers import SpatialDropout
+    from enet_cli.model.ops import SpatialDropout
 
     SpatialDropout.REPLICA_SEED = 0
 

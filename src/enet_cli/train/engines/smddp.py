@@ -24,7 +24,7 @@ import numpy as np
 
 from enet_cli.backend import tf
 from enet_cli.errors import EnvironmentProblem
-from enet_cli.model.layers import SpatialDropout
+from enet_cli.model.ops import SpatialDropout
 from enet_cli.train.engines.base import Engine
 from enet_cli.train.step import objective
 

@@ -30,7 +30,7 @@ from enet_cli.checkpoints import SMP, SMP_BEST, FoundCheckpoint, find_checkpoint
 from enet_cli.config import RuntimeConfig
 from enet_cli.errors import ConfigError, EnvironmentProblem
 from enet_cli.model import build_enet
-from enet_cli.model.layers import SpatialDropout
+from enet_cli.model.ops import SpatialDropout
 from enet_cli.sagemaker.contract import mp_parameters
 from enet_cli.train.engines.base import Engine
 from enet_cli.train.state import CheckpointBackend, create_slots
