@@ -1,6 +1,7 @@
 """The `enet` command as a user runs it: real subprocesses, exit codes, one-line errors."""
 
 import json
+import re
 
 import pytest
 
@@ -134,3 +135,14 @@ def test_demo_runs_the_whole_workflow_and_its_numbers_are_evaluates(tmp_path):
     evaluated = json.loads((tmp_path / "m.json").read_text())["mean_iou"]
     assert saved["mean_iou"] == pytest.approx(evaluated, rel=1e-6)
     assert printed == pytest.approx(100 * evaluated, abs=0.05)
+
+
+def test_tensorflow_start_up_lines_only_when_asked_for():
+    """Quiet by default (our one line stays alone on stderr); --verbose, like
+    ENET_LOG_LEVEL=debug, lets TensorFlow's own start-up lines through."""
+    quiet = run_enet("model", "summary", "--size", "24x32")
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr.strip() == ""
+    loud = run_enet("--verbose", "model", "summary", "--size", "24x32")
+    assert loud.returncode == 0, loud.stderr
+    assert re.search(r"^[IWE]\d{4} |absl::InitializeLog|oneDNN", loud.stderr, re.M), loud.stderr

@@ -15,7 +15,12 @@ import tempfile
 from typing import Iterator
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# ENET_LOG_LEVEL=debug (or `enet --verbose`): every line TensorFlow prints, start-up included.
+VERBOSE = os.environ.get("ENET_LOG_LEVEL", "").lower() == "debug"
+if VERBOSE:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+else:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # TensorFlow's C++ start-up lines (written to fd 2 before absl's logging is initialised, so
 # TF_CPP_MIN_LOG_LEVEL cannot silence them): oneDNN, CUDA stubs, cuInit on a machine
@@ -32,6 +37,9 @@ _STARTUP_NOISE = re.compile(
 @contextlib.contextmanager
 def _startup_noise_filtered() -> Iterator[None]:
     """Run the block with fd 2 captured, then replay what it wrote minus the start-up noise."""
+    if VERBOSE:
+        yield
+        return
     sys.stderr.flush()
     try:
         saved = os.dup(2)

@@ -108,8 +108,17 @@ def root(
     version: bool = typer.Option(
         False, "--version", callback=_version_callback, is_eager=True, help="Show the version."
     ),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        help="Show TensorFlow's own log lines too (start-up included); as ENET_LOG_LEVEL=debug.",
+    ),
 ) -> None:
     """Train, evaluate and ship ENet semantic segmentation on CamVid, locally or on SageMaker."""
+    if verbose:  # read when TensorFlow is first imported, which no command has done yet
+        import os
+
+        os.environ["ENET_LOG_LEVEL"] = "debug"
 
 
 # ---------------------------------------------------------------------------------------
