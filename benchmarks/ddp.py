@@ -25,7 +25,7 @@ from _common import Timer, machine, segnet_copies
 
 from enet_cli.config import ModelConfig, PreprocessConfig, parse_size
 from enet_cli.data.preprocess import preprocess
-from enet_cli.train.metrics import parse_metrics_line
+from enet_cli.metrics import parse_metrics_line
 
 
 def train(data: Path, run: Path, batch: int, extra) -> tuple:

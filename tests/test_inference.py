@@ -141,8 +141,8 @@ def test_every_json_file_a_run_writes_is_strict_json(trained_run, small_data, tm
 def test_json_we_write_has_null_where_a_number_is_undefined():
     """The IoU of a class in neither the labels nor the predictions is NaN in the metrics;
     written, it is null, with NumPy numbers as plain numbers."""
+    from enet_cli.metrics import segmentation_metrics
     from enet_cli.outputs import json_text
-    from enet_cli.train.metrics import segmentation_metrics
 
     confusion = np.array([[5, 1, 0], [2, 7, 0], [0, 0, 0]])  # class 2: absent everywhere
     metrics = segmentation_metrics(confusion, ["a", "b", "c"])

@@ -11,7 +11,7 @@ from enet_cli.data.manifest import load_manifest
 from enet_cli.data.pipeline import make_dataset, reading_shards
 from enet_cli.errors import DataError
 from enet_cli.inference import load_predictor
-from enet_cli.train.metrics import confusion_matrix, segmentation_metrics
+from enet_cli.metrics import confusion_matrix, segmentation_metrics
 
 
 def evaluate(

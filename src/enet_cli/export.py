@@ -23,10 +23,10 @@ from enet_cli.data.manifest import load_manifest
 from enet_cli.data.pipeline import make_dataset
 from enet_cli.errors import ConfigError, DataError
 from enet_cli.inference import TFLITE_NAME
+from enet_cli.metrics import confusion_matrix, segmentation_metrics
 from enet_cli.model import build_enet
 from enet_cli.preprocessor import resize_classes, resize_image, to_pixels, to_unit
 from enet_cli.tflite import Quantize, TFLiteRunner, convert
-from enet_cli.train.metrics import confusion_matrix, segmentation_metrics
 
 
 def serving_model(model, meta: RunMeta):

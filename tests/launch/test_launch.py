@@ -17,8 +17,8 @@ from typing import ClassVar
 import pytest
 
 from conftest import FIXTURES, REPO, enet_env, error_lines, preprocess_to
+from enet_cli.metrics import METRICS_PREFIX, metric_definitions
 from enet_cli.sagemaker.contract import FOREIGN_HYPERPARAMETERS, ROOT_ENV
-from enet_cli.train.metrics import METRICS_PREFIX, metric_definitions
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/enet-training"

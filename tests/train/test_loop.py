@@ -8,7 +8,7 @@ import pytest
 from conftest import checkpoint_values, fit_quietly, train_config
 from enet_cli.data.manifest import load_manifest
 from enet_cli.errors import ConfigError, DataError, TrainingError
-from enet_cli.train.metrics import parse_metrics_line
+from enet_cli.metrics import parse_metrics_line
 
 
 def majority_baseline_miou(data_dir) -> float:
@@ -72,24 +72,21 @@ def _same_state(a, b):
 
 
 @pytest.mark.compat
-def test_checkpoint_resume_round_trip(small_data, tmp_path, capsys):
-    """Stopped after step 1 and resumed to step 2 = a straight 2-step run, and the resumed
-    run says where it resumed: a run that silently started over would print "starting from
-    scratch" (and, with other data order or weights, end elsewhere)."""
-    straight = fit_quietly(train_config(small_data, tmp_path / "straight", steps=2))
+def test_a_resumed_run_says_where_it_resumed(small_data, tmp_path, capsys):
+    """Stopped after step 1 and run again: it resumes at step 1 and says so; a run that
+    silently started over would print "starting from scratch". That the resumed run ends
+    where a straight run ends, variable for variable, at every step and after SIGTERM or
+    SIGKILL, is test_every_step_resume.py's and test_every_step_sigkill.py's."""
     first = fit_quietly(train_config(small_data, tmp_path / "r", steps=1))
     assert first["steps"] == 1 and first["epochs_completed"] == 0
     capsys.readouterr()
     second = fit_quietly(train_config(small_data, tmp_path / "r", steps=2))
     said = capsys.readouterr().err
     assert f"resuming from {tmp_path / 'r' / 'checkpoints' / 'ckpt-1'} (epoch 1, step 1)" in said
-    assert second["steps"] == straight["steps"] == 2
+    assert second["steps"] == 2
     later = checkpoint_values(tmp_path / "r" / "checkpoints")
     assert int(later["global_step/.ATTRIBUTES/VARIABLE_VALUE"]) == 2
     assert int(later["step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE"]) == 2
-    _same_state(checkpoint_values(tmp_path / "straight" / "checkpoints"), later)
-    again = fit_quietly(train_config(small_data, tmp_path / "r", steps=1, resume=False))
-    assert again["steps"] == 1 and "starting from scratch" in capsys.readouterr().err
 
 
 def test_bad_inputs_are_one_line_errors(small_data, tmp_path):
@@ -206,7 +203,7 @@ def test_cosine_schedule_and_mid_epoch_validation(small_data, tmp_path, capsys):
     run's steps, and --val-every-steps validating inside epochs (not again at their ends)."""
     import math
 
-    from enet_cli.train.metrics import parse_metrics_line
+    from enet_cli.metrics import parse_metrics_line
 
     capsys.readouterr()
     summary = fit_quietly(

@@ -21,8 +21,8 @@ from conftest import (
     run_enet,
     train_config,
 )
+from enet_cli.metrics import parse_metrics_line
 from enet_cli.sagemaker.contract import ROOT_ENV
-from enet_cli.train.metrics import parse_metrics_line
 
 NO_DROPOUT = ("--dropout", "0", "--stage1-dropout", "0")
 

@@ -12,8 +12,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from enet_cli.config import LOCAL_SETTINGS, EnetConfig, EngineChoice, LaunchConfig, Mode
 from enet_cli.errors import ConfigError
+from enet_cli.metrics import metric_definitions
 from enet_cli.train.engines.table import EngineSpec, describe_batch, resolve_for_job
-from enet_cli.train.metrics import metric_definitions
 
 # GPUs per instance, for the types these defaults and libraries use (AWS's instance pages).
 GPUS = {

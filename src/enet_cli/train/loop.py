@@ -22,10 +22,10 @@ from enet_cli.config import EnetConfig, Precision
 from enet_cli.data.manifest import Manifest, check_batch_size, load_manifest
 from enet_cli.data.pipeline import check_data, make_dataset, reading_shards
 from enet_cli.errors import Interrupted, PeerLost, TrainingError
+from enet_cli.metrics import segmentation_metrics
 from enet_cli.model import fused
 from enet_cli.train.engines.base import Engine
 from enet_cli.train.engines.table import check_microbatches
-from enet_cli.train.metrics import segmentation_metrics
 from enet_cli.train.optim import (
     build_lr_schedule,
     build_optimizer,

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional
 from enet_cli import outputs, ui
 from enet_cli.backend import tf
 from enet_cli.config import LogFormat
-from enet_cli.train.metrics import format_metrics_line
+from enet_cli.metrics import format_metrics_line
 
 # (key, heading, width, format) of a table row; a missing value is "-".
 COLUMNS = (

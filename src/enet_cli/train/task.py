@@ -14,7 +14,7 @@ from enet_cli.backend import tf
 from enet_cli.config import ClassWeighting
 from enet_cli.data.manifest import Manifest
 from enet_cli.errors import DataError
-from enet_cli.train.metrics import confusion_matrix
+from enet_cli.metrics import confusion_matrix
 
 
 class SegmentationTask(NamedTuple):
