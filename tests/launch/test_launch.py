@@ -220,14 +220,14 @@ def test_launch_creates_the_job_the_mode_needs(aws, small_data, case):
     assert hyperparameters["sagemaker_program"] == "enet_entry.py"
     for key, value in extra_hyperparameters.items():
         assert hyperparameters[key] == value, key
-    for absent in ("data_dir", "run_dir", "local_workers"):
-        assert absent not in hyperparameters
     # Every other training setting passes through, and parses back with the same models.
-    from enet_cli.config import EnetConfig, load_config
+    from enet_cli.config import LOCAL_SETTINGS, EnetConfig, load_config
 
+    for absent in ("data_dir", "run_dir", "local_workers", "log_format"):
+        assert absent not in hyperparameters and absent in LOCAL_SETTINGS
     defaults = EnetConfig().model_dump()
     settings = {k for section in defaults.values() for k, v in section.items() if v is not None}
-    settings -= {"run_dir", "local_workers"}  # None (unset, e.g. --steps) is left out too
+    settings -= set(LOCAL_SETTINGS)  # None (unset, e.g. --steps) is left out too
     assert settings <= set(hyperparameters), settings - set(hyperparameters)
     ours = {
         k: v
