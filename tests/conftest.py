@@ -202,12 +202,14 @@ def train_config(data_dir: Path, run_dir: Path, **train):
         if key in train:
             runtime[key] = train.pop(key)
     model = {key: train.pop(key) for key in ("dropout", "stage1_dropout") if key in train}
+    data = {"data_dir": data_dir, "image_size": SMALL_SIZE}
+    data.update({key: train.pop(key) for key in ("augment",) if key in train})
     settings = {"batch_size": 4, "epochs": 2, "learning_rate": 2e-3, "seed": 1}
     settings.update(train)
     return load_config(
         None,
         {
-            "data": {"data_dir": data_dir, "image_size": SMALL_SIZE},
+            "data": data,
             "model": model,
             "train": settings,
             "runtime": runtime,
@@ -255,9 +257,10 @@ def checkpoint_values(directory: Path, name: str = "") -> dict:
 
 @pytest.fixture(scope="session")
 def trained_run(small_data, tmp_path_factory) -> Path:
-    """A short real training run (SavedModel + checkpoints) for evaluate/predict tests."""
+    """A short real training run (SavedModel + checkpoints) for evaluate/predict tests,
+    with random flips (so its weights are those the export tests' tolerances were set on)."""
     run = tmp_path_factory.mktemp("trained") / "run"
-    fit_quietly(train_config(small_data, run, epochs=2))
+    fit_quietly(train_config(small_data, run, epochs=2, augment=True))
     return run
 
 

@@ -441,7 +441,7 @@ def export(
     stdout.print(
         f"against the float model on {found.split} ({found.images} images): pixel agreement "
         f"{100 * found.pixel_agreement:.2f}%, mean IoU {100 * found.mean_iou_export:.2f}% vs "
-        f"{100 * found.mean_iou_float:.2f}% (delta {100 * found.mean_iou_delta:+.2f} points)",
+        f"{100 * found.mean_iou_float:.2f}% (delta {round(100 * found.mean_iou_delta, 2) + 0.0:+.2f} points)",
         soft_wrap=True,
     )
 

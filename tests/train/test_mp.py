@@ -376,7 +376,9 @@ from enet_cli.train.task import SegmentationTask
 engine = PipelineEngine(RuntimeConfig(mode="mp", partitions=2, microbatches=2))
 model = engine.build_model(ModelConfig(num_classes=11), (96, 128))
 task = SegmentationTask(11, 11, [1.0] * 11)
-step = engine.make_train_step(model, build_update(TrainConfig(), model.trainable_variables), task)
+update = build_update(TrainConfig(), model.trainable_variables)
+optimizer = update.optimizer
+step = engine.make_train_step(model, update, task)
 batch = (tf.zeros([4, 96, 128, 3]), tf.zeros([4, 96, 128], tf.int32))
 step(batch)  # one real step: every slot exists
 graph = step.get_concrete_function(batch).graph

@@ -50,8 +50,11 @@ class Update:
         return self.optimizer.get_unscaled_gradients(grads) if self.scaled else grads
 
     def gradients(self, tape, loss) -> List:
-        """d loss / d variables through `tape`, loss-scaled when mixed precision asks."""
-        return self.unscale(tape.gradient(self.scale(loss), self.variables))
+        """d loss / d variables through `tape`, loss-scaled when mixed precision asks (the
+        tape is re-entered: the scaling must be on it)."""
+        with tape:
+            target = self.scale(loss)
+        return self.unscale(tape.gradient(target, self.variables))
 
     def apply(self, grads: List) -> None:
         if self.clip_norm is not None:  # a float, or a tf.Variable (tests change it)
