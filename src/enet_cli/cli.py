@@ -438,10 +438,11 @@ def export(
         if format != "checkpoint":  # a copy of the training state: nothing to measure
             stdout.print("agreement with the float model: not measured (give --data DATA_DIR)")
         return
+    delta = round(100 * found.mean_iou_delta, 2) + 0.0  # + 0.0: never "-0.00"
     stdout.print(
         f"against the float model on {found.split} ({found.images} images): pixel agreement "
         f"{100 * found.pixel_agreement:.2f}%, mean IoU {100 * found.mean_iou_export:.2f}% vs "
-        f"{100 * found.mean_iou_float:.2f}% (delta {round(100 * found.mean_iou_delta, 2) + 0.0:+.2f} points)",
+        f"{100 * found.mean_iou_float:.2f}% (delta {delta:+.2f} points)",
         soft_wrap=True,
     )
 
