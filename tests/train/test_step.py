@@ -43,11 +43,11 @@ def _check(data, engine: str) -> None:
 
 @pytest.mark.compat
 def test_clip_norm_clips_the_global_gradient_in_every_tf_engine_and_smp(tmp_path):
-    """single, mirrored (2 replicas, gradients all-reduced), the tf pipeline (2 stages x 2
+    """Mirrored (2 replicas, gradients all-reduced), the tf pipeline (2 stages x 2
     microbatches, gradients summed) and the SMP stand-in (smp.step + accumulate), in one
     process: one traced step each, run unclipped then clipped."""
     out = tmp_path / "steps.npz"
-    engines = ["single", "mirrored", "pipeline", "smp"]
+    engines = ["mirrored", "pipeline", "smp"]  # single: mirrored's code, one replica
     result = subprocess.run(
         [sys.executable, str(PROBE), str(out), *engines],
         capture_output=True,
