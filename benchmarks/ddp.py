@@ -92,7 +92,9 @@ def main() -> None:
         }
         base = None
         for name, extra in runs.items():
-            rate, seconds = train(data, work / name.replace(" ", "_"), args.batch, extra)
+            # --batch-size is per replica: the same global batch over 2 workers is half
+            per_replica = args.batch // 2 if "--local-workers" in extra else args.batch
+            rate, seconds = train(data, work / name.replace(" ", "_"), per_replica, extra)
             base = base or rate
             print(
                 f"{name}: {rate:.2f} images/s at global batch {args.batch} "
