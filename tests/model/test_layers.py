@@ -15,8 +15,8 @@ from enet_cli.model.layers import (
     FullConv,
     InitialBlock,
     UpsamplingBottleneck,
-    max_unpool,
 )
+from enet_cli.model.ops import max_unpool
 
 
 def unpool_with_argmax(values, pool_input):

@@ -12,7 +12,8 @@ import pytest
 from enet_cli.backend import tf
 from enet_cli.config import ModelConfig
 from enet_cli.model import build_enet
-from enet_cli.model.ops import BlockPReLU, FullConv
+from enet_cli.model.layers import FullConv
+from enet_cli.model.ops import BlockPReLU
 from enet_cli.train.optim import seed_everything
 from enet_cli.train.task import SegmentationTask
 
