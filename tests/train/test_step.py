@@ -41,13 +41,8 @@ def _check(data, engine: str) -> None:
     assert error < 1e-4, (engine, error)
 
 
-@pytest.mark.compat
-def test_clip_norm_clips_the_global_gradient_in_every_tf_engine_and_smp(tmp_path):
-    """Mirrored (2 replicas, gradients all-reduced), the tf pipeline (2 stages x 2
-    microbatches, gradients summed) and the SMP stand-in (smp.step + accumulate), in one
-    process: one traced step each, run unclipped then clipped."""
+def _probe(tmp_path, engines):
     out = tmp_path / "steps.npz"
-    engines = ["mirrored", "pipeline", "smp"]  # single: mirrored's code, one replica
     result = subprocess.run(
         [sys.executable, str(PROBE), str(out), *engines],
         capture_output=True,
@@ -59,6 +54,19 @@ def test_clip_norm_clips_the_global_gradient_in_every_tf_engine_and_smp(tmp_path
     data = np.load(out)
     for engine in engines:
         _check(data, engine)
+
+
+def test_clip_norm_clips_the_global_gradient_in_the_tf_engines(tmp_path):
+    """Mirrored (2 replicas, gradients all-reduced) and the tf pipeline (2 stages x 2
+    microbatches, gradients summed), in one process: one traced step each, run unclipped
+    then clipped. Single mode is the mirrored engine's code with one replica."""
+    _probe(tmp_path, ["mirrored", "pipeline"])
+
+
+@pytest.mark.compat
+def test_clip_norm_clips_the_global_gradient_under_smp(tmp_path):
+    """The SMP stand-in: the gradients of smp.step, accumulate()d over 2 microbatches."""
+    _probe(tmp_path, ["smp"])
 
 
 def test_clip_norm_clips_the_global_gradient_over_smddp_ranks(tmp_path):
