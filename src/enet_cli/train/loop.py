@@ -129,6 +129,7 @@ class _Training:
                 write_directory=engine.checkpoint_dir(paths.checkpoints),
                 backend=engine.checkpoints,
             )
+            engine.create_optimizer_slots(self.state.checkpoint.optimizer, self.model)
             resumed = self.state.restore_latest() if cfg.runtime.resume else None
         if engine.is_chief:
             if not cfg.runtime.resume:

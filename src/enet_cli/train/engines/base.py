@@ -20,7 +20,7 @@ import numpy as np
 from enet_cli.backend import keras, tf
 from enet_cli.config import ModelConfig
 from enet_cli.model import build_enet
-from enet_cli.train.state import CheckpointBackend
+from enet_cli.train.state import CheckpointBackend, create_slots
 from enet_cli.train.step import Update, objective
 from enet_cli.train.task import SegmentationTask
 
@@ -44,6 +44,13 @@ class Engine:
     def build_model(self, cfg: ModelConfig, image_size) -> keras.Model:
         """The ENet this engine trains (called in scope(); engines may place or wrap it)."""
         return build_enet(cfg, image_size, sync_batchnorm=self.sync_batchnorm)
+
+    def create_optimizer_slots(self, optimizer, model) -> None:
+        """Make the optimizer's slots before the train step is traced (called in scope()).
+        A step that makes them on its first call is traced twice, tf.function's
+        variable-creating trace and then the one it keeps, and that trace is the longest
+        part of a run's start-up (benchmarks/startup.py)."""
+        create_slots(optimizer, model.trainable_variables)
 
     def checkpoint_dir(self, run_checkpoints: Path) -> Optional[Path]:
         """Where this process writes checkpoints and exports; None: it does not write them.

@@ -5,8 +5,8 @@ local rank, computes gradients on its own shard, and `DistributedGradientTape` a
 them across ranks. Nothing here is a tf.distribute strategy, so the engine does the rest
 itself: the loss is normalised by the global non-void pixel count (so N ranks at batch b
 compute exactly the gradient of one process at batch N*b), model and optimizer variables
-are broadcast from rank 0 once after the first step (the optimizer's slots exist only
-then), and metrics are summed over ranks with `oob_allreduce` (the library's reduction for
+are broadcast from rank 0 once after the first step (the library's documented pattern),
+and metrics are summed over ranks with `oob_allreduce` (the library's reduction for
 non-gradient tensors). Only rank 0 writes checkpoints, logs and the model.
 
 What `oob_allreduce` returns is documented both ways (smd_data_parallel_tensorflow.rst: it

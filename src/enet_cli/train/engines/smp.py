@@ -155,6 +155,10 @@ class SMPEngine(Engine):
     def checkpoint_dir(self, run_checkpoints: Path) -> Optional[Path]:
         return run_checkpoints  # every partition's process saves its own variables
 
+    def create_optimizer_slots(self, optimizer, model) -> None:
+        """Not before the first step: SMP partitions the model then, and each process must
+        hold the slots of its own partition's variables only."""
+
     def build_model(self, cfg, image_size):
         self.distributed = distributed_model(self.smp, cfg, image_size)
         return self.distributed.enet
