@@ -18,6 +18,7 @@ import pytest
 
 from conftest import (
     CLASS_AGREEMENT_FLOOR,
+    PIXELS_OFF_AT_A_TIE,
     assert_same_logits,
     enet_env,
     error_lines,
@@ -151,12 +152,13 @@ def test_tflite_float32_and_float16_match_the_keras_model(
         logits, classes = runner(pixels)
         floor = 0.999 if name == "float32" else 0.99
         if name == "float32":
-            # Max unpooling is discontinuous: where a 2x2 pooling window holds an exact tie
+            # Max unpooling is discontinuous: where a 2x2 pooling window holds a near tie
             # in float32, TFLite's arithmetic (batch norm folded into the kernels) may place
-            # the value at the other position. Seen once: one window of one channel, 25 of
-            # 540672 logits off by up to 2.4e-3. Everything else agrees to 1e-3.
+            # the value at the other position (conftest.assert_same_logits). Seen: 25 of
+            # 540672 logits off by up to 2.4e-3 on one machine, 381 on an AMD EPYC one.
+            # Everything else agrees to 1e-3.
             close = np.abs(logits - expected) <= 1e-3
-            assert close.mean() >= 0.9999, (close.size - close.sum(), close.size)
+            assert close.mean() >= 1 - PIXELS_OFF_AT_A_TIE, (close.size - close.sum(), close.size)
         assert float(np.mean(classes == expected.argmax(-1))) >= floor, name
         assert report.agreement.pixel_agreement >= floor, (name, report.agreement)
         assert abs(report.agreement.mean_iou_delta) < 0.005, (name, report.agreement)

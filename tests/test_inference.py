@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURES, error_lines, run_enet
+from conftest import FIXTURES, assert_same_logits, error_lines, run_enet
 from enet_cli.config import DataConfig
 from enet_cli.data.manifest import load_manifest
 from enet_cli.data.pipeline import make_dataset
@@ -50,7 +50,7 @@ def test_the_saved_model_holds_the_best_checkpoints_weights(trained_run, small_d
     best = load_predictor(trained_run / "checkpoints" / "best")
     latest = load_predictor(trained_run / "checkpoints")
     assert saved.shape == (2, 96, 128, 11)
-    np.testing.assert_allclose(saved, best.logits(images).numpy(), rtol=1e-5, atol=1e-5)
+    assert_same_logits(saved, best.logits(images).numpy())  # ties: conftest
     # metrics.json names the checkpoint it exported: the best one, by val mean IoU.
     summary = json.loads((trained_run / "metrics.json").read_text())
     assert summary["exported_weights"] == best.source.split("checkpoint ", 1)[1]
