@@ -134,6 +134,28 @@ def segnet_data(tmp_path_factory) -> Path:
     return out
 
 
+def read_records(data_dir, split):
+    """name -> (image uint8 HxWx3, label uint8 HxW), straight from the shards."""
+    from enet_cli.backend import tf
+    from enet_cli.data.manifest import load_manifest
+    from enet_cli.data.pipeline import FEATURES
+
+    manifest = load_manifest(data_dir)
+    out = {}
+    for path in manifest.shard_paths(data_dir, split):
+        for record in tf.data.TFRecordDataset(str(path)):
+            ex = tf.io.parse_single_example(record, FEATURES)
+            image = tf.io.decode_png(ex["image"]).numpy()
+            label = tf.io.decode_png(ex["label"]).numpy()[..., 0]
+            out[ex["name"].numpy().decode()] = (image, label)
+    return out
+
+
+def nothing_written(parent, name="out"):
+    leftovers = [p.name for p in parent.iterdir() if name in p.name]
+    return leftovers == []
+
+
 SMALL_SIZE = "96x128"
 
 

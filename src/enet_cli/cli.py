@@ -20,7 +20,6 @@ from enet_cli.config import (
     DEFAULT_IMAGE_SIZE,
     LOCAL_SETTINGS,
     SECTIONS,
-    ClassScheme,
     ClassWeighting,
     EngineChoice,
     Interpolation,
@@ -176,16 +175,25 @@ def _pp_opt(field: str, **kwargs: Any) -> Any:
 
 @app.command()
 def preprocess(
-    input_dir: Path = typer.Argument(..., help="Raw CamVid root (Kaggle or SegNet layout)."),
+    input_dir: Path = typer.Argument(
+        ..., help="The dataset's root: CamVid, Cityscapes, VOC-style, or image/mask folders."
+    ),
     output_dir: Path = typer.Argument(..., help="Directory to create: shards + manifest.json."),
-    classes: Optional[ClassScheme] = _pp_opt("classes"),
+    layout: Optional[str] = _pp_opt("layout"),
+    classes: Optional[str] = _pp_opt("classes"),
+    ignore_index: Optional[int] = _pp_opt("ignore_index"),
+    val_fraction: Optional[float] = _pp_opt("val_fraction"),
+    split_seed: Optional[int] = _pp_opt("split_seed"),
     image_size: Optional[str] = _pp_opt("image_size"),
     interpolation: Optional[Interpolation] = _pp_opt("interpolation"),
     shards: Optional[int] = _pp_opt("shards"),
     workers: Optional[int] = _pp_opt("workers"),
     force: bool = typer.Option(False, "--force", help="Replace an existing OUTPUT_DIR."),
 ) -> None:
-    """Turn raw CamVid into TFRecord shards and a manifest. Example: enet preprocess CamVid data"""
+    """Turn a dataset into TFRecord shards and a manifest (the layout is detected and named).
+
+    Example: enet preprocess ~/datasets/cityscapes data/cityscapes --size 512x1024
+    """
     cfg = make_options(PreprocessConfig, locals())
     from enet_cli.data.preprocess import preprocess as run_preprocess
 
@@ -202,7 +210,7 @@ def preprocess(
             r.split,
             str(r.images),
             str(r.shards),
-            str(r.classes_present),
+            str(r.classes_present) if r.labeled else "no labels",
             f"{r.seconds:.1f}",
             f"{r.images_per_second:.1f}",
         )

@@ -243,25 +243,37 @@ class RuntimeConfig(_Section):
     )
 
 
-class ClassScheme(str, enum.Enum):
-    camvid11 = "camvid11"
-    camvid32 = "camvid32"
-
-
 class Interpolation(str, enum.Enum):
     area = "area"
     bilinear = "bilinear"
 
 
 class PreprocessConfig(_Section):
-    """`enet preprocess`: raw CamVid -> TFRecord shards + manifest.json."""
+    """`enet preprocess`: a dataset on disk -> TFRecord shards + manifest.json."""
 
-    input_dir: Path = Field(..., description="Raw CamVid root (Kaggle or SegNet layout).")
+    input_dir: Path = Field(..., description="The dataset's root folder.")
     output_dir: Path = Field(..., description="Directory to create with shards + manifest.")
-    classes: ClassScheme = Field(
-        ClassScheme.camvid11,
-        description="camvid11: the standard 11 classes; camvid32: Kaggle's own (void ignored).",
+    layout: Optional[str] = Field(
+        None,
+        description="camvid-kaggle, camvid-segnet, cityscapes, voc or folders (default: "
+        "detected from the folders).",
     )
+    classes: Optional[str] = Field(
+        None,
+        description="camvid11 or camvid32 (CamVid), cityscapes or cityscapes-categories, voc, "
+        "or a classes file (CSV name,r,g,b or name,value; JSON; YAML). Default: the "
+        "layout's own (camvid11, cityscapes, voc, the mask values).",
+    )
+    ignore_index: int = Field(
+        255, ge=0, le=255, description="Mask value that is void (folders layout)."
+    )
+    val_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="Share of images held out for val when a folders dataset has no split folders.",
+    )
+    split_seed: int = Field(0, description="Seed of the --val-fraction split.")
     image_size: Tuple[int, int] = Field(
         DEFAULT_IMAGE_SIZE, description="HEIGHTxWIDTH the images are resized to."
     )

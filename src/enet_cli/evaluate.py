@@ -26,8 +26,8 @@ def evaluate(
     for path, option in ((json_path, "--json"), (confusion_csv, "--confusion-csv")):
         if path is not None:
             outputs.check_file_target(Path(path), option)
+    manifest = load_manifest(data_dir, True, [split], "--split")  # refusals before loading
     predictor = load_predictor(model_path)
-    manifest = load_manifest(data_dir, True, [split], "--split")
     if manifest.class_names != predictor.meta.class_names:
         raise DataError(
             f"the model was trained on {len(predictor.meta.class_names)} classes "

@@ -217,15 +217,11 @@ def _export_checkpoints(request: ExportRequest) -> ExportReport:
 
 
 def _manifest_for(request: ExportRequest, meta: RunMeta):
-    manifest = load_manifest(request.data_dir)
+    manifest = load_manifest(request.data_dir, splits=[request.split], split_option="--split")
     if manifest.class_names != meta.class_names:
         raise DataError(
             f"the model was trained on {len(meta.class_names)} classes but {request.data_dir} "
             f"has {manifest.num_classes}; give the data it was trained on"
-        )
-    if request.split not in manifest.splits:
-        raise DataError(
-            f"{request.data_dir} has no {request.split!r} split ({', '.join(manifest.splits)})"
         )
     return manifest
 

@@ -12,31 +12,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURES, enet_env, error_lines, preprocess_to, run_enet
-from enet_cli.backend import tf
+from conftest import (
+    FIXTURES,
+    enet_env,
+    error_lines,
+    nothing_written,
+    preprocess_to,
+    read_records,
+    run_enet,
+)
 from enet_cli.config import ConfigError
-from enet_cli.data.camvid import CAMVID11, labels_to_classes
+from enet_cli.data.classes import labels_to_classes
+from enet_cli.data.layouts.camvid import CAMVID11
 from enet_cli.data.manifest import load_manifest
-from enet_cli.data.pipeline import FEATURES
 from enet_cli.errors import DataError, OutputError
-
-
-def read_records(data_dir, split):
-    """name -> (image uint8 HxWx3, label uint8 HxW), straight from the shards."""
-    manifest = load_manifest(data_dir)
-    out = {}
-    for path in manifest.shard_paths(data_dir, split):
-        for record in tf.data.TFRecordDataset(str(path)):
-            ex = tf.io.parse_single_example(record, FEATURES)
-            image = tf.io.decode_png(ex["image"]).numpy()
-            label = tf.io.decode_png(ex["label"]).numpy()[..., 0]
-            out[ex["name"].numpy().decode()] = (image, label)
-    return out
-
-
-def nothing_written(parent, name="out"):
-    leftovers = [p.name for p in parent.iterdir() if name in p.name]
-    return leftovers == []
 
 
 @pytest.mark.compat
@@ -61,9 +50,9 @@ def test_manifest_contents_and_record_counts(tmp_path):
     _, layout, reports = preprocess_to(
         FIXTURES / "camvid-segnet-mini", tmp_path / "out", shards=3, workers=2
     )
-    assert layout.name == "segnet"
+    assert layout.name == "camvid-segnet"
     saved = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert saved["format_version"] == 1 and saved["source_layout"] == "segnet"
+    assert saved["format_version"] == 1 and saved["source_layout"] == "camvid-segnet"
     assert saved["scheme"] == "camvid11" and saved["ignore_index"] == 11
     assert [c["name"] for c in saved["classes"]] == [n for n, _ in CAMVID11]
     assert saved["image_size"] == [360, 480]
@@ -137,14 +126,16 @@ def test_camvid32_keeps_kaggle_classes(tmp_path):
 
 
 def test_one_pass_label_mapping_counts_unknown_colours():
-    from enet_cli.data.camvid import class_scheme, detect_layout
+    from enet_cli.config import PreprocessConfig
+    from enet_cli.data.layouts import open_layout
 
-    scheme = class_scheme(detect_layout(FIXTURES / "camvid-kaggle-mini"), "camvid11")
+    root = FIXTURES / "camvid-kaggle-mini"
+    scheme = open_layout(PreprocessConfig(input_dir=root, output_dir=root / "x")).scheme()
     rgb = np.zeros((2, 3, 3), np.uint8)
     rgb[0, 0] = (128, 128, 128)  # Sky -> 0
     rgb[0, 1] = (64, 192, 0)  # Wall -> Building 1
     rgb[0, 2] = (1, 2, 3)  # unknown -> void, counted
-    classes, unknown = labels_to_classes(rgb, scheme, "kaggle")
+    classes, unknown = labels_to_classes(rgb, scheme)
     assert classes.tolist() == [[0, 1, 11], [11, 11, 11]]
     assert unknown == 1
 
@@ -201,7 +192,7 @@ KAGGLE_BREAKAGE = {
         ],
         "split test is empty",
     ),
-    "no layout": (lambda r: (r / "train_labels").rename(r / "labels"), "no CamVid layout found"),
+    "no layout": (lambda r: (r / "train_labels").rename(r / "labels"), "no dataset layout found"),
 }
 
 
@@ -261,7 +252,7 @@ def test_cli_reports_the_layout_and_a_summary(tmp_path):
         "2",
     )
     assert result.returncode == 0, result.stderr
-    assert "kaggle layout -> camvid11" in result.stdout.replace("\n", " ")
+    assert "camvid-kaggle layout -> camvid11" in result.stdout.replace("\n", " ")
     for split, count in (("train", "8"), ("val", "4"), ("test", "4")):
         line = next(row for row in result.stdout.splitlines() if f" {split} " in row)
         assert f" {count} " in line

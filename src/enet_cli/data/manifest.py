@@ -27,6 +27,7 @@ class SplitInfo(BaseModel):
     records: int
     shards: List[ShardInfo]
     unknown_label_pixels: int = 0
+    labeled: bool = True  # False: every label is void (e.g. Cityscapes test): predict only
 
 
 class ClassInfo(BaseModel):
@@ -133,6 +134,12 @@ def load_manifest(
                 else f"preprocess a dataset that has a {split} split"
             )
             raise DataError(f"{data_dir} has no {split!r} split (it has {known}); {hint}")
+        if splits and not manifest.splits[split].labeled:
+            labeled = ", ".join(s for s, info in manifest.splits.items() if info.labeled)
+            raise DataError(
+                f"the {split} split of {data_dir} has no labels (kept for enet predict only); "
+                f"use a labeled split ({labeled})"
+            )
         for shard, shard_path in zip(
             manifest.splits[split].shards, manifest.shard_paths(data_dir, split)
         ):

@@ -1,4 +1,5 @@
-"""`enet preprocess`: raw CamVid (either layout) -> per-split TFRecord shards + manifest.json.
+"""`enet preprocess`: a dataset in any layout (data/layouts/) -> per-split TFRecord shards +
+manifest.json.
 
 Decoding, class mapping, resizing and PNG encoding run in worker processes that import
 only numpy and Pillow (started with "spawn", so they never inherit TensorFlow's threads);
@@ -19,23 +20,20 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 import numpy as np
 from PIL import Image
 
 from enet_cli import __version__, outputs
 from enet_cli.config import PreprocessConfig
-from enet_cli.data.camvid import (
-    SPLITS,
+from enet_cli.data.classes import (
     ClassScheme,
-    Layout,
-    class_scheme,
-    detect_layout,
     enet_class_weights,
     labels_to_classes,
     median_frequency_weights,
 )
+from enet_cli.data.layouts import Layout, open_layout
 from enet_cli.data.manifest import (
     FORMAT_VERSION,
     ClassInfo,
@@ -50,16 +48,15 @@ from enet_cli.preprocessor import resize_classes, resize_image
 from enet_cli.processes import die_with_parent
 from enet_cli.ui import Interrupts, info, track, warn
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 MAX_UNKNOWN_FRACTION = 0.001  # unexplained label pixels tolerated per split (become void)
 RECORDS_PER_SHARD = 32
 
 
 class Task(NamedTuple):
     split: str
+    name: str
     image: Path
-    label: Path
-    layout: str
+    label: Optional[Path]  # None: an unlabeled split, stored as all void
     scheme: ClassScheme
     size: Tuple[int, int]
     interpolation: str
@@ -72,6 +69,7 @@ class Converted(NamedTuple):
     histogram: np.ndarray  # pixels per class index, void last, at the output size
     unknown_pixels: int  # label pixels no class explained, at the source size
     source_pixels: int
+    read_as: str = "values"  # "colours" when the mask held colours
 
 
 class SplitReport(NamedTuple):
@@ -80,43 +78,11 @@ class SplitReport(NamedTuple):
     shards: int
     classes_present: int
     seconds: float
+    labeled: bool = True
 
     @property
     def images_per_second(self) -> float:
         return self.images / max(self.seconds, 1e-9)
-
-
-# ---------------------------------------------------------------------------------------
-# Finding the pairs
-# ---------------------------------------------------------------------------------------
-def _images_in(directory: Path) -> List[Path]:
-    return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def pair_split(layout: Layout, split: str) -> List[Tuple[Path, Path]]:
-    """Match every image of a split with its label, refusing orphans on either side."""
-    image_dir = layout.root / split
-    label_dir = layout.root / layout.label_dirs[split]
-    images = _images_in(image_dir)
-    if not images:
-        raise DataError(f"split {split} is empty: no images in {image_dir}")
-    pairs = []
-    for image in images:
-        label = layout.label_path(image, split)
-        if not label.is_file():
-            raise DataError(
-                f"no label for {split}/{image.name} (looked for "
-                f"{label.relative_to(layout.root)}); every image needs its label"
-            )
-        pairs.append((image, label))
-    for label in _images_in(label_dir):
-        image = layout.image_path(label, split)
-        if not image.exists():
-            raise DataError(
-                f"label {label.relative_to(layout.root)} has no image (looked for "
-                f"{image.relative_to(layout.root)}); remove it or add the image"
-            )
-    return pairs
 
 
 # ---------------------------------------------------------------------------------------
@@ -155,34 +121,48 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _read_mask(path: Path, scheme: ClassScheme) -> np.ndarray:
+    """A mask as class indices, read as indices or as colours by what the scheme knows:
+    a palette PNG's indices are its classes when the scheme maps values (VOC), its colours
+    when it maps colours only (a CamVid label saved with a palette)."""
+    mask = _open(path)
+    _check_lossless_label(mask, path)
+    if (mask.mode == "P" and not scheme.values) or (mask.mode in ("RGB", "RGBA") and scheme.rgb):
+        mask = mask.convert("RGB")
+    elif mask.mode not in ("L", "P", "I", "I;16") or not scheme.values:
+        wanted = "single-channel class indices" if scheme.values else "colour (RGB) images"
+        raise DataError(
+            f"{path} is a {mask.mode} image, but the masks of {scheme.source} are {wanted}"
+        )
+    return np.asarray(mask)
+
+
 def convert_example(task: Task) -> Converted:
     """Decode one image/label pair, map labels to classes, resize, and encode both as PNG."""
     image = _open(task.image).convert("RGB")
-    label_image = _open(task.label)
-    _check_lossless_label(label_image, task.label)
-    if image.size != label_image.size:
-        raise DataError(
-            f"{task.image} is {image.size[0]}x{image.size[1]} but its label {task.label} is "
-            f"{label_image.size[0]}x{label_image.size[1]}; they must be the same size"
-        )
-    if task.layout == "kaggle":
-        label_image = label_image.convert("RGB")
-    elif label_image.mode not in ("L", "P", "I", "I;16"):
-        raise DataError(
-            f"{task.label} is a {label_image.mode} image; SegNet labels are single-channel "
-            f"class indices"
-        )
-    classes, unknown = labels_to_classes(np.asarray(label_image), task.scheme, task.layout)
+    if task.label is None:
+        classes = np.full((image.size[1], image.size[0]), task.scheme.void_index, np.uint8)
+        unknown, read_as = 0, "values"
+    else:
+        mask = _read_mask(task.label, task.scheme)
+        read_as = "colours" if mask.ndim == 3 else "values"
+        classes, unknown = labels_to_classes(mask, task.scheme)
+        if classes.shape != (image.size[1], image.size[0]):
+            raise DataError(
+                f"{task.image} is {image.size[0]}x{image.size[1]} but its label {task.label} "
+                f"is {classes.shape[1]}x{classes.shape[0]}; they must be the same size"
+            )
     pixels = resize_image(image, task.size, task.interpolation)
     classes = resize_classes(classes, task.size)
     histogram = np.bincount(classes.ravel(), minlength=task.scheme.void_index + 1)
     return Converted(
-        name=task.image.stem,
+        name=task.name,
         image_png=_png(pixels),
         label_png=_png(classes),
         histogram=histogram,
         unknown_pixels=unknown,
-        source_pixels=label_image.size[0] * label_image.size[1],
+        source_pixels=image.size[0] * image.size[1],
+        read_as=read_as,
     )
 
 
@@ -303,6 +283,7 @@ class _Totals:
         self.histogram = np.zeros(classes, dtype=np.int64)
         self.image_pixels = np.zeros(classes, dtype=np.int64)
         self.unknown: Dict[str, int] = {}
+        self.unknown_kinds: Set[str] = set()
         self.source_pixels = 0
         self.shards: List[ShardInfo] = []
 
@@ -312,6 +293,7 @@ class _Totals:
         self.source_pixels += item.source_pixels
         if item.unknown_pixels:
             self.unknown[item.name] = item.unknown_pixels
+            self.unknown_kinds.add(item.read_as)
 
 
 def _fill_shards(tf, converted, sizes, split, cfg, out_dir: Path, acc: _Totals) -> None:
@@ -325,7 +307,7 @@ def _fill_shards(tf, converted, sizes, split, cfg, out_dir: Path, acc: _Totals) 
         acc.shards.append(ShardInfo(file=name, records=count, sha256=file_sha256(out_dir / name)))
 
 
-def _check_unknown_pixels(split: str, acc: _Totals, layout: str, root: Path) -> None:
+def _check_unknown_pixels(split: str, acc: _Totals, scheme: ClassScheme, root: Path) -> None:
     """Few unexplained label pixels become void with a warning; more than 0.1% is an error."""
     total = sum(acc.unknown.values())
     if not total:
@@ -333,7 +315,8 @@ def _check_unknown_pixels(split: str, acc: _Totals, layout: str, root: Path) -> 
     worst = sorted(acc.unknown.items(), key=lambda kv: -kv[1])[:3]
     examples = ", ".join(f"{name} ({count:,})" for name, count in worst)
     share = total / max(acc.source_pixels, 1)
-    what = "colours not in class_dict.csv" if layout == "kaggle" else "values that are no class"
+    source = Path(scheme.source).name if Path(scheme.source).is_file() else scheme.source
+    what = f"{' or '.join(sorted(acc.unknown_kinds))} not in {source}"
     message = (
         f"{split}: {total:,} label pixels ({share:.3%}) in {len(acc.unknown)} files of "
         f"{root} have {what}, e.g. {examples}"
@@ -341,7 +324,7 @@ def _check_unknown_pixels(split: str, acc: _Totals, layout: str, root: Path) -> 
     if share > MAX_UNKNOWN_FRACTION:
         raise DataError(
             f"{message}; more than {MAX_UNKNOWN_FRACTION:.1%} of a split: fix the labels "
-            f"or class_dict.csv"
+            f"or the classes"
         )
     warn(f"{message}; they become void (ignored)")
 
@@ -349,6 +332,7 @@ def _check_unknown_pixels(split: str, acc: _Totals, layout: str, root: Path) -> 
 def _write_split(
     split: str,
     tasks: List[Task],
+    labeled: bool,
     cfg: PreprocessConfig,
     out_dir: Path,
     root: Path,
@@ -369,39 +353,50 @@ def _write_split(
             pass
     finally:
         converted.close()
-    _check_unknown_pixels(split, acc, tasks[0].layout, root)
+    _check_unknown_pixels(split, acc, tasks[0].scheme, root)
     report = SplitReport(
         split=split,
         images=len(tasks),
         shards=shards,
         classes_present=int(np.count_nonzero(acc.histogram[:-1])),
         seconds=time.monotonic() - start,
+        labeled=labeled,
     )
     unknown = sum(acc.unknown.values())
-    info = SplitInfo(records=len(tasks), shards=acc.shards, unknown_label_pixels=unknown)
+    info = SplitInfo(
+        records=len(tasks), shards=acc.shards, unknown_label_pixels=unknown, labeled=labeled
+    )
     return _SplitResult(info, acc.histogram, acc.image_pixels, report)
 
 
-def _plan(cfg: PreprocessConfig) -> Tuple[Layout, ClassScheme, Dict[str, List[Task]]]:
+class _Plan(NamedTuple):
+    layout: Layout
+    scheme: ClassScheme
+    tasks: Dict[str, List[Task]]
+    labeled: Dict[str, bool]
+
+
+def _plan(cfg: PreprocessConfig) -> _Plan:
     """The layout, the class scheme and every split's image/label pairs, checked."""
-    layout = detect_layout(cfg.input_dir)
-    scheme = class_scheme(layout, cfg.classes.value)
-    plans = {}
-    for split in SPLITS:
-        if split in layout.label_dirs:
-            plans[split] = [
-                Task(
-                    split,
-                    image,
-                    label,
-                    layout.name,
-                    scheme,
-                    cfg.image_size,
-                    cfg.interpolation.value,
-                )
-                for image, label in pair_split(layout, split)
-            ]
-    return layout, scheme, plans
+    layout = open_layout(cfg)
+    splits = layout.checked_splits()
+    scheme = layout.scheme()
+    tasks = {
+        split: [
+            Task(
+                split,
+                pair.name,
+                pair.image,
+                pair.label,
+                scheme,
+                cfg.image_size,
+                cfg.interpolation.value,
+            )
+            for pair in found.pairs
+        ]
+        for split, found in splits.items()
+    }
+    return _Plan(layout, scheme, tasks, {split: found.labeled for split, found in splits.items()})
 
 
 def preprocess(cfg: PreprocessConfig) -> Tuple[Manifest, Layout, List[SplitReport]]:
@@ -410,17 +405,28 @@ def preprocess(cfg: PreprocessConfig) -> Tuple[Manifest, Layout, List[SplitRepor
         with Interrupts().raising() as interrupts, outputs.claim(
             cfg.output_dir, "preprocess", cfg.force, [cfg.input_dir], "OUTPUT_DIR"
         ) as staged:
-            layout, scheme, plans = _plan(cfg)
-            images = sum(len(tasks) for tasks in plans.values())
+            plan = _plan(cfg)
+            layout = plan.layout
+            images = sum(len(tasks) for tasks in plan.tasks.values())
             info(f"reading {images} images of the {layout.name} layout in {cfg.input_dir}")
+            for split, labeled in plan.labeled.items():
+                if not labeled:
+                    info(f"{split}: no labels, kept for enet predict only")
             with worker_pool(cfg.workers) as pool, _writing(cfg.output_dir):
                 results = {
                     split: _write_split(
-                        split, tasks, cfg, staged.path, layout.root, pool, interrupts
+                        split,
+                        tasks,
+                        plan.labeled[split],
+                        cfg,
+                        staged.path,
+                        layout.root,
+                        pool,
+                        interrupts,
                     )
-                    for split, tasks in plans.items()
+                    for split, tasks in plan.tasks.items()
                 }
-                manifest = _manifest(cfg, layout, scheme, results)
+                manifest = _manifest(cfg, layout, plan.scheme, results)
                 write_manifest(manifest, staged.path)
                 staged.publish()
     except KeyboardInterrupt:
@@ -459,6 +465,7 @@ def _manifest(cfg, layout: Layout, scheme: ClassScheme, results) -> Manifest:
         interpolation=cfg.interpolation.value,
         classes=[ClassInfo(name=n, color=c) for n, c in zip(scheme.classes, scheme.colors)],
         ignore_index=scheme.void_index,
+        void_color=scheme.void_color,
         splits={split: result.info for split, result in results.items()},
         train_pixel_histogram=[int(v) for v in histogram],
         train_void_pixels=int(train.histogram[-1]),
