@@ -96,8 +96,8 @@ def test_model_summary_reads_a_config_file(tmp_path):
     [
         (["train", "--batch-size", "-4"], 2, "--batch-size"),
         (["train", "--mode", "sideways"], 2, "--mode"),
-        (["train", "--size", "361x480"], 2, "nearest valid size is 360x480"),
-        (["model", "summary", "--size", "100x100"], 2, "nearest valid size is 104x104"),
+        (["train", "--size", "0x480"], 2, "must be 1 to 16384"),
+        (["model", "summary", "--size", "100by100"], 2, "expected HEIGHTxWIDTH"),
         (["train", "--epochs", "many"], 2, "--epochs"),
         (["frobnicate"], 2, "No such command"),
     ],

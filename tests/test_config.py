@@ -13,7 +13,7 @@ from enet_cli.config import (
     RuntimeConfig,
     TrainConfig,
     load_config,
-    nearest_valid_size,
+    model_size,
     option_name,
     parse_size,
 )
@@ -65,7 +65,7 @@ def test_json_file(tmp_path):
     [
         ({"train": {"batch_size": -2}}, "invalid value for --batch-size: "),
         ({"runtime": {"mode": "pipeline"}}, "invalid value for --mode: "),
-        ({"data": {"image_size": "361x480"}}, "nearest valid size is 360x480"),
+        ({"data": {"image_size": "0x480"}}, "must be 1 to 16384"),
         ({"data": {"image_size": "big"}}, "invalid value for --size: expected HEIGHTxWIDTH"),
         ({"model": {"num_classes": 1}}, "invalid value for --classes: "),
     ],
@@ -104,10 +104,11 @@ def test_parse_size(text, size):
     assert parse_size(text) == size
 
 
-def test_nearest_valid_size():
-    assert nearest_valid_size(361, 479) == (360, 480)
-    assert nearest_valid_size(1, 1) == (8, 8)
-    assert nearest_valid_size(724, 964) == (728, 968)
+def test_model_size_rounds_each_side_up_to_a_multiple_of_8():
+    assert model_size(361, 479) == (368, 480)
+    assert model_size(360, 480) == (360, 480)
+    assert model_size(1, 1) == (8, 8)
+    assert model_size(181, 243) == (184, 248)
 
 
 def test_field_names_are_unique_across_sections_so_cli_options_are_flat():

@@ -220,7 +220,7 @@ def _model(request: BenchmarkRequest, data_dir: Optional[Path] = None):
 
 def _train(request: BenchmarkRequest) -> Measurement:
     from enet_cli.backend import tf
-    from enet_cli.config import TrainConfig
+    from enet_cli.config import TrainConfig, model_size
     from enet_cli.train.engines.single import SingleEngine
     from enet_cli.train.optim import build_update
     from enet_cli.train.task import SegmentationTask
@@ -231,7 +231,7 @@ def _train(request: BenchmarkRequest) -> Measurement:
     task = SegmentationTask(k, meta.ignore_index, tuple([1.0] * k))
     update = build_update(TrainConfig(), model.trainable_variables)
     step = SingleEngine().make_train_step(model, update, task)
-    shape = (request.batch, *request.image_size)
+    shape = (request.batch, *model_size(*request.image_size))  # as the training batches
     images = tf.random.uniform((*shape, 3), seed=1)
     labels = tf.random.uniform(shape, maxval=k + 1, dtype=tf.int32, seed=2)
     seconds = _times(
@@ -244,7 +244,7 @@ def _train(request: BenchmarkRequest) -> Measurement:
 def _infer(request: BenchmarkRequest, scratch: Path, data_dir: Optional[Path]) -> List[Measurement]:
     from enet_cli.backend import tf
     from enet_cli.export import ExportFormat, ExportRequest, export_model, serving_model
-    from enet_cli.preprocessor import to_unit
+    from enet_cli.preprocessor import run_padded, to_unit
     from enet_cli.tflite import TFLiteRunner
 
     model, meta = _model(request, data_dir)
@@ -265,7 +265,7 @@ def _infer(request: BenchmarkRequest, scratch: Path, data_dir: Optional[Path]) -
         note = ""
         if variant in ("keras", "keras_xla"):
             fn = tf.function(
-                lambda x: copy(x, training=False), jit_compile=(variant == "keras_xla") or None
+                lambda x: run_padded(copy, x), jit_compile=(variant == "keras_xla") or None
             )
             call = lambda fn=fn: fn(image).numpy()  # noqa: E731
         elif variant == "saved_model":

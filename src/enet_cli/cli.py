@@ -32,6 +32,7 @@ from enet_cli.config import (
     PreprocessConfig,
     load_config,
     make_options,
+    model_size,
     option_name,
     sort_settings,
 )
@@ -138,9 +139,11 @@ def model_summary(
     from enet_cli.model.summary import summarize
 
     height, width = cfg.data.image_size or DEFAULT_IMAGE_SIZE
-    model = build_enet(cfg.model, (height, width))
+    inside = model_size(height, width)
+    model = build_enet(cfg.model, inside)
     rows = summarize(model)
-    table = Table(title=f"ENet, {cfg.model.num_classes} classes, input {height}x{width}x3")
+    padded = "" if inside == (height, width) else f" (padded to {inside[0]}x{inside[1]})"
+    table = Table(title=f"ENet, {cfg.model.num_classes} classes, input {height}x{width}x3{padded}")
     for column, justify in (
         ("block", "left"),
         ("main op", "left"),

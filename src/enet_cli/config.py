@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from enet_cli.errors import ConfigError
 
-SIZE_MULTIPLE = 8  # ENet halves H and W three times, and unpools back exactly
+SIZE_MULTIPLE = 8  # ENet halves H and W three times, and unpools back exactly (model_size)
 DEFAULT_IMAGE_SIZE = (360, 480)  # CamVid as SegNet and the ENet paper use it
 
 
@@ -75,24 +75,26 @@ class ClassWeighting(str, enum.Enum):
     none = "none"
 
 
-def nearest_valid_size(height: int, width: int) -> Tuple[int, int]:
-    """The closest size ENet accepts: both sides a positive multiple of 8."""
+def model_size(height: int, width: int) -> Tuple[int, int]:
+    """The size ENet runs an image of height x width at: each side rounded up to a multiple
+    of 8, the image padded at the bottom and right (padding is void in training; the
+    logits are cropped back to height x width)."""
 
-    def snap(n: int) -> int:
-        return max(
-            SIZE_MULTIPLE, (n + SIZE_MULTIPLE // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE
-        )  # ties up
+    def up(n: int) -> int:
+        return -(-n // SIZE_MULTIPLE) * SIZE_MULTIPLE
 
-    return snap(height), snap(width)
+    return up(height), up(width)
+
+
+MAX_SIDE = 16384
 
 
 def check_image_size(height: int, width: int) -> None:
-    """Raise ConfigError unless H and W are positive multiples of 8; name the nearest valid size."""
-    if height <= 0 or width <= 0 or height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
-        h, w = nearest_valid_size(height, width)
+    """Raise ConfigError unless H and W are usable image sides (any positive size: ENet pads
+    to its multiple of 8 inside, see model_size)."""
+    if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
         raise ConfigError(
-            f"size {height}x{width} is not usable: height and width must be multiples of "
-            f"{SIZE_MULTIPLE}; the nearest valid size is {h}x{w}"
+            f"size {height}x{width} is not usable: height and width must be 1 to {MAX_SIDE}"
         )
 
 

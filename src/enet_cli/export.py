@@ -25,7 +25,7 @@ from enet_cli.errors import ConfigError, DataError
 from enet_cli.inference import TFLITE_NAME
 from enet_cli.metrics import confusion_matrix, segmentation_metrics
 from enet_cli.model import build_enet
-from enet_cli.preprocessor import resize_classes, resize_image, to_pixels, to_unit
+from enet_cli.preprocessor import resize_classes, resize_image, run_padded, to_pixels, to_unit
 from enet_cli.tflite import Quantize, TFLiteRunner, convert
 
 
@@ -70,7 +70,7 @@ def write_saved_model(model, meta: RunMeta, directory: Path, xla: bool = False) 
         jit_compile=xla or None,
     )
     def serve(images):
-        logits = copy(to_unit(images), training=False)
+        logits = run_padded(copy, to_unit(images))
         return {"logits": logits, "classes": tf.argmax(logits, axis=-1, output_type=tf.int32)}
 
     # A plain tf.Module that tracks only the variables: saving the Keras model itself would
@@ -242,7 +242,7 @@ def agreement(model, exported_logits, manifest, request: ExportRequest, size) ->
     """Both models on the split at the export size: pixel agreement and each one's mean IoU."""
     data = DataConfig(data_dir=request.data_dir, image_size=manifest.image_size)
     k, void = manifest.num_classes, manifest.ignore_index
-    float_fn = tf.function(lambda x: model(x, training=False))
+    float_fn = tf.function(lambda x: run_padded(model, x))
     same = counted = 0
     matrices = {"float": np.zeros((k, k), np.int64), "export": np.zeros((k, k), np.int64)}
     for images, labels in make_dataset(data, manifest, request.split, 4, training=False):

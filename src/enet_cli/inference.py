@@ -16,7 +16,7 @@ from enet_cli.artifacts import RunMeta, load_model_from_checkpoint
 from enet_cli.backend import tf
 from enet_cli.checkpoints import find_checkpoint
 from enet_cli.errors import DataError
-from enet_cli.preprocessor import to_pixels
+from enet_cli.preprocessor import run_padded, to_pixels
 
 TFLITE_NAME = "model.tflite"  # inside an `enet export --format tflite` directory
 
@@ -49,7 +49,7 @@ def _from_checkpoint(directory: Path) -> Predictor:
     if found is None:
         raise DataError(f"no checkpoint with enet.json in {directory}")
     model, meta, checkpoint = found
-    fn = tf.function(lambda images: model(images, training=False))
+    fn = tf.function(lambda images: run_padded(model, images))
     return Predictor(meta, fn, f"checkpoint {checkpoint}")
 
 

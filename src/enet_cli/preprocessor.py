@@ -9,6 +9,9 @@ pixels here.
   when shrinking, bilinear when enlarging; `bilinear`: PIL's antialiased bilinear.
 - `resize_classes`: nearest, always (a class index must not be averaged).
 - `to_unit` / `to_pixels`: uint8 0-255 <-> float32 0-1, the model's input range.
+- `pad_to_model` / `run_padded`: ENet runs at multiples of 8 (config.model_size); any
+  other size is padded at the bottom and right (zeros; void in labels) and the logits are
+  cropped back, so every size works and nothing outside the image is scored.
 - `Preprocessor(size, interpolation)`: a photo of any size -> the model's input; logits
   back to the photo's size.
 
@@ -62,6 +65,36 @@ def to_pixels(images):
     if isinstance(images, np.ndarray):
         return np.round(np.clip(images.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
     return tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)
+
+
+def pad_to_model(tensor, value=0):
+    """(N,) H, W, C -> the same padded at the bottom and right to ENet's multiple of 8.
+    Nothing is added (no op either) when the static size already is one."""
+    from enet_cli.backend import tf
+    from enet_cli.config import SIZE_MULTIPLE
+
+    rows, cols = (1, 2) if tensor.shape.rank == 4 else (0, 1)
+    static = (tensor.shape[rows], tensor.shape[cols])
+    if all(side is not None and side % SIZE_MULTIPLE == 0 for side in static):
+        return tensor
+    shape = tf.shape(tensor)
+    pads = [[0, 0] for _ in range(tensor.shape.rank)]
+    pads[rows] = [0, -shape[rows] % SIZE_MULTIPLE]
+    pads[cols] = [0, -shape[cols] % SIZE_MULTIPLE]
+    return tf.pad(tensor, pads, constant_values=tf.cast(value, tensor.dtype))
+
+
+def run_padded(model, images, training: bool = False):
+    """`model` on NHWC `images` of any size: padded to ENet's multiple of 8, logits cropped
+    back to the images' size."""
+    logits = model(pad_to_model(images), training=training)
+    height, width = images.shape[1], images.shape[2]
+    if height is not None and width is not None and tuple(logits.shape[1:3]) == (height, width):
+        return logits
+    from enet_cli.backend import tf
+
+    size = tf.shape(images)[1:3]
+    return logits[:, : size[0], : size[1]]
 
 
 class Preprocessor:

@@ -19,7 +19,7 @@ import numpy as np
 from enet_cli.backend import tf
 from enet_cli.errors import EnvironmentProblem
 from enet_cli.model.ops import BlockPReLU, PointwiseConv2D
-from enet_cli.preprocessor import to_unit
+from enet_cli.preprocessor import run_padded, to_unit
 
 
 class Quantize(str, Enum):
@@ -38,7 +38,7 @@ def _fixed_size_function(model, size: Tuple[int, int], dtype):
 
     @tf.function(input_signature=[tf.TensorSpec([1, *size, 3], dtype, name="image")])
     def serve(image):
-        logits = model(to_unit(image), training=False)
+        logits = run_padded(model, to_unit(image))
         return {"logits": logits, "classes": tf.argmax(logits, axis=-1, output_type=tf.int32)}
 
     return serve

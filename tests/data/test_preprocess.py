@@ -263,7 +263,7 @@ def test_cli_reports_the_layout_and_a_summary(tmp_path):
     "args,code,needle",
     [
         (["--classes", "camvid12"], 2, "--classes"),
-        (["--size", "100x100"], 2, "nearest valid size is 104x104"),
+        (["--size", "0x100"], 2, "must be 1 to 16384"),
         (["--workers", "0"], 2, "--workers"),
     ],
 )

@@ -19,7 +19,7 @@ from enet_cli.backend import tf
 from enet_cli.config import DataConfig
 from enet_cli.data.manifest import Manifest
 from enet_cli.errors import DataError
-from enet_cli.preprocessor import to_unit
+from enet_cli.preprocessor import pad_to_model, to_unit
 
 AUTOTUNE = tf.data.experimental.AUTOTUNE
 SHUFFLE_BUFFER = 512  # serialized PNG records (~0.3 MB each at 360x480), not decoded images
@@ -88,8 +88,11 @@ def _jitter(image, seed, amount: float):
     return tf.clip_by_value(image, 0.0, 1.0)
 
 
-def _example_fn(data: DataConfig, image_size, ignore_index: int, augment: bool, epoch_seed: int):
-    """record (and its index) -> {image float32 [0,1] HxWx3, label int32 HxW, name}."""
+def _example_fn(
+    data: DataConfig, image_size, ignore_index: int, augment: bool, epoch_seed: int, pad: bool
+):
+    """record (and its index) -> {image float32 [0,1] HxWx3, label int32 HxW, name}; `pad`:
+    H and W padded to ENet's multiple of 8, the label with void (preprocessor.pad_to_model)."""
 
     def fn(index, record):
         image, label, name = _decode(record, image_size)
@@ -115,6 +118,8 @@ def _example_fn(data: DataConfig, image_size, ignore_index: int, augment: bool, 
         height, width = image_size
         image = tf.ensure_shape(image, [height, width, 3])
         label = tf.ensure_shape(tf.cast(label[..., 0], tf.int32), [height, width])
+        if pad:
+            image, label = pad_to_model(image), pad_to_model(label, ignore_index)
         return {"image": image, "label": label, "name": name}
 
     return fn
@@ -158,11 +163,13 @@ def make_examples(
     epoch: int = 0,
     input_context=None,
     skip: int = 0,
+    pad: bool = False,
 ) -> tf.data.Dataset:
     """One epoch of unbatched examples {image, label, name} for this input pipeline.
 
     `skip` drops that many records from the front before decoding (a resumed epoch); the
-    records after it get the same augmentation as in an uninterrupted epoch.
+    records after it get the same augmentation as in an uninterrupted epoch. `pad`: at
+    ENet's size (training); otherwise at the data's, for models that pad themselves.
     """
     check_data(data, manifest)
     files = [str(p) for p in manifest.shard_paths(Path(data.data_dir), split)]
@@ -184,6 +191,7 @@ def make_examples(
         manifest.ignore_index,
         training and data.augment,
         epoch_seed,
+        pad,
     )
     # The index is the record's place in the GLOBAL order: it seeds the augmentation, and
     # pipeline i takes places i, i+n, i+2n...: so step k's batches of n data-parallel
@@ -211,13 +219,15 @@ def make_dataset(
     epoch: int = 0,
     input_context=None,
     skip_batches: int = 0,
+    pad: bool = False,
 ) -> tf.data.Dataset:
     """Batched (images, labels) for one epoch; training drops the last partial batch.
 
-    `skip_batches` resumes an epoch after that many batches of `batch_size`.
+    `skip_batches` resumes an epoch after that many batches of `batch_size`; `pad` as in
+    make_examples.
     """
     ds = make_examples(
-        data, manifest, split, training, seed, epoch, input_context, skip=skip_batches * batch_size
+        data, manifest, split, training, seed, epoch, input_context, skip_batches * batch_size, pad
     )
     ds = ds.map(lambda e: (e["image"], e["label"]), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=training)

@@ -24,14 +24,16 @@ Where we differ, and why:
   each shared PReLU slope once. The port's 350,652 counts its shared `nn.PReLU` once per
   place it is used (70 extra registrations); the weights are the same.
 - Output is logits in float32 (also under mixed precision), NHWC; input is an RGB float
-  image in [0, 1] (the port's `ToTensor` scaling), H and W multiples of 8.
+  image in [0, 1] (the port's `ToTensor` scaling), H and W multiples of 8 (other sizes are
+  padded up to them and the logits cropped back: preprocessor.py `run_padded`).
 """
 
 import contextlib
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from enet_cli.backend import keras, tf
-from enet_cli.config import ModelConfig, check_image_size
+from enet_cli.config import SIZE_MULTIPLE, ModelConfig, model_size
+from enet_cli.errors import ConfigError
 from enet_cli.model.layers import (
     Bottleneck,
     DownsamplingBottleneck,
@@ -162,12 +164,15 @@ def build_enet(
         placement: block name -> device for its variables (model-parallel stages).
 
     Raises:
-        ConfigError: H or W is not a multiple of 8 (the message names the nearest valid size).
+        ConfigError: H or W is not a multiple of 8 (callers build at config.model_size).
     """
     cfg = cfg or ModelConfig()
     height, width = image_size or (None, None)
-    if height is not None and width is not None:
-        check_image_size(height, width)
+    if height is not None and width is not None and model_size(height, width) != (height, width):
+        raise ConfigError(
+            f"ENet runs at multiples of {SIZE_MULTIPLE}, not {height}x{width}; build it at "
+            f"{'x'.join(map(str, model_size(height, width)))} and pad the images"
+        )
     blocks = enet_blocks(cfg, sync_batchnorm)
     images = keras.Input(shape=(height, width, 3), name=INPUT)
     outputs = run_blocks(blocks, {INPUT: images}, placement=placement)

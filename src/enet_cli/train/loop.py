@@ -18,7 +18,7 @@ from enet_cli import outputs, ui
 from enet_cli.artifacts import RunMeta, RunPaths
 from enet_cli.backend import keras, tf
 from enet_cli.checkpoints import find_checkpoint
-from enet_cli.config import EnetConfig, Precision
+from enet_cli.config import EnetConfig, Precision, model_size
 from enet_cli.data.manifest import Manifest, check_batch_size, load_manifest
 from enet_cli.data.pipeline import check_data, make_dataset, reading_shards
 from enet_cli.errors import Interrupted, PeerLost, TrainingError
@@ -119,7 +119,8 @@ class _Training:
         cfg, engine, paths = self.cfg, self.engine, self.paths
         seed_everything(self.tcfg.seed)
         with engine.scope():
-            self.model = engine.build_model(self.model_cfg, self.manifest.image_size)
+            # ENet's own size: the data's padded to a multiple of 8, as the batches are
+            self.model = engine.build_model(self.model_cfg, model_size(*self.manifest.image_size))
             self.state = TrainState(
                 self.model,
                 build_optimizer(self.tcfg, self.schedule),
@@ -190,6 +191,7 @@ class _Training:
                 epoch=epoch,
                 input_context=input_context,
                 skip_batches=skip_batches,
+                pad=True,
             )
 
         return self.engine.distribute_dataset(dataset_fn)
