@@ -394,3 +394,28 @@ def test_a_sigint_the_parent_ignores_stays_ignored():
             assert signal.getsignal(signal.SIGTERM) != signal.SIG_DFL  # SIGTERM still handled
     finally:
         signal.signal(signal.SIGINT, outer)
+
+
+def test_conversions_in_flight_are_bounded_whatever_the_dataset_size():
+    """Finished conversions wait for the writer in memory: at most `window` of them."""
+    import concurrent.futures
+    import threading
+
+    from enet_cli.data.preprocess import _bounded_map
+
+    started, lock = [], threading.Lock()
+
+    def convert(item):
+        with lock:
+            started.append(item)
+        time.sleep(0.001 * (item % 3))
+        return item * 2
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = []
+        for consumed, result in enumerate(_bounded_map(pool, convert, list(range(200)), 6)):
+            with lock:
+                assert len(started) <= consumed + 6, (len(started), consumed)
+            results.append(result)
+            time.sleep(0.0005)
+    assert results == [2 * i for i in range(200)]  # in order, nothing lost

@@ -11,16 +11,18 @@ The output appears all at once or not at all, and never replaces anything but an
 the end, removed on any error or signal; a later run cleans up after a killed one).
 """
 
+import collections
 import concurrent.futures
 import contextlib
 import io
+import itertools
 import multiprocessing
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
+from typing import Deque, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 import numpy as np
 from PIL import Image
@@ -225,14 +227,32 @@ def _quiet_broken_pool() -> Iterator[None]:
         threading.excepthook = previous
 
 
+IN_FLIGHT_PER_WORKER = 4  # conversions queued or done ahead of the writer, per worker
+
+
+def _bounded_map(pool: concurrent.futures.Executor, fn, items: List[Task], window: int):
+    """pool.map, in order, with at most `window` conversions submitted and not yet written:
+    Executor.map submits everything at once, so a slow item (or a slow disk) would let
+    finished PNGs pile up in memory; here memory is bounded whatever the dataset's size."""
+    pending: Deque[concurrent.futures.Future] = collections.deque()
+    queue = iter(items)
+    for item in itertools.islice(queue, window):
+        pending.append(pool.submit(fn, item))
+    while pending:
+        result = pending.popleft().result()
+        for item in itertools.islice(queue, 1):
+            pending.append(pool.submit(fn, item))
+        yield result
+
+
 def _convert_all(
     tasks: List[Task], pool: Optional[concurrent.futures.Executor], interrupts: Interrupts
 ) -> Iterator[Converted]:
-    converted = (
-        map(convert_example, tasks)
-        if pool is None
-        else pool.map(convert_example, tasks, chunksize=2)
-    )
+    if pool is None:
+        converted: Iterator[Converted] = map(convert_example, tasks)
+    else:
+        window = IN_FLIGHT_PER_WORKER * pool._max_workers  # type: ignore[attr-defined]
+        converted = _bounded_map(pool, convert_example, tasks, window)
     for item in converted:
         interrupts.check()  # a signal whose KeyboardInterrupt a finalizer swallowed
         yield item

@@ -63,7 +63,7 @@ class Layout:
 
 def images_in(directory: Path, recursive: bool = False) -> List[Path]:
     found = directory.rglob("*") if recursive else directory.iterdir()
-    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
 
 
 def match_pairs(
