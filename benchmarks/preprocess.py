@@ -1,14 +1,24 @@
-"""Preprocessing throughput (images/s) on the bundled CamVid sample, by worker count.
+"""Preprocessing throughput (images/s) on the bundled CamVid sample, by worker count, and
+the peak memory of the whole process tree on Cityscapes-sized input.
 
-Two inputs: the SegNet sample as it is (480x360, index labels, no resizing; 160 images) and
+Three inputs: the SegNet sample as it is (480x360, index labels, no resizing; 160 images);
 the Kaggle sample scaled up to the real Kaggle download's 960x720 (RGB colour labels,
-resized to 480x360; 64 images), the expensive case. Run: python benchmarks/preprocess.py
+resized to 480x360; 64 images); and the SegNet frames scaled up to Cityscapes' 2048x1024 in
+the Cityscapes layout (label ids), preprocessed to 512x1024, at two dataset sizes: memory
+must not grow with the number of images (conversions in flight are bounded).
+Run: python benchmarks/preprocess.py [--cityscapes-only]
 """
 
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Dict, List, Tuple
 
+import numpy as np
 from _common import COPIES, FIXTURES, Timer, describe, machine, segnet_copies
 from PIL import Image
 
@@ -43,10 +53,96 @@ def rate(input_dir: Path, workers: int, work: Path) -> float:
     return sum(r.images for r in reports) / t.seconds
 
 
+# CamVid's 11 classes -> a Cityscapes label id of the same thing (void -> 0).
+CITYSCAPES_IDS = [23, 11, 17, 7, 8, 21, 20, 13, 26, 24, 33, 0]
+
+
+def cityscapes_2048(dest: Path, images: int) -> Path:
+    """`images` train pairs (and 8 val) at 2048x1024 in the official Cityscapes layout."""
+    src = FIXTURES / "camvid-segnet-mini"
+    frames = sorted((src / "train").glob("*.png"))
+    lookup = np.array(CITYSCAPES_IDS + [0] * 244, np.uint8)
+    for split, count in (("train", images), ("val", 8)):
+        image_dir = dest / "leftImg8bit" / split / "bench"
+        label_dir = dest / "gtFine" / split / "bench"
+        image_dir.mkdir(parents=True)
+        label_dir.mkdir(parents=True)
+        for k in range(count):
+            frame = frames[k % len(frames)]
+            name = f"bench_{k:06d}_000019"
+            if k < len(frames):
+                big = Image.open(frame).resize((2048, 1024), Image.BICUBIC)
+                label = np.asarray(Image.open(src / "trainannot" / frame.name))
+                ids = Image.fromarray(lookup[label]).resize((2048, 1024), Image.NEAREST)
+                big.save(image_dir / f"{name}_leftImg8bit.png", compress_level=1)
+                ids.save(label_dir / f"{name}_gtFine_labelIds.png")
+            else:  # the same bytes again: generating 2048x1024 PNGs is slow
+                first = f"bench_{k % len(frames):06d}_000019"
+                for folder, suffix in ((image_dir, "leftImg8bit"), (label_dir, "gtFine_labelIds")):
+                    os.link(folder / f"{first}_{suffix}.png", folder / f"{name}_{suffix}.png")
+    return dest
+
+
+def _tree_rss_kib(root: int) -> int:
+    """Resident memory of `root` and all its descendants, from /proc (Linux)."""
+    parents: Dict[int, int] = {}
+    rss: Dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        parents[int(entry)] = int(fields.get("PPid", "0").strip())
+        rss[int(entry)] = int(fields.get("VmRSS", "0 kB").split()[0])
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in tree} - tree
+        grew = bool(more)
+        tree |= more
+    return sum(rss.get(pid, 0) for pid in tree)
+
+
+def peak_rss(input_dir: Path, out: Path, workers: int) -> Tuple[float, float]:
+    """(images/s, peak RSS MiB of the whole process tree) of one `enet preprocess` run."""
+    cmd = [sys.executable, "-m", "enet_cli", "preprocess", str(input_dir), str(out),
+           "--size", "512x1024", "--workers", str(workers), "--force"]  # fmt: skip
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss_kib(proc.pid))
+        time.sleep(0.1)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(proc.stderr.read().decode()[-2000:] if proc.stderr else "failed")
+    images = sum(1 for _ in input_dir.rglob("*_leftImg8bit.png"))
+    return images / seconds, peak / 1024
+
+
+def cityscapes(work: Path) -> None:
+    rows: List[str] = []
+    for images in (48, 144):
+        data = cityscapes_2048(work / f"cityscapes-{images}", images)
+        for workers in (1, 2):
+            rate, peak = peak_rss(data, work / "cs-out", workers)
+            rows.append(
+                f"preprocess cityscapes 2048x1024 -> 512x1024, {images + 8} images, "
+                f"workers={workers}: {rate:.2f} images/s, peak RSS {peak:.0f} MiB (all processes)"
+            )
+            print(rows[-1], flush=True)
+
+
 def main() -> None:
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        cityscapes(work)
+        if "--cityscapes-only" in sys.argv:
+            return
         inputs = {
             "segnet 480x360 (no resize)": segnet_copies(work / "segnet"),
             "kaggle 960x720 -> 480x360": kaggle_960x720(work / "kaggle960"),
