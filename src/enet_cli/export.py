@@ -160,8 +160,12 @@ def export_model(request: ExportRequest) -> ExportReport:
     fmt, quantize = request.format, request.quantize
     if fmt == ExportFormat.checkpoint:
         return _export_checkpoints(request)
+    manifest = None
+    if request.data_dir is not None:  # refusals before the model loads
+        manifest = load_manifest(request.data_dir, splits=[request.split], split_option="--split")
     model, meta = load_keras_model(request.source)
-    manifest = _manifest_for(request, meta) if request.data_dir is not None else None
+    if manifest is not None:
+        _check_classes(request, manifest, meta)
     size = tuple(request.image_size or meta.image_size)
     check_image_size(*size)
     meta = meta.model_copy(update={"image_size": size})
@@ -216,14 +220,12 @@ def _export_checkpoints(request: ExportRequest) -> ExportReport:
     )
 
 
-def _manifest_for(request: ExportRequest, meta: RunMeta):
-    manifest = load_manifest(request.data_dir, splits=[request.split], split_option="--split")
+def _check_classes(request: ExportRequest, manifest, meta: RunMeta) -> None:
     if manifest.class_names != meta.class_names:
         raise DataError(
             f"the model was trained on {len(meta.class_names)} classes but {request.data_dir} "
             f"has {manifest.num_classes}; give the data it was trained on"
         )
-    return manifest
 
 
 def _calibration(request: ExportRequest, manifest, size):

@@ -20,6 +20,7 @@ from PIL import Image
 from enet_cli.data.classes import ClassRow, ClassScheme, read_classes_file, scheme_from_rows
 from enet_cli.data.layouts.base import SPLITS, Layout, Pair, Split, images_in, match_pairs
 from enet_cli.errors import DataError
+from enet_cli.ui import info
 
 
 class Folders(Layout):
@@ -78,6 +79,10 @@ class Folders(Layout):
         random.Random(self.cfg.split_seed).shuffle(shuffled)
         val = sorted(shuffled[:val_count])
         train = sorted(shuffled[val_count:])
+        info(
+            f"no split folders: {val_count} of {len(pairs)} images held out for val "
+            f"(--val-fraction {fraction}, --split-seed {self.cfg.split_seed})"
+        )
         return {"train": Split(train), "val": Split(val)}
 
     def scheme(self) -> ClassScheme:
