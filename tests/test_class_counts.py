@@ -81,11 +81,18 @@ def test_binary_road_segmentation_learns_and_ships(road_data, tmp_path):
     assert metrics["mean_iou"] > baseline + 0.3
 
 
-def test_a_31_class_camvid32_run_ships_with_its_names(tmp_path):
+def test_a_31_class_camvid32_run_records_its_classes_in_every_file_and_ships(tmp_path):
+    """The loop takes the class count from the data (camvid32: Kaggle's 32 classes, void
+    ignored: 31), so config.json must say so as enet.json does: a config that re-runs as
+    written trains the model the run holds, not the default 11 classes."""
     data, run = tmp_path / "data32", tmp_path / "run"
     preprocess_to(
         FIXTURES / "camvid-kaggle-mini", data, classes="camvid32", image_size="96x128", workers=1
     )
     fit_quietly(train_config(data, run, steps=1))
+    config = json.loads((run / "config.json").read_text())
+    meta = json.loads((run / "enet.json").read_text())
+    assert config["model"]["num_classes"] == 31 == meta["model"]["num_classes"]
+    assert len(meta["class_names"]) == 31 and "Void" not in meta["class_names"]
     metrics = _ship(run, data, tmp_path, 31)
     assert "Column_Pole" in metrics["iou"] and "Void" not in metrics["iou"]

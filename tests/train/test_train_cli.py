@@ -136,22 +136,6 @@ def test_fused_kernel_is_built_once_and_its_absence_is_a_warning(small_data, tmp
     assert "composed ops" in warnings[0]
 
 
-def test_a_camvid32_run_records_its_classes_in_every_file(tmp_path):
-    """The loop takes the class count from the data (camvid32: Kaggle's 32 classes, void
-    ignored: 31), so config.json must say so as enet.json does: a config that re-runs as
-    written trains the model the run holds, not the default 11 classes."""
-    from conftest import FIXTURES, fit_quietly, preprocess_to, train_config
-
-    data, run = tmp_path / "data32", tmp_path / "run"
-    kaggle = FIXTURES / "camvid-kaggle-mini"
-    preprocess_to(kaggle, data, classes="camvid32", image_size=SMALL_SIZE, workers=1)
-    fit_quietly(train_config(data, run, steps=1))
-    config = json.loads((run / "config.json").read_text())
-    meta = json.loads((run / "enet.json").read_text())
-    assert config["model"]["num_classes"] == 31 == meta["model"]["num_classes"]
-    assert len(meta["class_names"]) == 31 and "Void" not in meta["class_names"]
-
-
 def _in_a_terminal(args, timeout=300) -> str:
     """Run `enet` with a pseudo-terminal as stdin, stdout and stderr (as in tmux); return
     everything it wrote there."""
