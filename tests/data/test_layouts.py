@@ -3,6 +3,7 @@ plain folders, each made from the real CamVid sample (tests/data/layout_fixtures
 the same pixels through two layouts giving the same shards."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -256,6 +257,12 @@ BREAKAGE = {
         {},
         lambda r: _resize(_first(r / "gtFine" / "val", "*_labelIds.png")),
         r"_leftImg8bit\.png is 480x360 but its label .*_labelIds\.png is 240x180",
+    ),
+    "cityscapes: a training split without labels": (
+        make_cityscapes,
+        {},
+        lambda r: shutil.rmtree(r / "gtFine" / "val"),
+        r"leftImg8bit/val has no labels: .*gtFine/val does not exist",
     ),
     "cityscapes: unknown --classes": (
         make_cityscapes,
