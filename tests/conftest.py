@@ -151,6 +151,22 @@ def read_records(data_dir, split):
     return out
 
 
+def shrink_image(path: Path) -> None:
+    """Damage: the file becomes 240x180 (labels: nearest, values kept)."""
+    from PIL import Image
+
+    Image.open(path).resize((240, 180), Image.NEAREST).save(path)
+
+
+def paint_unknown_colour(path: Path, count: int) -> None:
+    """Damage: the first `count` pixels get a colour no class has."""
+    from PIL import Image
+
+    rgb = np.array(Image.open(path).convert("RGB"))
+    rgb.reshape(-1, 3)[:count] = (1, 2, 3)
+    Image.fromarray(rgb).save(path)
+
+
 def nothing_written(parent, name="out"):
     leftovers = [p.name for p in parent.iterdir() if name in p.name]
     return leftovers == []

@@ -20,7 +20,15 @@ from layout_fixtures import (
 )
 from PIL import Image
 
-from conftest import FIXTURES, nothing_written, preprocess_to, read_records, run_enet
+from conftest import (
+    FIXTURES,
+    nothing_written,
+    paint_unknown_colour,
+    preprocess_to,
+    read_records,
+    run_enet,
+    shrink_image,
+)
 from enet_cli.data.classes import read_classes_file
 from enet_cli.data.layouts.camvid import CAMVID11
 from enet_cli.data.layouts.cityscapes import LABELS, categories, train_classes
@@ -235,16 +243,6 @@ def _first(root, pattern):
     return sorted(root.rglob(pattern))[0]
 
 
-def _resize(path):
-    Image.open(path).resize((240, 180), Image.NEAREST).save(path)
-
-
-def _paint_rgb(path, count):
-    rgb = np.array(Image.open(path).convert("RGB"))
-    rgb.reshape(-1, 3)[:count] = (1, 2, 3)
-    Image.fromarray(rgb).save(path)
-
-
 BREAKAGE = {
     "cityscapes: missing label": (
         make_cityscapes,
@@ -255,7 +253,7 @@ BREAKAGE = {
     "cityscapes: label of another size": (
         make_cityscapes,
         {},
-        lambda r: _resize(_first(r / "gtFine" / "val", "*_labelIds.png")),
+        lambda r: shrink_image(_first(r / "gtFine" / "val", "*_labelIds.png")),
         r"_leftImg8bit\.png is 480x360 but its label .*_labelIds\.png is 240x180",
     ),
     "cityscapes: a training split without labels": (
@@ -285,7 +283,7 @@ BREAKAGE = {
     "voc: unknown colours (CVAT)": (
         lambda root: make_voc(root, mask_mode="RGB"),
         {},
-        lambda r: _paint_rgb(_first(r / "SegmentationClass", "*.png"), 20000),
+        lambda r: paint_unknown_colour(_first(r / "SegmentationClass", "*.png"), 20000),
         r"train: 20,000 label pixels .* have colours not in labelmap\.txt, e\.g\. 0001TP_007530",
     ),
     "folders: mask missing": (
@@ -309,7 +307,7 @@ BREAKAGE = {
     "folders: colour masks without classes": (
         make_folders,
         {},
-        lambda r: _paint_rgb(_first(r / "masks" / "train", "*.png"), 1),
+        lambda r: paint_unknown_colour(_first(r / "masks" / "train", "*.png"), 1),
         r"0001TP_007530\.png is a RGB image; index masks are single-channel",
     ),
     "folders: one class only": (

@@ -17,9 +17,11 @@ from conftest import (
     enet_env,
     error_lines,
     nothing_written,
+    paint_unknown_colour,
     preprocess_to,
     read_records,
     run_enet,
+    shrink_image,
 )
 from enet_cli.config import ConfigError
 from enet_cli.data.classes import labels_to_classes
@@ -148,16 +150,6 @@ def _truncate(path):
     path.write_bytes(data[: len(data) // 3])
 
 
-def _resize(path):
-    Image.open(path).resize((240, 180), Image.NEAREST).save(path)
-
-
-def _paint(path, count):
-    rgb = np.array(Image.open(path).convert("RGB"))
-    rgb.reshape(-1, 3)[:count] = (1, 2, 3)
-    Image.fromarray(rgb).save(path)
-
-
 KAGGLE_BREAKAGE = {
     "image without label": (
         lambda r: (r / "train_labels" / "0001TP_007530_L.png").unlink(),
@@ -168,7 +160,7 @@ KAGGLE_BREAKAGE = {
         "label val_labels/0016E5_07975_L.png has no image",
     ),
     "sizes differ": (
-        lambda r: _resize(r / "train_labels" / "0001TP_007740_L.png"),
+        lambda r: shrink_image(r / "train_labels" / "0001TP_007740_L.png"),
         "0001TP_007740_L.png is 240x180",
     ),
     "truncated png": (lambda r: _truncate(r / "train" / "0001TP_007770.png"), "cannot read image"),
@@ -183,7 +175,7 @@ KAGGLE_BREAKAGE = {
         "already used by 'Sky'",
     ),
     "many unknown colours": (
-        lambda r: _paint(r / "val_labels" / "0016E5_07995_L.png", 5000),
+        lambda r: paint_unknown_colour(r / "val_labels" / "0016E5_07995_L.png", 5000),
         "more than 0.1% of a split",
     ),
     "empty split": (
@@ -208,7 +200,7 @@ def test_bad_kaggle_input_is_refused_and_nothing_is_written(camvid_kaggle_mini, 
 
 
 def test_few_unknown_colours_become_void_with_a_warning(camvid_kaggle_mini, tmp_path, capsys):
-    _paint(camvid_kaggle_mini / "train_labels" / "0001TP_007530_L.png", 50)
+    paint_unknown_colour(camvid_kaggle_mini / "train_labels" / "0001TP_007530_L.png", 50)
     manifest, _, _ = preprocess_to(camvid_kaggle_mini, tmp_path / "out", workers=1)
     assert manifest.splits["train"].unknown_label_pixels == 50
     assert "50 label pixels" in capsys.readouterr().err
