@@ -5,8 +5,10 @@ ENet, tracing the train step (Python builds the graph of the forward pass, its g
 Adam's update of each of ENet's ~290 variables) and the first call (Grappler optimises that
 graph). The engines make the optimizer's slots before the step is traced
 (Engine.create_optimizer_slots); made by the step itself, on its first call, they make
-tf.function trace it twice. This compares the two, each in fresh processes (a process
-keeps what it traced), alternating, and prints the median seconds of each phase.
+tf.function trace it twice. And the optimizer is Keras' OptimizerV2 Adam (one fused op per
+variable, train/optim.py), not the newer Keras Adam (about fifteen ops per variable, where
+Keras >= 2.11 has it). This compares the three, each in fresh processes (a process keeps
+what it traced), in turn, and prints the median seconds of each phase.
 Run: python benchmarks/startup.py [--rounds 3] [--size 96x128] [--batch 4]
 """
 
@@ -19,12 +21,12 @@ import time
 
 from _common import machine
 
-VARIANTS = ("slots made first", "slots made by the step")
+VARIANTS = ("as enet trains", "slots made by the step", "newer Keras Adam")
 
 
 def child(variant: str, size, batch: int) -> None:
     started = time.perf_counter()
-    from enet_cli.backend import tf
+    from enet_cli.backend import keras, tf
     from enet_cli.config import ModelConfig, TrainConfig
     from enet_cli.model import build_enet
     from enet_cli.train.engines.single import SingleEngine
@@ -42,7 +44,9 @@ def child(variant: str, size, batch: int) -> None:
     model = phase("build ENet", lambda: build_enet(ModelConfig(num_classes=11), size))
     engine = SingleEngine()
     optimizer = build_optimizer(TrainConfig())
-    if variant == VARIANTS[0]:
+    if variant == VARIANTS[2]:
+        optimizer = keras.optimizers.Adam(TrainConfig().learning_rate)
+    if variant != VARIANTS[1]:
         phase("make slots", lambda: engine.create_optimizer_slots(optimizer, model))
     update = build_update(TrainConfig(), model.trainable_variables, optimizer)
     step = engine.make_train_step(model, update, SegmentationTask(11, 11, tuple([1.0] * 11)))
@@ -68,7 +72,7 @@ def main() -> None:
     print(f"machine: {machine()}; {args.size}, batch {args.batch}, {args.rounds} rounds")
     results = {v: [] for v in VARIANTS}
     for r in range(args.rounds):
-        for variant in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
+        for variant in VARIANTS[r % 3 :] + VARIANTS[: r % 3]:
             out = subprocess.run(
                 [sys.executable, __file__, "--child", variant, "--size", args.size,
                  "--batch", str(args.batch)],
@@ -76,7 +80,8 @@ def main() -> None:
             )  # fmt: skip
             results[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"{'median seconds':<24}" + "".join(f"{v:>24}" for v in VARIANTS))
-    for name in results[VARIANTS[0]][0]:
+    names = {name: None for v in VARIANTS for name in results[v][0]}
+    for name in names:
         row = [statistics.median(t.get(name, 0.0) for t in results[v]) for v in VARIANTS]
         print(f"{name:<24}" + "".join(f"{x:>24.2f}" for x in row))
     totals = {
@@ -84,8 +89,9 @@ def main() -> None:
     }
     total = "all but the import"
     print(f"{total:<24}" + "".join(f"{totals[v]:>24.2f}" for v in VARIANTS))
-    ratio = totals[VARIANTS[1]] / totals[VARIANTS[0]]
-    print(f"ratio: {ratio:.2f}x as long when the step makes the slots")
+    for variant in VARIANTS[1:]:
+        ratio = totals[variant] / totals[VARIANTS[0]]
+        print(f"{variant}: {ratio:.2f}x as long as enet's start-up")
 
 
 if __name__ == "__main__":

@@ -230,7 +230,9 @@ def convert_to_whole(directory: Path, out: Path) -> FoundCheckpoint:
     per-partition checkpoints become for anything that reads one checkpoint. Everything is
     kept: weights, optimizer slots and step, the loop's position."""
     from enet_cli.backend import keras
+    from enet_cli.config import Precision, TrainConfig
     from enet_cli.model import build_enet
+    from enet_cli.train.optim import build_optimizer
 
     directory, out = Path(directory), Path(out)
     meta = RunMeta.read(directory)
@@ -242,12 +244,14 @@ def convert_to_whole(directory: Path, out: Path) -> FoundCheckpoint:
         if source is None:
             continue
         model = build_enet(meta.model, None)
-        # Any schedule: a schedule owns no variable, and training always gives one.
-        optimizer = keras.optimizers.Adam(
-            keras.optimizers.schedules.PiecewiseConstantDecay([2**62], [1.0, 1.0])
+        # The optimizer training builds; any schedule (training always gives one, and a
+        # schedule owns no variable); loss-scaled when the run was mixed_float16.
+        scaled = any(k.startswith("optimizer/inner_optimizer/") for k in keys)
+        precision = Precision.mixed_float16 if scaled else Precision.float32
+        optimizer = build_optimizer(
+            TrainConfig(precision=precision),
+            keras.optimizers.schedules.PiecewiseConstantDecay([2**62], [1.0, 1.0]),
         )
-        if any(k.startswith("optimizer/inner_optimizer/") for k in keys):  # mixed_float16
-            optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
         state = TrainState(model, optimizer, len(meta.class_names), target, 1)
         create_slots(optimizer, model.trainable_variables)
         restore_found(state.checkpoint, source)
