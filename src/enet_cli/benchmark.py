@@ -230,7 +230,9 @@ def _train(request: BenchmarkRequest) -> Measurement:
     ui.info(f"train: {request.batch} x {request.image_size[0]}x{request.image_size[1]} steps")
     task = SegmentationTask(k, meta.ignore_index, tuple([1.0] * k))
     update = build_update(TrainConfig(), model.trainable_variables)
-    step = SingleEngine().make_train_step(model, update, task)
+    engine = SingleEngine()
+    engine.create_optimizer_slots(update.optimizer, model)  # one trace, as enet train's
+    step = engine.make_train_step(model, update, task)
     shape = (request.batch, *model_size(*request.image_size))  # as the training batches
     images = tf.random.uniform((*shape, 3), seed=1)
     labels = tf.random.uniform(shape, maxval=k + 1, dtype=tf.int32, seed=2)
