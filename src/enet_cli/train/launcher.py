@@ -110,9 +110,12 @@ class _Workers:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(sig)
 
-    def stop_all(self) -> None:
-        """SIGTERM, wait up to GRACE_SECONDS, then SIGKILL whatever is left; reap all."""
-        self.signal_all(signal.SIGTERM)
+    def stop_all(self, asked: bool = False) -> None:
+        """SIGTERM (unless `asked`: they have had it), wait up to GRACE_SECONDS, then SIGKILL
+        whatever is left; reap all. A second SIGTERM would make a worker that is still
+        saving the step it was asked to stop at say so twice."""
+        if not asked:
+            self.signal_all(signal.SIGTERM)
         deadline = time.monotonic() + GRACE_SECONDS
         while time.monotonic() < deadline and any(p.poll() is None for p in self.procs):
             time.sleep(POLL_SECONDS)
@@ -155,7 +158,7 @@ def launch_local_workers(argv: List[str], workers: int, log_dir: Path) -> int:
                 deadline = time.monotonic() + GRACE_SECONDS
                 while time.monotonic() < deadline and any(p.poll() is None for p in group.procs):
                     time.sleep(POLL_SECONDS)
-                group.stop_all()
+                group.stop_all(asked=bool(stops))
                 if chief < 0 and not stops:  # killed from outside: it could say nothing
                     raise TrainingError(
                         f"worker 0 (the chief) {_describe_exit(chief)}; stopped the other "
