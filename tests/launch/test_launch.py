@@ -576,6 +576,7 @@ def test_the_jobs_source_trains_in_the_container_contract(small_data, tmp_path, 
 
 
 STAND_INS = REPO / "tests" / "stand_ins"
+LIBRARY_MARK = {"mp": "smp", "ddp": "smddp"}  # the container each job's library lives in
 DISTRIBUTED_JOBS = {
     # mode: (runtime settings, launch settings, batch, what the engine line must say)
     "mp": (
@@ -595,7 +596,13 @@ DISTRIBUTED_JOBS = {
 
 
 @pytest.mark.compat
-@pytest.mark.parametrize("mode", list(DISTRIBUTED_JOBS))
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param(mode, marks=getattr(pytest.mark, LIBRARY_MARK[mode]))
+        for mode in DISTRIBUTED_JOBS
+    ],
+)
 def test_distributed_jobs_run_their_library_engine_in_the_container(small_data, tmp_path, mode):
     """The mp and ddp jobs launch plans, run through the entry script with the library's
     stand-in importable as it is in AWS's container: the engine it picks, and for SMP its

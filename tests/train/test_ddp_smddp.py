@@ -56,7 +56,9 @@ def start_smddp_ranks(args, runs, calls: Path, extra_env=None):
 
 
 # The containers' jobs run the documented reading; the other one is the same code path.
-@pytest.mark.parametrize("oob", [pytest.param("average", marks=pytest.mark.compat), "sum"])
+@pytest.mark.parametrize(
+    "oob", [pytest.param("average", marks=[pytest.mark.compat, pytest.mark.smddp]), "sum"]
+)
 def test_smddp_engine_two_ranks_average_gradients_and_only_rank_0_writes(small_data, tmp_path, oob):
     """Two rank processes as smddprun starts them, on the stand-in library (which really
     reduces across processes). Checked against the same step computed here by hand: each

@@ -64,6 +64,7 @@ def test_clip_norm_clips_the_global_gradient_in_the_tf_engines(tmp_path):
 
 
 @pytest.mark.compat
+@pytest.mark.smp
 def test_clip_norm_clips_the_global_gradient_under_smp(tmp_path):
     """The SMP stand-in: the gradients of smp.step, accumulate()d over 2 microbatches."""
     _probe(tmp_path, ["smp"])
