@@ -267,7 +267,9 @@ def _infer(request: BenchmarkRequest, scratch: Path, data_dir: Optional[Path]) -
         note = ""
         if variant in ("keras", "keras_xla"):
             fn = tf.function(
-                lambda x: run_padded(copy, x), jit_compile=(variant == "keras_xla") or None
+                lambda x: run_padded(copy, x),
+                jit_compile=(variant == "keras_xla") or None,
+                autograph=False,
             )
             call = lambda fn=fn: fn(image).numpy()  # noqa: E731
         elif variant == "saved_model":

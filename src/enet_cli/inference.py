@@ -49,7 +49,7 @@ def _from_checkpoint(directory: Path) -> Predictor:
     if found is None:
         raise DataError(f"no checkpoint with enet.json in {directory}")
     model, meta, checkpoint = found
-    fn = tf.function(lambda images: run_padded(model, images))
+    fn = tf.function(lambda images: run_padded(model, images), autograph=False)
     return Predictor(meta, fn, f"checkpoint {checkpoint}")
 
 

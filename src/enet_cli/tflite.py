@@ -36,7 +36,9 @@ def _fixed_size_function(model, size: Tuple[int, int], dtype):
     identity; the float variants take uint8 and cast in the graph.
     """
 
-    @tf.function(input_signature=[tf.TensorSpec([1, *size, 3], dtype, name="image")])
+    @tf.function(
+        input_signature=[tf.TensorSpec([1, *size, 3], dtype, name="image")], autograph=False
+    )
     def serve(image):
         logits = run_padded(model, to_unit(image))
         return {"logits": logits, "classes": tf.argmax(logits, axis=-1, output_type=tf.int32)}
