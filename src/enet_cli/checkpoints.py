@@ -101,6 +101,45 @@ def restore(checkpoint: "tf.train.Checkpoint", found: FoundCheckpoint) -> None:
     and the optimizer may own a learning-rate variable in one run and not in the next."""
     for prefix in found.prefixes:
         checkpoint.restore(prefix).expect_partial()
+        adopt_newer_keras_slots(checkpoint, prefix)
+
+
+_NEWER_SLOT = re.compile(r"^optimizer/(?:inner_optimizer/)?_variables/(\d+)/\.ATTRIBUTES/")
+
+
+def adopt_newer_keras_slots(checkpoint: "tf.train.Checkpoint", prefix: str) -> None:
+    """Adam's moments from a checkpoint of the newer Keras optimizer (what enet-cli trained
+    with on Keras >= 2.11 before it used OptimizerV2 everywhere), copied into this run's
+    OptimizerV2 slots. That optimizer lists its variables as `optimizer/_variables/<n>`:
+    n = 0 its step (saved once, under the optimizer's own name for it), then m and v of each
+    trainable variable in order (tf_keras
+    optimizers/optimizer.py _create_iteration_variable, adam.py build). The restore
+    matches nothing of them, so without this a resume would silently restart the moments.
+    (A mixed_float16 run's loss scale restarts at its initial value and adapts again.)"""
+    reader = tf.train.load_checkpoint(prefix)
+    keys = {}
+    for key in reader.get_variable_to_shape_map():
+        match = _NEWER_SLOT.match(key)
+        if match:
+            keys[int(match.group(1))] = key
+    optimizer = getattr(checkpoint, "optimizer", None)
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    if not keys or not hasattr(optimizer, "get_slot"):  # nothing to adopt, or no V2 slots
+        return
+    variables = checkpoint.model.trainable_variables
+    keys.pop(0, None)  # the step, saved once, under the optimizer's own name for it
+    if sorted(keys) != list(range(1, 1 + 2 * len(variables))):
+        raise ValueError(
+            f"{prefix} holds {len(keys)} optimizer slots, not Adam's two moments of each of "
+            f"the model's {len(variables)} trainable variables"
+        )
+    for k, variable in enumerate(variables):
+        for index, slot in ((1 + 2 * k, "m"), (2 + 2 * k, "v")):
+            try:
+                target = optimizer.get_slot(variable, slot)
+            except KeyError:  # a reader that made no slots (evaluate, predict) needs none
+                return
+            target.assign(reader.get_tensor(keys[index]))
 
 
 def check_model_complete(found: FoundCheckpoint, num_variables: int) -> None:
