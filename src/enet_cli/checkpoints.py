@@ -127,7 +127,7 @@ def adopt_newer_keras_slots(checkpoint: "tf.train.Checkpoint", prefix: str) -> N
     if not keys or not hasattr(optimizer, "get_slot"):  # nothing to adopt, or no V2 slots
         return
     variables = checkpoint.model.trainable_variables
-    keys.pop(0, None)  # the step, saved once, under the optimizer's own name for it
+    keys.pop(0, None)  # the step: restored as the optimizer's iterations already
     if sorted(keys) != list(range(1, 1 + 2 * len(variables))):
         raise ValueError(
             f"{prefix} holds {len(keys)} optimizer slots, not Adam's two moments of each of "

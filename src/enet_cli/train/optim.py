@@ -55,8 +55,9 @@ def build_optimizer(cfg: TrainConfig, schedule=None):
 def _adam_class():
     """Keras' OptimizerV2 Adam on every TensorFlow: the only Adam of TF 2.6 (the SMP
     container), `optimizers.legacy.Adam` from Keras 2.11 on. One class everywhere keeps one
-    checkpoint layout (slots beside their variables), so a checkpoint moves between the
-    containers and a laptop. It applies each variable's update as one fused op
+    checkpoint layout (slots beside their variables) in every container and on a laptop
+    (moving a checkpoint across TensorFlow versions is not tested). It applies each
+    variable's update as one fused op
     (ResourceApplyAdam) where the newer optimizer builds about fifteen: ENet has 288
     variables, and the train step traced and first ran about 2x faster
     (benchmarks/startup.py). The update is the same Adam (Kingma & Ba, epsilon outside the
