@@ -36,7 +36,7 @@ from enet_cli.config import (
     option_name,
     sort_settings,
 )
-from enet_cli.errors import EnetError, PeerLost
+from enet_cli.errors import DataError, EnetError, Interrupted, PeerLost
 
 stdout, stderr = ui.stdout, ui.stderr
 
@@ -324,28 +324,6 @@ def evaluate(
     )
 
 
-@app.command()
-def predict(
-    model: Path = typer.Argument(..., help="Run directory, SavedModel or checkpoint directory."),
-    inputs: List[Path] = typer.Argument(..., help="Images and/or directories of images."),
-    out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Output directory."),
-) -> None:
-    """Segment images: an indexed class-map PNG and a colour overlay PNG per image.
-
-    Example: enet predict runs/camvid street.png more_images/ --out predictions
-    """
-    from enet_cli.inference import load_predictor
-    from enet_cli.predict import check_out_dir, collect_images, iter_predictions
-
-    images = collect_images(inputs)
-    check_out_dir(out)
-    predictor = load_predictor(model)
-    for r in ui.track(iter_predictions(predictor, images, out), len(images), "predict"):
-        top = sorted(r.class_fractions.items(), key=lambda kv: -kv[1])[:3]
-        summary = ", ".join(f"{name} {100 * share:.0f}%" for name, share in top)
-        stdout.print(f"{r.image} -> {r.overlay_png} ({summary})", soft_wrap=True)
-
-
 def _size_option(value: Optional[str]) -> Optional[str]:
     if value is not None:
         from enet_cli.config import parse_size
@@ -363,6 +341,107 @@ def _parsed_size(value: Optional[str]):
     return None if value is None else parse_size(value)
 
 
+@app.command()
+def predict(
+    model: Path = typer.Argument(
+        ..., help="Run directory, SavedModel, checkpoint directory, TFLite or ONNX export."
+    ),
+    inputs: List[Path] = typer.Argument(
+        ...,
+        help="Images, videos (mp4, mov, avi, mkv, webm), directories of either (searched "
+        "recursively), or - for raw RGB frames on stdin.",
+    ),
+    out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Output directory."),
+    runtime: Optional[str] = typer.Option(
+        None,
+        "--runtime",
+        help="Run the model in keras, saved_model, tflite or onnx (default: the fastest one "
+        "MODEL has).",
+        metavar="<keras|saved_model|tflite|onnx>",
+    ),
+    glob: str = typer.Option("*", "--glob", help="Files of a directory to take, e.g. '*.mp4'."),
+    batch: int = typer.Option(4, "--batch", min=1, help="Video frames per inference call."),
+    classes_video: Optional[str] = typer.Option(
+        None,
+        "--classes-video",
+        help="Also write a video's class maps losslessly: png (an indexed PNG per frame in "
+        "NAME_classes/) or ffv1 (NAME_classes.mkv, gray: pixel value = class index).",
+        metavar="<png|ffv1>",
+    ),
+    summary: Optional[Path] = typer.Option(
+        None,
+        "--summary",
+        help="Write each class's pixel share per input and frame, over time (.csv or .json).",
+    ),
+    stream_size: Optional[str] = typer.Option(
+        None,
+        "--stream-size",
+        callback=_size_option,
+        help="HEIGHTxWIDTH of the raw RGB24 frames read from - (stdin).",
+    ),
+    fps: float = typer.Option(30.0, "--fps", help="Frame rate of the frames read from -."),
+    fps_counter: bool = typer.Option(
+        True, "--fps-counter/--no-fps-counter", help="Draw frames/s into video overlays."
+    ),
+) -> None:
+    """Segment images and videos: class maps and colour overlays.
+
+    An image gives NAME_classes.png (indexed: pixel value = class) and NAME_overlay.png.
+    A video gives NAME_overlay.mp4 at its own size and frame rate (video needs PyAV:
+    pip install 'enet-cli\\[video]').
+
+    Example: enet predict runs/camvid street.png drive.mp4 --out predictions
+
+    Live: ffmpeg -i rtsp://camera -f rawvideo -pix_fmt rgb24 - | enet predict runs/camvid - --stream-size 720x1280
+    """  # noqa: E501
+    from enet_cli.inference import Runtime, load_predictor
+    from enet_cli.predict import Prediction, PredictOptions, collect_inputs, run_predict
+
+    if runtime is not None and runtime not in [r.value for r in Runtime]:
+        raise typer.BadParameter(
+            f"{runtime!r} is not one of {', '.join(r.value for r in Runtime)}",
+            param_hint="--runtime",
+        )
+    options = PredictOptions(
+        out=out,
+        batch=batch,
+        classes_video=classes_video,
+        summary=summary,
+        glob=glob,
+        stream_size=_parsed_size(stream_size),
+        stream_rate=fps,
+        fps_counter=fps_counter,
+    )
+    options.check()
+    found = collect_inputs(inputs, glob)
+    predictor = load_predictor(model, Runtime(runtime) if runtime else None)
+    ui.info(f"model: {predictor.source} (runtime {predictor.runtime.value})")
+
+    def show(result) -> None:
+        if not isinstance(result, Prediction):
+            return
+        top = sorted(result.class_fractions.items(), key=lambda kv: -kv[1])[:3]
+        shares = ", ".join(f"{name} {100 * share:.0f}%" for name, share in top)
+        if result.kind == "video":
+            rate = result.frames / max(result.seconds, 1e-9)
+            shares += f"; {result.frames} frames at {rate:.1f} frames/s"
+        stdout.print(f"{result.source} -> {result.overlay_png} ({shares})", soft_wrap=True)
+
+    report = run_predict(predictor, found, options, show)
+    if report.interrupted is not None:
+        cut = report.interrupted
+        total = f" of {cut.frames_total}" if cut.frames_total else ""
+        raise Interrupted(
+            f"stopped: {cut.overlay_png} holds the first {cut.frames}{total} frames of "
+            f"{cut.source} (playable, shorter); inputs after it were not predicted"
+        )
+    if report.skipped:
+        raise DataError(
+            f"{len(report.skipped)} of {len(found)} inputs skipped or incomplete (see the "
+            f"warnings above); the others are in {out}"
+        )
+
+
 def _mib(size_bytes: int) -> str:
     return f"{size_bytes / 2**20:.2f} MiB"
 
@@ -374,9 +453,9 @@ def export(
     format: str = typer.Option(
         "saved_model",
         "--format",
-        help="saved_model, tflite, or checkpoint (the run's checkpoints as whole ones, e.g. "
-        "an SMP run's per-partition checkpoints merged).",
-        metavar="<saved_model|tflite|checkpoint>",
+        help="saved_model, tflite, onnx (needs the [onnx] extra), or checkpoint (the run's "
+        "checkpoints as whole ones, e.g. an SMP run's per-partition checkpoints merged).",
+        metavar="<saved_model|tflite|onnx|checkpoint>",
     ),
     quantize: str = typer.Option(
         "none",
@@ -395,7 +474,8 @@ def export(
         None,
         "--size",
         callback=_size_option,
-        help="HEIGHTxWIDTH a TFLite file takes (default: the training size).",
+        help="HEIGHTxWIDTH a TFLite file takes (default: the training size), or an ONNX "
+        "file (default: any size).",
     ),
     calibration_images: int = typer.Option(
         16, "--calibration-images", min=1, help="Training images int8 calibrates on."
@@ -403,7 +483,7 @@ def export(
     xla: bool = typer.Option(False, "--xla", help="SavedModel: serve XLA-compiled."),
     force: bool = typer.Option(False, "--force", help="Replace an earlier export at --out."),
 ) -> None:
-    """Export a trained model: SavedModel, or TFLite in float32, float16 or int8.
+    """Export a trained model: SavedModel, ONNX, or TFLite in float32, float16 or int8.
 
     Prints the size on disk and, with --data, how often the export predicts the float
     model's class and the mean IoU of both on --split.
@@ -438,12 +518,13 @@ def export(
     request.check()
     with ui.status(f"exporting {model} as {format} ({quantize})"):
         report = export_model(request)
-    what = f"TFLite {quantize}" if format == "tflite" else format
+    what = {"tflite": f"TFLite {quantize}", "onnx": "ONNX", "saved_model": "SavedModel"}.get(
+        format, format
+    )
     stdout.print(f"wrote {what} to {report.path}: {_mib(report.size_bytes)}", soft_wrap=True)
     if report.operators:
-        stdout.print(
-            f"operators (all TFLite builtins): {', '.join(report.operators)}", soft_wrap=True
-        )
+        kind = "TFLite builtins" if format == "tflite" else "in ONNX's default domain"
+        stdout.print(f"operators (all {kind}): {', '.join(report.operators)}", soft_wrap=True)
     found = report.agreement
     if found is None:
         if format != "checkpoint":  # a copy of the training state: nothing to measure

@@ -1,9 +1,11 @@
-"""`enet export`: a trained ENet as a SavedModel or a TFLite file, measured against itself.
+"""`enet export`: a trained ENet as a SavedModel, TFLite or ONNX file, measured against itself.
 
-The SavedModel's serving signature takes uint8 images of any batch and any H x W that is a
-multiple of 8 (the weights do not depend on the size), so one SavedModel serves several
-resolutions; `--xla` compiles it. TFLite files (tflite.py) have one fixed size. `enet.json`
-beside either names the classes, colours and size for evaluate and predict. With the data
+The SavedModel's serving signature takes uint8 images of any batch and any H x W (padded
+to ENet's multiple of 8 inside and cropped back; the weights do not depend on the size),
+so one SavedModel serves several resolutions; `--xla` compiles it. TFLite files
+(tflite.py) have one fixed size; ONNX files (onnx_model.py) are dynamic like the
+SavedModel unless `--size` fixes them. `enet.json` beside each names the classes, colours
+and size for evaluate and predict. With the data
 given, the export is scored against the float model on a split: the share of pixels where
 both predict the same class and each one's mean IoU (quantization's cost, in numbers).
 """
@@ -22,7 +24,7 @@ from enet_cli.config import DataConfig, check_image_size
 from enet_cli.data.manifest import load_manifest
 from enet_cli.data.pipeline import make_dataset
 from enet_cli.errors import ConfigError, DataError
-from enet_cli.inference import TFLITE_NAME
+from enet_cli.inference import ONNX_NAME, TFLITE_NAME
 from enet_cli.metrics import confusion_matrix, segmentation_metrics
 from enet_cli.model import build_enet
 from enet_cli.preprocessor import resize_classes, resize_image, run_padded, to_pixels, to_unit
@@ -86,6 +88,7 @@ def write_saved_model(model, meta: RunMeta, directory: Path, xla: bool = False) 
 class ExportFormat(str, Enum):
     saved_model = "saved_model"
     tflite = "tflite"
+    onnx = "onnx"
     checkpoint = "checkpoint"  # whole training checkpoints (e.g. from SMP's partitioned ones)
 
 
@@ -106,10 +109,10 @@ class ExportRequest(BaseModel):
 
     def check(self) -> None:
         """Refuse combinations that cannot work, before any model is loaded."""
-        if self.format == ExportFormat.saved_model and self.quantize != Quantize.none:
+        if self.format != ExportFormat.tflite and self.quantize != Quantize.none:
             raise ConfigError(
-                f"--quantize {self.quantize.value} applies to --format tflite; a SavedModel "
-                f"is float32"
+                f"--quantize {self.quantize.value} applies to --format tflite; "
+                f"--format {self.format.value} is float32"
             )
         if self.quantize == Quantize.int8 and self.data_dir is None:
             raise ConfigError(
@@ -175,6 +178,17 @@ def export_model(request: ExportRequest) -> ExportReport:
     if fmt == ExportFormat.saved_model:
         export_saved_model(model, meta, out, request.xla, request.force, inputs)
         report_path, operators = out, []
+    elif fmt == ExportFormat.onnx:
+        from enet_cli.onnx_model import OnnxRunner
+        from enet_cli.onnx_model import convert as to_onnx
+
+        blob = to_onnx(serving_model(model, meta), request.image_size)
+        with outputs.claim(out, "export", request.force, inputs, "--out") as staged:
+            (staged.path / ONNX_NAME).write_bytes(blob)
+            meta.write(staged.path)
+            staged.publish()
+        report_path = out / ONNX_NAME
+        operators = sorted(set(OnnxRunner(report_path).ops()))
     else:
         copy = serving_model(model, meta)
         calibration = None
@@ -187,11 +201,12 @@ def export_model(request: ExportRequest) -> ExportReport:
             staged.publish()
         report_path = out / TFLITE_NAME
         operators = sorted(set(TFLiteRunner(report_path).ops()))
+    fixed = fmt == ExportFormat.tflite or (fmt == ExportFormat.onnx and request.image_size)
     report = ExportReport(
         path=report_path,
         format=fmt,
         quantize=quantize,
-        image_size=size if fmt == ExportFormat.tflite else None,
+        image_size=size if fixed else None,
         size_bytes=_size_on_disk(report_path),
         operators=operators,
     )

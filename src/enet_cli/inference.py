@@ -1,24 +1,51 @@
 """Load a trained ENet for evaluate and predict, from whatever the user points at.
 
 MODEL may be a run directory (its exported SavedModel, else its latest checkpoint), a
-SavedModel directory (from `enet train` or `enet export`), a TFLite export (its directory
-or its model.tflite), or a checkpoint directory. All carry an `enet.json` that names the
-classes and the size the model takes.
+SavedModel directory (from `enet train` or `enet export`), a TFLite or ONNX export (its
+directory or its model.tflite / model.onnx), or a checkpoint directory. All carry an
+`enet.json` that names the classes and the size the model takes.
+
+Each kind of model runs in one or more runtimes (RUNTIMES, fastest first as measured by
+benchmarks/video.py); `--runtime` picks another one the model has.
 """
 
 import contextlib
+from enum import Enum
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Tuple
+from typing import Callable, Dict, Iterator, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from enet_cli.artifacts import RunMeta, load_model_from_checkpoint
 from enet_cli.backend import tf
 from enet_cli.checkpoints import find_checkpoint
-from enet_cli.errors import DataError
+from enet_cli.errors import ConfigError, DataError
 from enet_cli.preprocessor import run_padded, to_pixels
 
 TFLITE_NAME = "model.tflite"  # inside an `enet export --format tflite` directory
+ONNX_NAME = "model.onnx"  # inside an `enet export --format onnx` directory (onnx_model.py)
+
+
+class Runtime(str, Enum):
+    keras = "keras"
+    saved_model = "saved_model"
+    tflite = "tflite"
+    onnx = "onnx"
+
+
+# What each kind of model can run in, the default first.
+RUNTIMES: Dict[str, Tuple[Runtime, ...]] = {
+    "saved_model": (Runtime.saved_model, Runtime.keras),
+    "checkpoint": (Runtime.keras,),
+    "tflite": (Runtime.tflite,),
+    "onnx": (Runtime.onnx,),
+}
+KIND_NAMES = {
+    "saved_model": "a SavedModel",
+    "checkpoint": "a checkpoint",
+    "tflite": "a TFLite file",
+    "onnx": "an ONNX file",
+}
 
 
 class Predictor(NamedTuple):
@@ -27,6 +54,7 @@ class Predictor(NamedTuple):
     meta: RunMeta
     logits: Callable
     source: str
+    runtime: Runtime = Runtime.keras
 
     def palette(self) -> np.ndarray:
         """(K+1, 3) uint8 colours, void last."""
@@ -41,7 +69,12 @@ def _from_saved_model(directory: Path, meta: RunMeta) -> Predictor:
         return serve(images=to_pixels(images))["logits"]
 
     logits.loaded = loaded  # keep the loaded object (and its variables) alive
-    return Predictor(meta, logits, f"SavedModel {directory}")
+    return Predictor(meta, logits, f"SavedModel {directory}", Runtime.saved_model)
+
+
+def _keras_predictor(model, meta: RunMeta, source: str) -> Predictor:
+    fn = tf.function(lambda images: run_padded(model, images), autograph=False)
+    return Predictor(meta, fn, source, Runtime.keras)
 
 
 def _from_checkpoint(directory: Path) -> Predictor:
@@ -49,18 +82,16 @@ def _from_checkpoint(directory: Path) -> Predictor:
     if found is None:
         raise DataError(f"no checkpoint with enet.json in {directory}")
     model, meta, checkpoint = found
-    fn = tf.function(lambda images: run_padded(model, images), autograph=False)
-    return Predictor(meta, fn, f"checkpoint {checkpoint}")
+    return _keras_predictor(model, meta, f"checkpoint {checkpoint}")
 
 
-def _from_tflite(model_file: Path, meta: RunMeta) -> Predictor:
-    from enet_cli.tflite import TFLiteRunner
-
-    runner = TFLiteRunner(model_file)
+def _fixed_size_runner(runner, model_file: Path, meta: RunMeta, name: str, runtime) -> Predictor:
+    """A Predictor around a runner `(uint8 NHWC) -> (logits, classes)` whose input size may
+    be fixed (`runner.size`, None when dynamic)."""
 
     def logits(images):
         size = tuple(int(v) for v in images.shape[1:3])
-        if size != runner.size:
+        if runner.size is not None and size != tuple(runner.size):
             raise DataError(
                 f"{model_file} takes {runner.size[0]}x{runner.size[1]} images, got "
                 f"{size[0]}x{size[1]}; export it again with --size {size[0]}x{size[1]}"
@@ -68,35 +99,69 @@ def _from_tflite(model_file: Path, meta: RunMeta) -> Predictor:
         return tf.constant(runner(to_pixels(np.asarray(images, np.float32)))[0])
 
     logits.runner = runner
-    return Predictor(meta, logits, f"TFLite {model_file}")
+    return Predictor(meta, logits, f"{name} {model_file}", runtime)
+
+
+def _from_tflite(model_file: Path, meta: RunMeta) -> Predictor:
+    from enet_cli.tflite import TFLiteRunner
+
+    return _fixed_size_runner(TFLiteRunner(model_file), model_file, meta, "TFLite", Runtime.tflite)
+
+
+def _from_onnx(model_file: Path, meta: RunMeta) -> Predictor:
+    from enet_cli.onnx_model import OnnxRunner
+
+    return _fixed_size_runner(OnnxRunner(model_file), model_file, meta, "ONNX", Runtime.onnx)
 
 
 def _find(path: Path) -> Tuple[Path, RunMeta, str]:
-    """(directory, its enet.json, kind: saved_model | tflite | checkpoint) of the model at path."""
+    """(path, its enet.json, kind: a key of RUNTIMES) of the model at `path`."""
     if not path.exists():
         raise DataError(
-            f"model {path} does not exist; give a run directory, SavedModel, TFLite export or "
-            f"checkpoint directory"
+            f"model {path} does not exist; give a run directory, SavedModel, TFLite or ONNX "
+            f"export, or checkpoint directory"
         )
-    if path.is_file() and path.suffix == ".tflite":
+    files = {".tflite": "tflite", ".onnx": "onnx"}
+    if path.is_file() and path.suffix in files:
         meta = RunMeta.read(path.parent)
         if meta is None:
             raise DataError(f"{path.parent} has no enet.json beside {path.name}; export it again")
-        return path, meta, "tflite"
+        return path, meta, files[path.suffix]
     for candidate in [path, path / "model", path / "1", path / "checkpoints"]:
         meta = RunMeta.of_checkpoints(candidate) if candidate.is_dir() else None
         if meta is None:
             continue
         if (candidate / "saved_model.pb").is_file():
             return candidate, meta, "saved_model"
-        if (candidate / TFLITE_NAME).is_file():
-            return candidate / TFLITE_NAME, meta, "tflite"
+        for name, kind in ((TFLITE_NAME, "tflite"), (ONNX_NAME, "onnx")):
+            if (candidate / name).is_file():
+                return candidate / name, meta, kind
         if find_checkpoint(candidate):
             return candidate, meta, "checkpoint"
     raise DataError(
-        f"no trained ENet in {path}: expected a SavedModel, TFLite export or checkpoints with "
-        f"enet.json (the output of enet train or enet export)"
+        f"no trained ENet in {path}: expected a SavedModel, TFLite or ONNX export, or "
+        f"checkpoints with enet.json (the output of enet train or enet export)"
     )
+
+
+def choose_runtime(kind: str, found: Path, runtime: Optional[Runtime]) -> Runtime:
+    """The runtime asked for if the model has it (else a one-line refusal), or its default."""
+    available = RUNTIMES[kind]
+    if runtime is None:
+        return available[0]
+    runtime = Runtime(runtime)
+    if runtime not in available:
+        names = ", ".join(r.value for r in available)
+        fix = (
+            f"export it with enet export --format {runtime.value} first"
+            if runtime in (Runtime.tflite, Runtime.onnx)
+            else "give the run directory or SavedModel it came from"
+        )
+        raise ConfigError(
+            f"--runtime {runtime.value}: {found} is {KIND_NAMES[kind]}, which runs in {names}; "
+            f"{fix}"
+        )
+    return runtime
 
 
 @contextlib.contextmanager
@@ -121,39 +186,51 @@ def _loading(path: Path) -> Iterator[None]:
         ) from None
 
 
-def load_predictor(path: Path) -> Predictor:
-    """Find and load the model at `path` (see module docstring); one-line errors otherwise."""
+def load_predictor(path: Path, runtime: Optional[Runtime] = None) -> Predictor:
+    """Find and load the model at `path` (see module docstring) in `runtime` (default: the
+    fastest one it has); one-line errors otherwise."""
     found, meta, kind = _find(Path(path))
+    chosen = choose_runtime(kind, found, runtime)
     with _loading(found):
-        if kind == "saved_model":
-            return _from_saved_model(found, meta)
         if kind == "tflite":
             return _from_tflite(found, meta)
-        return _from_checkpoint(found)
+        if kind == "onnx":
+            return _from_onnx(found, meta)
+        if kind == "checkpoint":
+            return _from_checkpoint(found)
+        if chosen == Runtime.saved_model:
+            return _from_saved_model(found, meta)
+        model, meta = _keras_from_saved_model(found, meta)
+        return _keras_predictor(model, meta, f"SavedModel {found}")
 
 
 def load_keras_model(path: Path):
     """(float32 Keras ENet, meta) from a run, SavedModel or checkpoint: what export converts.
 
     A SavedModel of ours tracks the model's weights in order (export.py), so they are put
-    into a freshly built ENet; a TFLite file has lost what training needs and is refused.
+    into a freshly built ENet; a TFLite or ONNX file has lost what training needs and is
+    refused.
     """
-    from enet_cli.model import build_enet
-
     found, meta, kind = _find(Path(path))
-    if kind == "tflite":
+    if kind in ("tflite", "onnx"):
         raise DataError(
-            f"{found} is already a TFLite export; give the run directory, SavedModel or "
+            f"{found} is already an export ({kind}); give the run directory, SavedModel or "
             f"checkpoints it came from"
         )
     with _loading(found):
         if kind == "checkpoint":
             model, meta, _ = load_model_from_checkpoint(found)
             return model, meta
-        loaded = tf.saved_model.load(str(found))
-        weights = getattr(loaded, "variables_", None)
-        if weights is None:
-            raise DataError(f"{found} is not a SavedModel written by enet; export its run instead")
-        model = build_enet(meta.model, None)
-        model.set_weights([w.numpy() for w in weights])
-        return model, meta
+        return _keras_from_saved_model(found, meta)
+
+
+def _keras_from_saved_model(found: Path, meta: RunMeta):
+    from enet_cli.model import build_enet
+
+    loaded = tf.saved_model.load(str(found))
+    weights = getattr(loaded, "variables_", None)
+    if weights is None:
+        raise DataError(f"{found} is not a SavedModel written by enet; export its run instead")
+    model = build_enet(meta.model, None)
+    model.set_weights([w.numpy() for w in weights])
+    return model, meta

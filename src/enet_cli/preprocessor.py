@@ -79,8 +79,10 @@ def pad_to_model(tensor, value=0):
         return tensor
     shape = tf.shape(tensor)
     pads = [[0, 0] for _ in range(tensor.shape.rank)]
-    pads[rows] = [0, -shape[rows] % SIZE_MULTIPLE]
-    pads[cols] = [0, -shape[cols] % SIZE_MULTIPLE]
+    # (m - side % m) % m, not -side % m: both are the same in TensorFlow, but ONNX (tf2onnx)
+    # takes the remainder of a negative number with the sign of the dividend.
+    pads[rows] = [0, (SIZE_MULTIPLE - shape[rows] % SIZE_MULTIPLE) % SIZE_MULTIPLE]
+    pads[cols] = [0, (SIZE_MULTIPLE - shape[cols] % SIZE_MULTIPLE) % SIZE_MULTIPLE]
     return tf.pad(tensor, pads, constant_values=tf.cast(value, tensor.dtype))
 
 

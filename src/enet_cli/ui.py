@@ -8,7 +8,7 @@ import contextlib
 import signal
 import threading
 import time
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -74,6 +74,49 @@ def track(items: Iterable[T], total: int, description: str, unit: str = "images"
         if done in marks:
             rate = done / max(time.monotonic() - start, 1e-9)
             info(f"{description}: {done}/{total} {unit} ({rate:.1f} {unit}/s)")
+
+
+@contextlib.contextmanager
+def frame_progress(description: str, total: Optional[int]) -> Iterator[Callable[[int], None]]:
+    """Yields advance(n_frames), called from a worker thread: a rich bar with frames/s and
+    ETA on a terminal (no ETA when the length is unknown: a pipe), else a line at each
+    quarter, or every 10 s without a length."""
+    if stderr.is_terminal:
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn() if total else TextColumn("{task.completed}"),
+            TextColumn("frames"),
+            TextColumn("{task.fields[rate]} frames/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=stderr) as progress:
+            task = progress.add_task(description, total=total, rate="-")
+            start = time.monotonic()
+
+            def advance(n: int) -> None:
+                progress.advance(task, n)
+                done = progress.tasks[0].completed
+                rate = done / max(time.monotonic() - start, 1e-9)
+                progress.update(task, rate=f"{rate:.1f}")
+
+            yield advance
+        return
+    start, done, last = time.monotonic(), [0], [time.monotonic()]
+    marks = {max(1, total * q // 4) for q in (1, 2, 3, 4)} if total else set()
+    of = f"/{total}" if total else ""
+
+    def advance_plain(n: int) -> None:
+        before, done[0] = done[0], done[0] + n
+        now = time.monotonic()
+        crossed = any(before < mark <= done[0] for mark in marks)
+        if crossed or (not total and now - last[0] >= 10):
+            last[0] = now
+            rate = done[0] / max(now - start, 1e-9)
+            info(f"{description}: {done[0]}{of} frames ({rate:.1f} frames/s)")
+
+    yield advance_plain
 
 
 @contextlib.contextmanager
@@ -160,8 +203,9 @@ class StopRequest:
     loop checks `requested` after every step. A second Ctrl-C stops at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, then: str = "saving a checkpoint after this step") -> None:
         self.signal_name: str = ""
+        self.then = then  # what happens now, for the one line that acknowledges the signal
 
     @property
     def requested(self) -> bool:
@@ -171,7 +215,7 @@ class StopRequest:
         if self.signal_name and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
-        info(f"{self.signal_name} received: saving a checkpoint after this step")
+        info(f"{self.signal_name} received: {self.then}")
 
     @contextlib.contextmanager
     def installed(self) -> Iterator["StopRequest"]:
