@@ -1,0 +1,133 @@
+"""`enet export --format onnx`: a really trained ENet in the stock onnxruntime.
+
+ENet's max-unpooling is what makes other ports fail to export; ours is built from standard
+operators, so the ONNX file must hold only the default domain's operators, run in a plain
+`onnxruntime.InferenceSession`, and give the Keras logits within the TFLite float32
+tolerance, at the training size and at any other size (padding inside the graph).
+"""
+
+import re
+
+import numpy as np
+import onnx  # the [onnx] extra, part of the dev install
+import onnxruntime
+import pytest
+from PIL import Image
+
+from conftest import (
+    FIXTURES,
+    PIXELS_OFF_AT_A_TIE,
+    one_error_line,
+    run_enet,
+)
+
+ONNX_TOLERANCE = 1e-3  # test_export's TFLite float32 tolerance
+
+
+@pytest.fixture(scope="module")
+def onnx_export(trained_run, small_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "enet-onnx"
+    result = run_enet(
+        "export", str(trained_run), "--format", "onnx", "--data", str(small_data), "--out",
+        str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out, result.stdout
+
+
+def _close_logits(actual, expected):
+    close = np.abs(actual - expected) <= ONNX_TOLERANCE
+    assert close.mean() >= 1 - PIXELS_OFF_AT_A_TIE, (close.size - close.sum(), close.size)
+    assert np.mean(actual.argmax(-1) == expected.argmax(-1)) >= 0.995
+
+
+@pytest.mark.slow
+def test_onnx_runs_in_the_stock_runtime_with_the_keras_logits(onnx_export, trained_run, small_data):
+    import tensorflow as tf
+
+    from enet_cli.inference import load_keras_model
+    from enet_cli.preprocessor import run_padded
+
+    out, stdout = onnx_export
+    graph = onnx.load(str(out / "model.onnx")).graph
+    custom = sorted({f"{n.domain}:{n.op_type}" for n in graph.node if n.domain})
+    assert custom == []  # no custom operator: any ONNX runtime can load it
+    said = re.search(r"operators \(all in ONNX's default domain\): (.+)", stdout)
+    assert said and set(said.group(1).split(", ")) == {n.op_type for n in graph.node}
+    agreement = re.search(r"pixel agreement ([\d.]+)%", stdout)
+    assert agreement and float(agreement.group(1)) >= 99.9, stdout
+    [image_input] = graph.input
+    dims = image_input.type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [0, 0, 0, 3]  # batch, height, width dynamic
+
+    session = onnxruntime.InferenceSession(
+        str(out / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    model, _ = load_keras_model(trained_run)
+    photos = sorted((FIXTURES / "camvid-segnet-mini" / "val").glob("*.png"))[:3]
+    for size in [(96, 128), (90, 121)]:  # the training size and an odd one
+        pixels = np.stack(
+            [np.asarray(Image.open(p).convert("RGB").resize(size[::-1])) for p in photos]
+        )
+        logits, classes = session.run(["logits", "classes"], {"images": pixels})
+        expected = run_padded(model, tf.constant(pixels / 255.0, tf.float32)).numpy()
+        assert logits.shape == expected.shape == (3, *size, 11)
+        _close_logits(logits, expected)
+        np.testing.assert_array_equal(classes, logits.argmax(-1))
+
+
+@pytest.mark.slow
+def test_onnx_predicts_videos_and_evaluates_and_refuses_what_it_cannot(
+    onnx_export, trained_run, small_data, tmp_path
+):
+    from test_video import FRAMES, frames_of, make_video
+
+    out, _ = onnx_export
+    clip = make_video(tmp_path / "drive.mkv", frames_of(FRAMES[:4]), rate=10)
+    by_onnx = run_enet("predict", str(out / "model.onnx"), str(clip), "--out",
+                       str(tmp_path / "a"), "--classes-video", "png")  # fmt: skip
+    assert by_onnx.returncode == 0, by_onnx.stderr[-2000:]
+    assert "(runtime onnx)" in by_onnx.stderr
+    by_keras = run_enet("predict", str(trained_run), str(clip), "--out", str(tmp_path / "b"),
+                        "--classes-video", "png", "--runtime", "keras")  # fmt: skip
+    assert by_keras.returncode == 0, by_keras.stderr[-2000:]
+    assert "(runtime keras)" in by_keras.stderr
+    for name in [f"{k:06d}.png" for k in range(4)]:
+        a = np.asarray(Image.open(tmp_path / "a" / "drive_classes" / name))
+        b = np.asarray(Image.open(tmp_path / "b" / "drive_classes" / name))
+        assert np.mean(a == b) >= 0.995, name
+
+    scored = run_enet("evaluate", str(out), str(small_data), "--split", "val")
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    assert "ONNX" in scored.stdout and "mean IoU" in scored.stdout
+
+    wrong_runtime = run_enet(
+        "predict", str(out), str(FRAMES[0]), "--runtime", "tflite", "--out", str(tmp_path / "c")
+    )
+    one_error_line(
+        wrong_runtime,
+        2,
+        r"--runtime tflite: .*model.onnx is an ONNX file, which runs in onnx; export it with "
+        r"enet export --format tflite first",
+    )
+    quantized = run_enet(
+        "export", str(trained_run), "--format", "onnx", "--quantize", "int8", "--out",
+        str(tmp_path / "d"),
+    )  # fmt: skip
+    one_error_line(quantized, 2, r"--quantize int8 applies to --format tflite; --format onnx")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+@pytest.mark.slow
+def test_a_fixed_size_onnx_export_says_which_size_it_takes(trained_run, tmp_path):
+    out = tmp_path / "fixed"
+    result = run_enet("export", str(trained_run), "--format", "onnx", "--size", "64x96",
+                      "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    dims = onnx.load(str(out / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [0, 64, 96, 3]
+    photo = sorted((FIXTURES / "camvid-segnet-mini" / "val").glob("*.png"))[0]
+    predicted = run_enet("predict", str(out), str(photo), "--out", str(tmp_path / "p"))
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    classes = np.asarray(Image.open(tmp_path / "p" / f"{photo.stem}_classes.png"))
+    assert classes.shape == (360, 480)  # resized to 64x96 for the model, and back
