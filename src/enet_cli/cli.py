@@ -298,15 +298,24 @@ def evaluate(
     confusion_csv: Optional[Path] = typer.Option(
         None, "--confusion-csv", help="Write the confusion matrix (rows: truth) as CSV."
     ),
+    tta: Optional[str] = typer.Option(
+        None,
+        "--tta",
+        help="Test-time augmentation: flip (left-right), scales=S1,S2,... (times the model's "
+        "size), or both, e.g. flip,scales=0.75,1,1.25; class probabilities are averaged.",
+    ),
 ) -> None:
     """Score a trained model: per-class IoU and accuracy, mean IoU, pixel accuracy.
 
-    Example: enet evaluate runs/camvid data/camvid --split test --json test.json
+    Example: enet evaluate runs/camvid data/camvid --split test --json test.json --tta flip
     """
     from enet_cli.evaluate import evaluate as run_evaluate
+    from enet_cli.tta import parse_tta
 
-    metrics = run_evaluate(model, data_dir, split, batch_size, json_path, confusion_csv)
-    table = Table(title=f"{metrics['model']} on {split} ({metrics['images']} images)")
+    augment = None if tta is None else parse_tta(tta)
+    metrics = run_evaluate(model, data_dir, split, batch_size, json_path, confusion_csv, augment)
+    how = "" if augment is None else f"; {augment.describe()}"
+    table = Table(title=f"{metrics['model']} on {split} ({metrics['images']} images{how})")
     for column in ("class", "IoU", "accuracy"):
         table.add_column(column, justify="left" if column == "class" else "right")
 
@@ -320,7 +329,9 @@ def evaluate(
     stdout.print(table)
     stdout.print(
         f"mean IoU {pct(metrics['mean_iou'])}%, pixel accuracy {pct(metrics['pixel_accuracy'])}%"
-        f", class-average accuracy {pct(metrics['class_accuracy'])}% (void ignored)"
+        f", class-average accuracy {pct(metrics['class_accuracy'])}% (void ignored); "
+        f"{metrics['ms_per_image']:.1f} ms per image{how}",
+        soft_wrap=True,
     )
 
 

@@ -56,6 +56,13 @@ class Predictor(NamedTuple):
     source: str
     runtime: Runtime = Runtime.keras
 
+    @property
+    def fixed_size(self) -> Optional[Tuple[int, int]]:
+        """The one (height, width) the model takes (a TFLite file, a fixed-size ONNX file),
+        None when it takes any."""
+        runner = getattr(self.logits, "runner", None)
+        return None if runner is None or runner.size is None else tuple(runner.size)
+
     def palette(self) -> np.ndarray:
         """(K+1, 3) uint8 colours, void last."""
         return np.array([*self.meta.class_colors, self.meta.void_color], dtype=np.uint8)
