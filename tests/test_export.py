@@ -298,10 +298,16 @@ def test_benchmark_reports_the_cores_it_may_use(tmp_path):
 
 
 def test_benchmark_refuses_unknown_variants():
-    result = run_enet("benchmark", "--what", "infer", "--variants", "keras,onnx")
+    result = run_enet("benchmark", "--what", "infer", "--variants", "keras,tensorrt")
     assert result.returncode == 2
     lines = error_lines(result.stderr)
-    assert len(lines) == 1 and "onnx" in lines[0] and "tflite_int8" in lines[0], lines
+    assert len(lines) == 1 and "tensorrt" in lines[0] and "tflite_int8" in lines[0], lines
+    video = run_enet("benchmark", "--what", "video", "--variants", "keras_xla")
+    lines = error_lines(video.stderr)
+    assert video.returncode == 2 and len(lines) == 1, video.stderr
+    assert (
+        "keras_xla: choose from keras, saved_model, tflite_float32, tflite_int8, onnx" in lines[0]
+    )
 
 
 def _xla_compiled_functions(saved_model_dir) -> int:

@@ -237,3 +237,30 @@ def test_video_without_the_extra_is_one_line_naming_it(trained_run, tmp_path):
         "error: video needs PyAV, which is not installed: pip install 'enet-cli[video]'"
     )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_the_video_benchmark_times_predicts_whole_path_beside_the_model_alone(trained_run):
+    from enet_cli.benchmark import BenchmarkRequest, What, run_benchmark
+
+    common = dict(model=trained_run, image_size=(96, 128), warmup=1, variants=("keras",))
+    video = run_benchmark(
+        BenchmarkRequest(
+            what=What.video,
+            iterations=10,
+            video_sizes=((96, 128), (192, 256)),
+            video_frames=12,
+            **common,
+        )
+    )
+    infer = run_benchmark(BenchmarkRequest(what=What.infer, iterations=10, **common))
+    rates = {m.variant: m for m in video.results}
+    assert sorted(rates) == ["keras 192x256", "keras 96x128"]
+    model_alone = 1000 / infer.results[0].median  # frames/s of the model, one per call
+    for m in rates.values():
+        assert m.unit == "frames/s" and m.n == 2 and m.note.startswith("12 frames; model at 96x128")
+        # decoding, overlays and encoding cost something: the whole path is not faster than
+        # the model alone (batches of 4 may gain a little over one image per call)
+        assert 0 < m.median < 2 * model_alone, (m, model_alone)
+    # frames twice the size cost more (resizing, logits at the frame's size, overlay, codec)
+    assert rates["keras 192x256"].median < rates["keras 96x128"].median

@@ -5,8 +5,9 @@ quartiles), next to what the machine is (cores, CPU flags, load) and what softwa
 (Python, TensorFlow, Keras): shared machines are noisy, so compare figures as ratios
 measured in the same run. Training times the engine's real step (weighted loss, Adam,
 weight decay); inference times one image per call through every way ENet can be served:
-Keras in graph mode, Keras XLA-compiled, the exported SavedModel, and TFLite in float32,
-float16 and int8 (XNNPACK); the input pipeline times decoding plus augmentation.
+Keras in graph mode, Keras XLA-compiled, the exported SavedModel, TFLite in float32,
+float16 and int8 (XNNPACK), and ONNX Runtime; the input pipeline times decoding plus
+augmentation; video times `enet predict`'s whole path on a video, per runtime.
 """
 
 import os
@@ -31,13 +32,28 @@ INFER_VARIANTS = (
     "tflite_float32",
     "tflite_float16",
     "tflite_int8",
+    "onnx",
 )
+# The runtimes a video is predicted with (`enet predict --runtime`), TFLite twice.
+VIDEO_VARIANTS = ("keras", "saved_model", "tflite_float32", "tflite_int8", "onnx")
+VIDEO_SIZES = ((360, 480), (720, 960))  # CamVid's own frames, and those frames at 2x
+VIDEO_FRAMES = 64
+
+
+def default_variants(what: str) -> Tuple[str, ...]:
+    """Every variant this installation can run: ONNX needs the [onnx] extra."""
+    import importlib.util
+
+    found = VIDEO_VARIANTS if what == "video" else INFER_VARIANTS
+    have_onnx = all(importlib.util.find_spec(m) for m in ("tf2onnx", "onnxruntime"))
+    return tuple(v for v in found if v != "onnx" or have_onnx)
 
 
 class What(str, Enum):
     train = "train"
     infer = "infer"
     pipeline = "pipeline"
+    video = "video"
     all = "all"
 
 
@@ -50,6 +66,8 @@ class BenchmarkRequest(BaseModel):
     warmup: int = 3
     data_dir: Optional[Path] = None  # pipeline and int8 calibration; default: bundled sample
     variants: Tuple[str, ...] = INFER_VARIANTS
+    video_sizes: Tuple[Tuple[int, int], ...] = VIDEO_SIZES
+    video_frames: int = VIDEO_FRAMES
 
 
 class Measurement(BaseModel):
@@ -180,7 +198,7 @@ def run_benchmark(request: BenchmarkRequest) -> BenchmarkReport:
         scratch_dir = Path(scratch)
         data_dir = request.data_dir
         if what in (What.pipeline, What.all) or (
-            what == What.infer and "tflite_int8" in request.variants
+            what in (What.infer, What.video) and "tflite_int8" in request.variants
         ):
             data_dir = data_dir or _sample_data(scratch_dir / "data", request.image_size)
         if what in (What.train, What.all):
@@ -189,6 +207,8 @@ def run_benchmark(request: BenchmarkRequest) -> BenchmarkReport:
             report.results.extend(_infer(request, scratch_dir, data_dir))
         if what in (What.pipeline, What.all):
             report.results.append(_pipeline(request, data_dir))
+        if what == What.video:
+            report.results.extend(_video(request, scratch_dir, data_dir))
     return report
 
 
@@ -295,12 +315,110 @@ def _infer(request: BenchmarkRequest, scratch: Path, data_dir: Optional[Path]) -
             runner = TFLiteRunner(report.path)
             call = lambda runner=runner: runner(pixels)  # noqa: E731
             note = f"{report.size_bytes / 2**20:.2f} MiB"
+        elif variant == "onnx":
+            from enet_cli.onnx_model import OnnxRunner
+
+            onnx_request = ExportRequest(source=source, out=scratch / variant, format="onnx")
+            report = export_model(onnx_request)
+            runner = OnnxRunner(report.path)
+            call = lambda runner=runner: runner(pixels)  # noqa: E731
+            note = f"{report.size_bytes / 2**20:.2f} MiB, onnxruntime CPU"
         else:
             raise ValueError(f"unknown inference variant {variant!r}")
         seconds = _times(call, request.warmup, request.iterations)
         results.append(
             Measurement.of("infer", variant, "ms/image", [1000 * s for s in seconds], note)
         )
+    return results
+
+
+def _exported(request: BenchmarkRequest, variant: str, scratch: Path, data_dir) -> Path:
+    """The model (request.model, or a fresh ENet saved once) in the form `variant` runs."""
+    from enet_cli.export import ExportRequest, export_model, export_saved_model, serving_model
+
+    source = request.model
+    if source is None:
+        source = scratch / "weights"
+        if not source.exists():
+            model, meta = _model(request, data_dir)
+            meta = meta.model_copy(update={"image_size": tuple(request.image_size)})
+            export_saved_model(serving_model(model, meta), meta, source)
+    if variant in ("keras", "saved_model"):
+        return source
+    out = scratch / f"video-{variant}"
+    if not out.exists():
+        fmt, _, quantize = variant.partition("_")
+        export_model(
+            ExportRequest(
+                source=source,
+                out=out,
+                format=fmt,
+                quantize=quantize.replace("float32", "none") or "none",
+                data_dir=data_dir if quantize == "int8" else None,
+                image_size=request.image_size if fmt == "tflite" else None,
+                calibration_images=8,
+                measure_agreement=False,
+            )
+        )
+    return out
+
+
+def _sample_video(path: Path, size: Tuple[int, int], frames: int) -> Path:
+    """A video of the bundled CamVid frames (a real drive), resized to `size`, H.264."""
+    from fractions import Fraction
+
+    from PIL import Image
+
+    from enet_cli.demo import DEMO_DATA
+    from enet_cli.preprocessor import resize_image
+    from enet_cli.video import VideoWriter
+
+    pictures = [
+        resize_image(Image.open(p).convert("RGB"), size, "bilinear")
+        for p in sorted((DEMO_DATA / "train").glob("*.png"))
+    ]
+    writer = VideoWriter(path, size, Fraction(30))
+    for k in range(frames):
+        writer.write(pictures[k % len(pictures)])
+    writer.close()
+    return path
+
+
+def _video(request: BenchmarkRequest, scratch: Path, data_dir) -> List[Measurement]:
+    """Frames/s of `enet predict` on a video, the whole path: decode, resize, infer, argmax
+    at the frame's size, overlay, encode (three threads, as predict runs them)."""
+    from enet_cli.inference import Runtime, load_predictor
+    from enet_cli.predict import PredictOptions, predict_video
+    from enet_cli.video import VideoFile
+
+    results = []
+    videos = {
+        size: _sample_video(scratch / f"drive-{size[0]}x{size[1]}.mp4", size, request.video_frames)
+        for size in request.video_sizes
+    }
+    out = scratch / "video-out"
+    out.mkdir()
+    options = PredictOptions(out=out, batch=request.batch)
+    for variant in request.variants:
+        runtime = Runtime("tflite" if variant.startswith("tflite") else variant)
+        predictor = load_predictor(_exported(request, variant, scratch, data_dir), runtime)
+        for size, clip in videos.items():
+            ui.info(f"video: {variant} on {size[0]}x{size[1]} frames")
+            rates = []
+            for k in range(request.warmup + max(2, request.iterations // 5)):
+                done = predict_video(predictor, VideoFile(clip), options, ui.StopRequest())
+                if k >= request.warmup:
+                    rates.append(done.frames / done.seconds)
+            model = "x".join(map(str, predictor.meta.image_size))
+            results.append(
+                Measurement.of(
+                    "video",
+                    f"{variant} {size[0]}x{size[1]}",
+                    "frames/s",
+                    rates,
+                    f"{request.video_frames} frames; model at {model}",
+                )
+            )
     return results
 
 

@@ -556,7 +556,11 @@ def benchmark(
         None, help="Trained model to time (default: a freshly initialised ENet)."
     ),
     what: str = typer.Option(
-        "all", "--what", help="What to time.", metavar="<train|infer|pipeline|all>"
+        "all",
+        "--what",
+        help="What to time (all: train, infer and pipeline; video: enet predict's whole path "
+        "on 360x480 and 720x960 videos, per runtime).",
+        metavar="<train|infer|pipeline|video|all>",
     ),
     size: str = typer.Option(
         "360x480", "--size", callback=_size_option, help="HEIGHTxWIDTH of the images."
@@ -567,8 +571,9 @@ def benchmark(
     variants: Optional[str] = typer.Option(
         None,
         "--variants",
-        help="Inference variants, comma-separated (default: all of "
-        "keras,keras_xla,saved_model,tflite_float32,tflite_float16,tflite_int8).",
+        help="Inference variants, comma-separated (default: all of keras,keras_xla,"
+        "saved_model,tflite_float32,tflite_float16,tflite_int8,onnx; for video: keras,"
+        "saved_model,tflite_float32,tflite_int8,onnx).",
     ),
     data_dir: Optional[Path] = typer.Option(
         None, "--data", help="Preprocessed data for the pipeline and int8 (default: the sample)."
@@ -579,18 +584,26 @@ def benchmark(
 
     Example: enet benchmark --what infer --variants keras,tflite_float32 --json bench.json
     """
-    from enet_cli.benchmark import INFER_VARIANTS, BenchmarkRequest, What, run_benchmark
+    from enet_cli.benchmark import (
+        INFER_VARIANTS,
+        VIDEO_VARIANTS,
+        BenchmarkRequest,
+        What,
+        default_variants,
+        run_benchmark,
+    )
 
     choices = [w.value for w in What]
     if what not in choices:
         raise typer.BadParameter(
             f"{what!r} is not one of {', '.join(choices)}", param_hint="--what"
         )
+    known = VIDEO_VARIANTS if what == "video" else INFER_VARIANTS
     chosen = tuple(v.strip() for v in variants.split(",") if v.strip()) if variants else None
-    unknown = [v for v in chosen or () if v not in INFER_VARIANTS]
+    unknown = [v for v in chosen or () if v not in known]
     if unknown or chosen == ():
         raise typer.BadParameter(
-            f"{', '.join(unknown) or variants!r}: choose from {', '.join(INFER_VARIANTS)}",
+            f"{', '.join(unknown) or variants!r}: choose from {', '.join(known)}",
             param_hint="--variants",
         )
     if json_path is not None:
@@ -605,7 +618,7 @@ def benchmark(
         iterations=iterations,
         warmup=warmup,
         data_dir=data_dir,
-        variants=chosen or INFER_VARIANTS,
+        variants=chosen or default_variants(what),
     )
     report = run_benchmark(request)
     found = report.machine

@@ -20,7 +20,7 @@ from enet_cli.artifacts import RunMeta, load_model_from_checkpoint
 from enet_cli.backend import tf
 from enet_cli.checkpoints import find_checkpoint
 from enet_cli.errors import ConfigError, DataError
-from enet_cli.preprocessor import run_padded, to_pixels
+from enet_cli.preprocessor import run_padded, to_pixels, to_unit
 
 TFLITE_NAME = "model.tflite"  # inside an `enet export --format tflite` directory
 ONNX_NAME = "model.onnx"  # inside an `enet export --format onnx` directory (onnx_model.py)
@@ -49,19 +49,21 @@ KIND_NAMES = {
 
 
 class Predictor(NamedTuple):
-    """`logits(images float32 NHWC in [0, 1]) -> float32 logits`, plus what the model knows."""
+    """`run(uint8 NHWC pixels, logits=True) -> (float32 logits or None, int32 classes)` as
+    NumPy arrays, plus what the model knows. Every runtime takes pixels as they are decoded
+    (the scaling to 0-1 is in the graph) and computes the classes in the graph too: a video
+    frame at the model's size costs no conversion and no argmax outside it."""
 
     meta: RunMeta
-    logits: Callable
+    run: Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]
     source: str
     runtime: Runtime = Runtime.keras
+    fixed_size: Optional[Tuple[int, int]] = None  # the one (H, W) a TFLite/fixed ONNX takes
 
-    @property
-    def fixed_size(self) -> Optional[Tuple[int, int]]:
-        """The one (height, width) the model takes (a TFLite file, a fixed-size ONNX file),
-        None when it takes any."""
-        runner = getattr(self.logits, "runner", None)
-        return None if runner is None or runner.size is None else tuple(runner.size)
+    def logits(self, images):
+        """float32 logits of float32 NHWC `images` in [0, 1] (as the data pipeline gives
+        them), as a tensor."""
+        return tf.constant(self.run(to_pixels(np.asarray(images, np.float32)))[0])
 
     def palette(self) -> np.ndarray:
         """(K+1, 3) uint8 colours, void last."""
@@ -72,16 +74,25 @@ def _from_saved_model(directory: Path, meta: RunMeta) -> Predictor:
     loaded = tf.saved_model.load(str(directory))
     serve = loaded.signatures["serving_default"]
 
-    def logits(images):
-        return serve(images=to_pixels(images))["logits"]
+    def run(pixels, logits=True):
+        found = serve(images=tf.constant(pixels, tf.uint8))
+        return (found["logits"].numpy() if logits else None), found["classes"].numpy()
 
-    logits.loaded = loaded  # keep the loaded object (and its variables) alive
-    return Predictor(meta, logits, f"SavedModel {directory}", Runtime.saved_model)
+    run.loaded = loaded  # keep the loaded object (and its variables) alive
+    return Predictor(meta, run, f"SavedModel {directory}", Runtime.saved_model)
 
 
 def _keras_predictor(model, meta: RunMeta, source: str) -> Predictor:
-    fn = tf.function(lambda images: run_padded(model, images), autograph=False)
-    return Predictor(meta, fn, source, Runtime.keras)
+    @tf.function(autograph=False)
+    def graph(pixels):
+        logits = run_padded(model, to_unit(pixels))
+        return logits, tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+    def run(pixels, logits=True):
+        scores, classes = graph(tf.constant(pixels, tf.uint8))
+        return (scores.numpy() if logits else None), classes.numpy()
+
+    return Predictor(meta, run, source, Runtime.keras)
 
 
 def _from_checkpoint(directory: Path) -> Predictor:
@@ -92,33 +103,34 @@ def _from_checkpoint(directory: Path) -> Predictor:
     return _keras_predictor(model, meta, f"checkpoint {checkpoint}")
 
 
-def _fixed_size_runner(runner, model_file: Path, meta: RunMeta, name: str, runtime) -> Predictor:
+def _runner_predictor(runner, model_file: Path, meta: RunMeta, name: str, runtime) -> Predictor:
     """A Predictor around a runner `(uint8 NHWC) -> (logits, classes)` whose input size may
     be fixed (`runner.size`, None when dynamic)."""
+    fixed = None if runner.size is None else tuple(int(v) for v in runner.size)
 
-    def logits(images):
-        size = tuple(int(v) for v in images.shape[1:3])
-        if runner.size is not None and size != tuple(runner.size):
+    def run(pixels, logits=True):
+        size = tuple(int(v) for v in pixels.shape[1:3])
+        if fixed is not None and size != fixed:
             raise DataError(
-                f"{model_file} takes {runner.size[0]}x{runner.size[1]} images, got "
+                f"{model_file} takes {fixed[0]}x{fixed[1]} images, got "
                 f"{size[0]}x{size[1]}; export it again with --size {size[0]}x{size[1]}"
             )
-        return tf.constant(runner(to_pixels(np.asarray(images, np.float32)))[0])
+        return runner(pixels, logits)
 
-    logits.runner = runner
-    return Predictor(meta, logits, f"{name} {model_file}", runtime)
+    run.runner = runner
+    return Predictor(meta, run, f"{name} {model_file}", runtime, fixed)
 
 
 def _from_tflite(model_file: Path, meta: RunMeta) -> Predictor:
     from enet_cli.tflite import TFLiteRunner
 
-    return _fixed_size_runner(TFLiteRunner(model_file), model_file, meta, "TFLite", Runtime.tflite)
+    return _runner_predictor(TFLiteRunner(model_file), model_file, meta, "TFLite", Runtime.tflite)
 
 
 def _from_onnx(model_file: Path, meta: RunMeta) -> Predictor:
     from enet_cli.onnx_model import OnnxRunner
 
-    return _fixed_size_runner(OnnxRunner(model_file), model_file, meta, "ONNX", Runtime.onnx)
+    return _runner_predictor(OnnxRunner(model_file), model_file, meta, "ONNX", Runtime.onnx)
 
 
 def _find(path: Path) -> Tuple[Path, RunMeta, str]:

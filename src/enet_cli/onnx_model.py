@@ -78,11 +78,11 @@ class OnnxRunner:
         graph = onnx.load(str(self.path)).graph
         return [f"{n.domain}:{n.op_type}" if n.domain else n.op_type for n in graph.node]
 
-    def __call__(self, images: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        found = dict(
-            zip(
-                self.outputs,
-                self.session.run(None, {self.input.name: np.asarray(images, np.uint8)}),
-            )
-        )
-        return found["logits"], found["classes"]
+    def __call__(
+        self, images: np.ndarray, logits: bool = True
+    ) -> Tuple[Optional[np.ndarray], np.ndarray]:
+        """(logits, classes) of uint8 NHWC images; logits None when not asked for (the
+        runtime then does not copy them out)."""
+        names = ["logits", "classes"] if logits else ["classes"]
+        found = self.session.run(names, {self.input.name: np.asarray(images, np.uint8)})
+        return (found[0], found[1]) if logits else (None, found[0])

@@ -37,7 +37,7 @@ from enet_cli import outputs, ui
 from enet_cli.backend import tf
 from enet_cli.errors import ConfigError, DataError, OutputError
 from enet_cli.inference import Predictor
-from enet_cli.preprocessor import Preprocessor, to_unit
+from enet_cli.preprocessor import Preprocessor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 OVERLAY_ALPHA = 0.55  # weight of the class colour over the photo
@@ -162,10 +162,20 @@ def check_out_dir(out_dir: Path) -> None:
 # Segmenting and drawing
 # ---------------------------------------------------------------------------------------
 def segment_batch(predictor: Predictor, model_inputs: np.ndarray, size) -> np.ndarray:
-    """Class index per pixel, (N, H, W) int32 at `size`, of uint8 model-size inputs."""
-    logits = predictor.logits(to_unit(model_inputs))
-    logits = Preprocessor.logits_to_size(logits, size)
-    return tf.argmax(logits, axis=-1, output_type=tf.int32).numpy()
+    """Class index per pixel, (N, H, W) int32 at `size`, of uint8 model-size inputs: the
+    runtime's own classes when the sizes agree, else its logits resized (bilinear) first."""
+    size = (int(size[0]), int(size[1]))
+    same = tuple(model_inputs.shape[1:3]) == size  # the model's output has its input's size
+    logits, classes = predictor.run(model_inputs, logits=not same)
+    if same:
+        return classes
+    return _classes_at(tf.constant(logits), size).numpy()
+
+
+@tf.function(autograph=False)
+def _classes_at(logits, size):
+    """Preprocessor.logits_to_size and the argmax in one graph (traced once per size)."""
+    return tf.argmax(Preprocessor.logits_to_size(logits, size), axis=-1, output_type=tf.int32)
 
 
 def segment(predictor: Predictor, rgb: np.ndarray) -> np.ndarray:
@@ -181,12 +191,18 @@ def _boundaries(classes: np.ndarray) -> np.ndarray:
     return edge
 
 
+_COLOUR_WEIGHT = round(OVERLAY_ALPHA * 256)  # the blend in integers: 256ths
+
+
 def tint(rgb: np.ndarray, classes: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """The photo tinted with the class colours, white class boundaries (uint8)."""
-    colours = palette[classes].astype(np.float32)
-    blended = (1 - OVERLAY_ALPHA) * rgb.astype(np.float32) + OVERLAY_ALPHA * colours
-    blended[_boundaries(classes)] = 255.0
-    return blended.round().astype(np.uint8)
+    """The photo tinted with the class colours, white class boundaries (uint8). In 16-bit
+    integers (within 1 of the float blend): a video frame's overlay must cost little."""
+    colours = palette.astype(np.uint16) * _COLOUR_WEIGHT + 128
+    blended = rgb.astype(np.uint16) * (256 - _COLOUR_WEIGHT)
+    blended += np.take(colours, classes, axis=0)
+    picture = (blended >> 8).astype(np.uint8)
+    picture |= (_boundaries(classes).astype(np.uint8) * 255)[..., None]  # white: all bits
+    return picture
 
 
 LEGEND_ROW, LEGEND_PAD = 16, 6

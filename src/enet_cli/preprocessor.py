@@ -35,8 +35,10 @@ def _filter(interpolation: str, source: Tuple[int, int], target: Tuple[int, int]
 
 def resize_image(image, size: Sequence[int], interpolation: str = AREA) -> np.ndarray:
     """An RGB image (PIL or uint8 HxWx3) at `size` (height, width), as uint8."""
-    picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
     height, width = int(size[0]), int(size[1])
+    if isinstance(image, np.ndarray) and image.shape[:2] == (height, width):
+        return image
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
     if picture.size == (width, height):
         return np.asarray(picture)
     resample = _filter(interpolation, picture.size, (width, height))

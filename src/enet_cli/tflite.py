@@ -133,14 +133,19 @@ class TFLiteRunner:
         details = self.interpreter._get_ops_details()  # no public API lists operators
         return [d["op_name"] for d in details if d["op_name"] != "DELEGATE"]
 
-    def __call__(self, images: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        logits, classes = [], []
+    def __call__(
+        self, images: np.ndarray, logits: bool = True
+    ) -> Tuple[Optional[np.ndarray], np.ndarray]:
+        """(logits, classes) of uint8 NHWC images, one invoke each; logits None when not
+        asked for (int8's would be dequantized for nothing)."""
+        scores, classes = [], []
         for image in np.asarray(images, np.uint8):
             self.interpreter.set_tensor(self.input["index"], image[None])
             self.interpreter.invoke()
-            logits.append(self._output(self.logits_out))
+            if logits:
+                scores.append(self._output(self.logits_out))
             classes.append(self.interpreter.get_tensor(self.classes_out["index"])[0])
-        return np.stack(logits), np.stack(classes)
+        return (np.stack(scores) if logits else None), np.stack(classes)
 
     def _output(self, detail) -> np.ndarray:
         value = self.interpreter.get_tensor(detail["index"])[0]

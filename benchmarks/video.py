@@ -1,0 +1,74 @@
+"""Real-time video: frames/s of `enet predict`'s whole path per runtime, beside model-only.
+
+The whole path is decode (PyAV) -> resize to the model's size -> infer -> class maps at
+the frame's size -> overlay -> encode (H.264), in predict's three threads, on H.264 videos
+made from the bundled CamVid frames at 360x480 (CamVid's own size) and 720x960. Model-only
+is one image per call at the model's size, as `enet benchmark --what infer` times it.
+Every figure comes from one run of this script, so they compare as ratios.
+
+Target (issue 19): the whole path at 360x480 in real time (>= 25 frames/s) with the
+fastest runtime. Run: python benchmarks/video.py [--size 360x480] [--model RUN]
+"""
+
+import argparse
+from pathlib import Path
+
+from _common import machine
+
+from enet_cli.benchmark import BenchmarkRequest, What, default_variants, run_benchmark
+from enet_cli.config import parse_size
+
+MODEL_ONLY = {  # the `infer` variant that times each video runtime's model
+    "keras": "keras",
+    "saved_model": "saved_model",
+    "tflite_float32": "tflite_float32",
+    "tflite_int8": "tflite_int8",
+    "onnx": "onnx",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="360x480", help="the model's HEIGHTxWIDTH")
+    parser.add_argument("--model", type=Path, default=None, help="a trained run (default: fresh)")
+    parser.add_argument("--passes", type=int, default=3, help="timed passes over each video")
+    args = parser.parse_args()
+    size = parse_size(args.size)
+    print(machine())
+    variants = default_variants("video")
+    common = dict(model=args.model, image_size=size, warmup=1)
+    video = run_benchmark(
+        BenchmarkRequest(what=What.video, variants=variants, iterations=5 * args.passes, **common)
+    )
+    infer = run_benchmark(
+        BenchmarkRequest(
+            what=What.infer,
+            variants=tuple(MODEL_ONLY[v] for v in variants),
+            iterations=20,
+            **common,
+        )
+    )
+    model_ms = {m.variant: m.median for m in infer.results}
+    whole = {m.variant: m.median for m in video.results}
+    sizes = ["360x480", "720x960"]
+    print(f"\nmodel at {size[0]}x{size[1]}; frames/s are medians of {args.passes} passes")
+    print("| runtime | model only (ms/frame) | model only (frames/s) | "
+          + " | ".join(f"whole path {s} (frames/s)" for s in sizes) + " |")  # fmt: skip
+    print("| --- | ---: | ---: | " + " | ".join("---:" for _ in sizes) + " |")
+    for variant in variants:
+        ms = model_ms[MODEL_ONLY[variant]]
+        cells = [f"{whole[f'{variant} {s}']:.1f}" for s in sizes]
+        print(f"| {variant} | {ms:.1f} | {1000 / ms:.1f} | " + " | ".join(cells) + " |")
+    best = max(variants, key=lambda v: whole[f"{v} 360x480"])
+    rate = whole[f"{best} 360x480"]
+    share = rate / (1000 / model_ms[MODEL_ONLY[best]])
+    verdict = "met" if rate >= 25 else "not met"
+    print(
+        f"\nfastest whole path at 360x480: {best}, {rate:.1f} frames/s ({100 * share:.0f}% of "
+        f"its model-only rate); target >= 25 frames/s: {verdict}"
+    )
+    print(f"load average after: {machine().split('load average ')[1]}")
+
+
+if __name__ == "__main__":
+    main()
