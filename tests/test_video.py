@@ -20,7 +20,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURES, enet_env, error_lines, last_error_line, run_enet, user_env
+from conftest import (
+    FIXTURES,
+    enet_env,
+    error_lines,
+    last_error_line,
+    one_error_line,
+    run_enet,
+    user_env,
+)
 
 FRAMES = sorted((FIXTURES / "camvid-segnet-mini" / "val").glob("0016E5_*.png"))
 
@@ -264,3 +272,11 @@ def test_the_video_benchmark_times_predicts_whole_path_beside_the_model_alone(tr
         assert 0 < m.median < 2 * model_alone, (m, model_alone)
     # frames twice the size cost more (resizing, logits at the frame's size, overlay, codec)
     assert rates["keras 192x256"].median < rates["keras 96x128"].median
+
+
+def test_a_stream_without_its_frame_size_is_refused_before_the_model_loads(tmp_path):
+    result = run_enet("predict", str(tmp_path / "no-model"), "-", "--out", str(tmp_path / "o"))
+    one_error_line(
+        result, 2, r"- reads raw RGB frames from stdin: give their size with --stream-size"
+    )
+    assert not (tmp_path / "o").exists()

@@ -406,7 +406,13 @@ def predict(
     Live: ffmpeg -i rtsp://camera -f rawvideo -pix_fmt rgb24 - | enet predict runs/camvid - --stream-size 720x1280
     """  # noqa: E501
     from enet_cli.inference import Runtime, load_predictor
-    from enet_cli.predict import Prediction, PredictOptions, collect_inputs, run_predict
+    from enet_cli.predict import (
+        Prediction,
+        PredictOptions,
+        collect_inputs,
+        require_video_support,
+        run_predict,
+    )
 
     if runtime is not None and runtime not in [r.value for r in Runtime]:
         raise typer.BadParameter(
@@ -425,6 +431,7 @@ def predict(
     )
     options.check()
     found = collect_inputs(inputs, glob)
+    require_video_support(found, options)
     predictor = load_predictor(model, Runtime(runtime) if runtime else None)
     ui.info(f"model: {predictor.source} (runtime {predictor.runtime.value})")
 

@@ -146,6 +146,19 @@ def collect_inputs(inputs: Iterable[Path], glob: str = "*") -> List[Path]:
     return found
 
 
+def require_video_support(inputs: List[Path], options: PredictOptions) -> None:
+    """PyAV when any input is a video or a stream, and a stream's frame size: said before a
+    model is loaded."""
+    from enet_cli import video
+
+    if STDIN in inputs and options.stream_size is None:
+        raise ConfigError(
+            "- reads raw RGB frames from stdin: give their size with --stream-size HEIGHTxWIDTH"
+        )
+    if any(p == STDIN or video.is_video(p) for p in inputs):
+        video.require_av()
+
+
 def _stem(path: Path) -> str:
     return "stdin" if path == STDIN else path.stem
 
@@ -538,11 +551,6 @@ def _open_source(path: Path, options: PredictOptions):
     from enet_cli import video
 
     if path == STDIN:
-        if options.stream_size is None:
-            raise ConfigError(
-                "- reads raw RGB frames from stdin: give their size with --stream-size HEIGHTxWIDTH"
-            )
-        video.require_av()
         return video.stdin_frames(
             options.stream_size, Fraction(options.stream_rate).limit_denominator(1001)
         )
@@ -561,8 +569,7 @@ def run_predict(
     options.check()
     out_dir = Path(options.out)
     check_out_dir(out_dir)
-    if any(p == STDIN or video.is_video(p) for p in inputs):
-        video.require_av()  # before any work, not after the images
+    require_video_support(inputs, options)  # before any work, not after the images
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
