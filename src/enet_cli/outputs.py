@@ -396,19 +396,43 @@ def write_file(path: Path, data: Union[str, bytes], option: str) -> None:
     write_atomic(path, data)
 
 
+class StagedFile:
+    """An output file (or folder of files) written under a hidden temporary name in its
+    final folder (`.NAME.partial-<pid>`, as staged directories are named) and renamed over
+    NAME when complete, so a file named like an output is always whole: what streams (a
+    video, a CSV) writes to `temp` as it goes."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.temp = self.path.parent / f".{self.path.name}.partial-{os.getpid()}"
+
+    def publish(self) -> Path:
+        """Rename into place; a folder replaces an earlier one of the same name."""
+        if self.temp.is_dir() and self.path.is_dir():
+            shutil.rmtree(self.path)
+        os.replace(self.temp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        if self.temp.is_dir():
+            shutil.rmtree(self.temp, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.temp.unlink()
+
+
 def write_atomic(path: Path, data: Union[str, bytes]) -> None:
     """Write a whole file under a temporary name, then rename it over `path`."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    staged = StagedFile(path)
     try:
         if isinstance(data, str):
-            tmp.write_text(data)
+            staged.temp.write_text(data)
         else:
-            tmp.write_bytes(data)
-        os.replace(tmp, path)
+            staged.temp.write_bytes(data)
+        staged.publish()
     except OSError as err:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            staged.discard()
         raise OutputError(f"cannot write {path}: {err.strerror}; choose a writable path") from None
 
 

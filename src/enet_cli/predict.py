@@ -304,10 +304,10 @@ class Summary:
         self.path, self.names = Path(path), list(names)
         self.json = self.path.suffix.lower() == ".json"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.temp = self.path.parent / f".{self.path.name}.partial"
+        self.staged = outputs.StagedFile(self.path)
         self.inputs: List[dict] = []
         if not self.json:
-            self.file = self.temp.open("w", newline="")
+            self.file = self.staged.temp.open("w", newline="")
             self.writer = csv.writer(self.file)
             self.writer.writerow(["input", "frame", "time_s", *self.names])
 
@@ -326,14 +326,15 @@ class Summary:
     def discard(self) -> None:
         if not self.json:
             self.file.close()
-        self.temp.unlink(missing_ok=True)
+        self.staged.discard()
 
     def close(self) -> None:
         if self.json:
-            self.temp.write_text(outputs.json_text({"classes": self.names, "inputs": self.inputs}))
+            text = outputs.json_text({"classes": self.names, "inputs": self.inputs})
+            self.staged.temp.write_text(text)
         else:
             self.file.close()
-        self.temp.replace(self.path)
+        self.staged.publish()
 
 
 # ---------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ Outputs are written under a temporary name and renamed when closed, so a file na
 an output is always playable: at the end, or shorter after a Ctrl-C.
 """
 
-import os
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import BinaryIO, Iterator, List, Optional, Tuple
 import numpy as np
 
 from enet_cli.errors import EnvironmentProblem
+from enet_cli.outputs import StagedFile
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 EXTRA = "pip install 'enet-cli[video]'"
@@ -173,32 +173,13 @@ def _reason(err: Exception) -> str:
     return str(text).strip().splitlines()[0][:160] if text else type(err).__name__
 
 
-class _Staged:
-    """A file written under a temporary name in its final folder, renamed on `publish`."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.temp = self.path.parent / f".{self.path.stem}.partial-{os.getpid()}{self.path.suffix}"
-
-    def publish(self) -> None:
-        os.replace(self.temp, self.path)
-
-    def discard(self) -> None:
-        if self.temp.is_dir():
-            import shutil
-
-            shutil.rmtree(self.temp, ignore_errors=True)
-        elif self.temp.exists():
-            self.temp.unlink()
-
-
 class VideoWriter:
     """H.264 in MP4 (what every player and browser plays) at the source's size and rate; a
     lossless `ffv1` in Matroska for class maps (gray: pixel value = class index)."""
 
     def __init__(self, path: Path, size: Tuple[int, int], rate: Fraction, codec: str = "h264"):
         av = require_av()
-        self.file = _Staged(path)
+        self.file = StagedFile(path)
         self.frames = 0
         self._format = "gray" if codec == "ffv1" else "rgb24"
         self.container = av.open(str(self.file.temp), "w", format=_container_format(path))
@@ -255,7 +236,7 @@ class PngSequence:
         from PIL import Image
 
         self._image = Image
-        self.file = _Staged(directory)
+        self.file = StagedFile(directory)
         self.file.temp.mkdir(parents=True)
         self.palette = palette.reshape(-1).tolist()
         self.frames = 0
@@ -268,11 +249,7 @@ class PngSequence:
 
     def close(self, keep: bool = True) -> None:
         if keep and self.frames:
-            if self.file.path.exists():  # an earlier run's sequence: replaced as a whole
-                import shutil
-
-                shutil.rmtree(self.file.path)
-            self.file.publish()
+            self.file.publish()  # an earlier run's sequence is replaced as a whole
         else:
             self.file.discard()
 
