@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import numpy as np
 import pytest
@@ -62,6 +62,35 @@ def enet_user(*args: Any, timeout: float = 300, env=None) -> subprocess.Complete
         timeout=timeout,
         env=env or user_env(),
     )
+
+
+def ctrl_c(args, *when: Callable[[List[str]], bool], timeout: float = 240):
+    """Run `enet ARGS` as from a terminal (SIGINT not ignored) and press Ctrl-C once each
+    `when(stderr lines so far)` holds, in turn; the finished process, stderr as text."""
+    import signal
+    import threading
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "enet_cli", *map(str, args)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=user_env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    lines: List[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")))
+    reader.start()
+    try:
+        deadline = time.monotonic() + timeout
+        for condition in when:
+            while time.monotonic() < deadline and not condition(lines):
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+        reader.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", "".join(lines))
 
 
 def tree(path: Path) -> Dict[str, str]:

@@ -7,11 +7,8 @@ compared within the codec's tolerance.
 """
 
 import json
-import signal
 import subprocess
 import sys
-import threading
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -22,6 +19,7 @@ from PIL import Image
 
 from conftest import (
     FIXTURES,
+    ctrl_c,
     enet_env,
     error_lines,
     last_error_line,
@@ -197,26 +195,9 @@ def test_ctrl_c_mid_video_leaves_a_playable_shorter_file(trained_run, tmp_path):
     frames = frames_of(FRAMES) * 50  # 400 frames: long enough to be interrupted
     clip = make_video(tmp_path / "long.mp4", frames, rate=25, codec="h264")
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "enet_cli", "predict", str(trained_run), str(clip), "--out",
-         str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=user_env(),
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
-    lines = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")))
-    reader.start()
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not any("frames (" in x for x in lines):
-            time.sleep(0.05)  # the first progress line: a quarter is done
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
-        reader.join(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    result = subprocess.CompletedProcess(proc.args, proc.returncode, "", "".join(lines))
+    # pressed at the first progress line: a quarter is done
+    result = ctrl_c(["predict", trained_run, clip, "--out", out],
+                    lambda lines: any("frames (" in x for x in lines))  # fmt: skip
     last = last_error_line(result, 130, r"holds the first \d+ of 400 frames")
     kept = int(last.split("holds the first ")[1].split()[0])
     assert 100 <= kept < 400, last

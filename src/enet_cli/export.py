@@ -183,11 +183,7 @@ def export_model(request: ExportRequest) -> ExportReport:
         from enet_cli.onnx_model import convert as to_onnx
 
         blob = to_onnx(serving_model(model, meta), request.image_size)
-        with outputs.claim(out, "export", request.force, inputs, "--out") as staged:
-            (staged.path / ONNX_NAME).write_bytes(blob)
-            meta.write(staged.path)
-            staged.publish()
-        report_path = out / ONNX_NAME
+        report_path = _write_one_file(request, ONNX_NAME, blob, meta)
         operators = sorted(set(OnnxRunner(report_path).ops()))
     else:
         copy = serving_model(model, meta)
@@ -195,11 +191,7 @@ def export_model(request: ExportRequest) -> ExportReport:
         if quantize == Quantize.int8:
             calibration = _calibration(request, manifest, size)
         blob = convert(copy, size, quantize, calibration)
-        with outputs.claim(out, "export", request.force, inputs, "--out") as staged:
-            (staged.path / TFLITE_NAME).write_bytes(blob)
-            meta.write(staged.path)
-            staged.publish()
-        report_path = out / TFLITE_NAME
+        report_path = _write_one_file(request, TFLITE_NAME, blob, meta)
         operators = sorted(set(TFLiteRunner(report_path).ops()))
     fixed = fmt == ExportFormat.tflite or (fmt == ExportFormat.onnx and request.image_size)
     report = ExportReport(
@@ -214,6 +206,17 @@ def export_model(request: ExportRequest) -> ExportReport:
         exported = load_predictor(out)
         report.agreement = agreement(model, exported.logits, manifest, request, size)
     return report
+
+
+def _write_one_file(request: ExportRequest, name: str, blob: bytes, meta: RunMeta) -> Path:
+    """A one-file export (`name` beside its enet.json) into request.out by the rules of
+    outputs.claim; the file's path."""
+    inputs = [request.source, request.data_dir]
+    with outputs.claim(Path(request.out), "export", request.force, inputs, "--out") as staged:
+        (staged.path / name).write_bytes(blob)
+        meta.write(staged.path)
+        staged.publish()
+    return Path(request.out) / name
 
 
 def _export_checkpoints(request: ExportRequest) -> ExportReport:

@@ -6,17 +6,14 @@ import fcntl
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from conftest import ctrl_c, last_error_line, one_error_line, tree
 from conftest import enet_user as enet
-from conftest import last_error_line, one_error_line, tree, user_env
 
 
 def test_no_resume_validates_first_and_keeps_the_old_checkpoints(trained_run, small_data, tmp_path):
@@ -122,34 +119,16 @@ def test_full_disk_during_training_and_preprocess(small_data, camvid_segnet_mini
 @pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_and_says_what_was_kept(small_data, tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "enet_cli", "train", str(small_data), "--run-dir", str(run),
-         "--batch-size", "4", "--epochs", "3", "--checkpoint-every-steps", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=user_env(),
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    result = ctrl_c(
+        ["train", small_data, "--run-dir", run, "--batch-size", "4", "--epochs", "3",
+         "--checkpoint-every-steps", "1"],
+        # The state file, not ckpt-1.index: the manager records the checkpoint only after
+        # its files are written, and a Ctrl-C in between rightly finds none yet.
+        lambda lines: (run / "checkpoints" / "checkpoint").exists(),
+        # pressed again while the step or its save runs
+        lambda lines: any("SIGINT received" in x for x in lines),
     )  # fmt: skip
-    lines = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")))
-    reader.start()
-    try:
-        deadline = time.monotonic() + 240
-        # The state file, not ckpt-1.index: the manager records the checkpoint only after its
-        # files are written, and a Ctrl-C in between rightly finds none yet.
-        while time.monotonic() < deadline and not (run / "checkpoints" / "checkpoint").exists():
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        while time.monotonic() < deadline and not any("SIGINT received" in x for x in lines):
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)  # pressed again while the step or its save runs
-        proc.wait(timeout=120)
-        reader.join(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    err = "".join(lines)
-    last = last_error_line(
-        subprocess.CompletedProcess(proc.args, proc.returncode, "", err), 130, "."
-    )
+    last = last_error_line(result, 130, ".")
     # Whether the second press landed during the step or just after the save, the line says
     # what is kept and how to go on.
     assert re.search(
