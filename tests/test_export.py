@@ -222,7 +222,8 @@ def test_int8_agrees_above_the_floor_and_runs_in_evaluate(
     [
         (["--format", "tflite", "--quantize", "int8"], "--data"),
         (["--format", "saved_model", "--quantize", "float16"], "--format tflite"),
-        (["--format", "onnx"], "--format"),
+        (["--format", "tensorrt"], "--format"),
+        (["--format", "onnx", "--xla"], "--xla"),
         (["--format", "tflite", "--size", "100x0"], "--size"),
         (["--format", "tflite", "--xla"], "--xla"),
     ],
@@ -306,7 +307,7 @@ def test_benchmark_refuses_unknown_variants():
     lines = error_lines(video.stderr)
     assert video.returncode == 2 and len(lines) == 1, video.stderr
     assert (
-        "keras_xla: choose from keras, saved_model, tflite_float32, tflite_int8, onnx" in lines[0]
+        "'keras_xla': choose from keras, saved_model, tflite_float32, tflite_int8, onnx" in lines[0]
     )
 
 

@@ -409,6 +409,7 @@ def predict(
     from enet_cli.predict import (
         Prediction,
         PredictOptions,
+        check_out_dir,
         collect_inputs,
         require_video_support,
         run_predict,
@@ -431,6 +432,7 @@ def predict(
     )
     options.check()
     found = collect_inputs(inputs, glob)
+    check_out_dir(out)
     require_video_support(found, options)
     predictor = load_predictor(model, Runtime(runtime) if runtime else None)
     ui.info(f"model: {predictor.source} (runtime {predictor.runtime.value})")
@@ -453,6 +455,8 @@ def predict(
             f"stopped: {cut.overlay_png} holds the first {cut.frames}{total} frames of "
             f"{cut.source} (playable, shorter); inputs after it were not predicted"
         )
+    if len(report.skipped) == 1 and len(found) == 1:
+        raise DataError(report.skipped[0].reason)
     if report.skipped:
         raise DataError(
             f"{len(report.skipped)} of {len(found)} inputs skipped or incomplete (see the "

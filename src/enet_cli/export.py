@@ -120,7 +120,7 @@ class ExportRequest(BaseModel):
                 "with --data DATA_DIR"
             )
         if self.xla and self.format != ExportFormat.saved_model:
-            raise ConfigError("--xla applies to --format saved_model (TFLite runs on XNNPACK)")
+            raise ConfigError("--xla applies to --format saved_model only")
         if self.format == ExportFormat.checkpoint and (
             self.data_dir is not None or self.image_size is not None
         ):

@@ -233,8 +233,8 @@ def load_keras_model(path: Path):
     found, meta, kind = _find(Path(path))
     if kind in ("tflite", "onnx"):
         raise DataError(
-            f"{found} is already an export ({kind}); give the run directory, SavedModel or "
-            f"checkpoints it came from"
+            f"{found} is already a {'TFLite' if kind == 'tflite' else 'ONNX'} export; give "
+            f"the run directory, SavedModel or checkpoints it came from"
         )
     with _loading(found):
         if kind == "checkpoint":
