@@ -259,3 +259,13 @@ def test_a_stream_without_its_frame_size_is_refused_before_the_model_loads(tmp_p
         result, 2, r"- reads raw RGB frames from stdin: give their size with --stream-size"
     )
     assert not (tmp_path / "o").exists()
+
+
+def test_an_output_that_would_replace_an_input_is_refused_before_the_model_loads(tmp_path):
+    shutil_copy = __import__("shutil").copy
+    shutil_copy(FRAMES[0], tmp_path / "a.png")
+    shutil_copy(FRAMES[1], tmp_path / "a_overlay.png")
+    before = (tmp_path / "a_overlay.png").read_bytes()
+    result = run_enet("predict", str(tmp_path / "no-model"), str(tmp_path), "--out", str(tmp_path))
+    one_error_line(result, 2, r"would overwrite the input .*a_overlay.png; choose another --out")
+    assert (tmp_path / "a_overlay.png").read_bytes() == before

@@ -409,6 +409,7 @@ def predict(
     from enet_cli.predict import (
         Prediction,
         PredictOptions,
+        check_inputs_kept,
         check_out_dir,
         collect_inputs,
         require_video_support,
@@ -433,6 +434,7 @@ def predict(
     options.check()
     found = collect_inputs(inputs, glob)
     check_out_dir(out)
+    check_inputs_kept(found, out)
     require_video_support(found, options)
     predictor = load_predictor(model, Runtime(runtime) if runtime else None)
     ui.info(f"model: {predictor.source} (runtime {predictor.runtime.value})")

@@ -159,6 +159,19 @@ def require_video_support(inputs: List[Path], options: PredictOptions) -> None:
         video.require_av()
 
 
+def check_inputs_kept(inputs: List[Path], out_dir: Path) -> None:
+    """No output may replace an input (`a.png` and `a_overlay.png` in the --out folder)."""
+    given = {p.resolve() for p in inputs if p != STDIN}
+    for path in inputs:
+        for suffix in ("_classes.png", "_overlay.png", "_overlay.mp4", "_classes.mkv"):
+            target = (Path(out_dir) / f"{_stem(path)}{suffix}").resolve()
+            if target in given:
+                raise OutputError(
+                    f"--out {out_dir}: predicting {path} would overwrite the input {target}; "
+                    f"choose another --out"
+                )
+
+
 def _stem(path: Path) -> str:
     return "stdin" if path == STDIN else path.stem
 
