@@ -239,10 +239,10 @@ def _bounded_map(pool: concurrent.futures.Executor, fn, items: List[Task], windo
     for item in itertools.islice(queue, window):
         pending.append(pool.submit(fn, item))
     while pending:
-        result = pending.popleft().result()
+        yield pending.popleft().result()
+        # Only once the caller has written that result: until then it still holds memory.
         for item in itertools.islice(queue, 1):
             pending.append(pool.submit(fn, item))
-        yield result
 
 
 def _convert_all(
