@@ -27,8 +27,21 @@ from enet_cli.errors import ConfigError, DataError
 from enet_cli.inference import ONNX_NAME, TFLITE_NAME
 from enet_cli.metrics import confusion_matrix, segmentation_metrics
 from enet_cli.model import build_enet
-from enet_cli.preprocessor import resize_classes, resize_image, run_padded, to_pixels, to_unit
+from enet_cli.preprocessor import (
+    classes_at,
+    resize_classes,
+    resize_image,
+    run_padded,
+    to_pixels,
+    to_unit,
+)
 from enet_cli.tflite import Quantize, TFLiteRunner, convert
+
+# Signatures for the SageMaker endpoint's handler (sagemaker/handler.py), beside
+# serving_default: the model-size pixels the handler resized with Pillow (as predict does)
+# and the photo's size -> the class map at that size, as predict computes it (preprocessor.
+# classes_at); and the softmax probabilities at the model's size.
+SEGMENT, PROBABILITIES = "segment", "probabilities"
 
 
 def serving_model(model, meta: RunMeta):
@@ -63,25 +76,39 @@ def export_saved_model(
         return staged.publish()
 
 
-def write_saved_model(model, meta: RunMeta, directory: Path, xla: bool = False) -> None:
-    """The SavedModel and its enet.json, written straight into `directory`."""
+def write_saved_model(
+    model, meta: RunMeta, directory: Path, xla: bool = False, for_endpoint: bool = False
+) -> None:
+    """The SavedModel and its enet.json, written straight into `directory`; `for_endpoint`
+    adds the signatures the SageMaker endpoint's handler calls."""
     copy = serving_model(model, meta)
 
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")],
-        jit_compile=xla or None,
-        autograph=False,  # ENet has no tensor-dependent Python control flow: traces faster
-    )
+    images = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
+    # ENet has no tensor-dependent Python control flow: autograph off traces faster.
+    graph = dict(jit_compile=xla or None, autograph=False)
+
+    @tf.function(input_signature=[images], **graph)
     def serve(images):
         logits = run_padded(copy, to_unit(images))
         return {"logits": logits, "classes": tf.argmax(logits, axis=-1, output_type=tf.int32)}
+
+    @tf.function(input_signature=[images, tf.TensorSpec([None, 2], tf.int32, "size")], **graph)
+    def segment(images, size):
+        return {"classes": classes_at(run_padded(copy, to_unit(images)), size[0])}
+
+    @tf.function(input_signature=[images], **graph)
+    def probabilities(images):
+        return {"probabilities": tf.nn.softmax(run_padded(copy, to_unit(images)))}
 
     # A plain tf.Module that tracks only the variables: saving the Keras model itself would
     # also trace every layer's call for Keras reloading, which takes 20 s and serves nobody.
     module = tf.Module()
     module.variables_ = list(copy.weights)
     module.serve = serve
-    tf.saved_model.save(module, str(directory), signatures={"serving_default": serve})
+    signatures = {"serving_default": serve}
+    if for_endpoint:  # tracing each signature costs seconds: only where they serve
+        signatures.update({SEGMENT: segment, PROBABILITIES: probabilities})
+    tf.saved_model.save(module, str(directory), signatures=signatures)
     meta.write(directory)
 
 

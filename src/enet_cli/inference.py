@@ -20,6 +20,7 @@ from enet_cli.artifacts import RunMeta, load_model_from_checkpoint
 from enet_cli.backend import tf
 from enet_cli.checkpoints import find_checkpoint
 from enet_cli.errors import ConfigError, DataError
+from enet_cli.pictures import palette
 from enet_cli.preprocessor import run_padded, to_pixels, to_unit
 
 TFLITE_NAME = "model.tflite"  # inside an `enet export --format tflite` directory
@@ -66,8 +67,7 @@ class Predictor(NamedTuple):
         return tf.constant(self.run(to_pixels(np.asarray(images, np.float32)))[0])
 
     def palette(self) -> np.ndarray:
-        """(K+1, 3) uint8 colours, void last."""
-        return np.array([*self.meta.class_colors, self.meta.void_color], dtype=np.uint8)
+        return palette(self.meta.class_colors, self.meta.void_color)
 
 
 def _from_saved_model(directory: Path, meta: RunMeta) -> Predictor:

@@ -20,7 +20,6 @@ playable, shorter file) and stops.
 """
 
 import csv
-import io
 import queue
 import threading
 import time
@@ -37,7 +36,15 @@ from enet_cli import outputs, ui
 from enet_cli.backend import tf
 from enet_cli.errors import ConfigError, DataError, OutputError
 from enet_cli.inference import Predictor
-from enet_cli.preprocessor import Preprocessor
+from enet_cli.pictures import (
+    PictureError,
+    PictureTooLarge,
+    decode_rgb,
+    indexed_png,
+    png_bytes,
+    shares,
+)
+from enet_cli.preprocessor import Preprocessor, classes_at
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 OVERLAY_ALPHA = 0.55  # weight of the class colour over the photo
@@ -198,10 +205,7 @@ def segment_batch(predictor: Predictor, model_inputs: np.ndarray, size) -> np.nd
     return _classes_at(tf.constant(logits), size).numpy()
 
 
-@tf.function(autograph=False)
-def _classes_at(logits, size):
-    """Preprocessor.logits_to_size and the argmax in one graph (traced once per size)."""
-    return tf.argmax(Preprocessor.logits_to_size(logits, size), axis=-1, output_type=tf.int32)
+_classes_at = tf.function(classes_at, autograph=False)  # traced once per size
 
 
 def segment(predictor: Predictor, rgb: np.ndarray) -> np.ndarray:
@@ -289,21 +293,8 @@ def video_overlay(rgb, classes, palette, names, note: str = "") -> np.ndarray:
     return np.asarray(picture)
 
 
-def indexed_png(classes: np.ndarray, palette: np.ndarray) -> Image.Image:
-    indexed = Image.fromarray(classes.astype(np.uint8), mode="P")
-    indexed.putpalette(palette.reshape(-1).tolist())
-    return indexed
-
-
 def _save(image: Image.Image, path: Path) -> None:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    outputs.write_atomic(path, buffer.getvalue())
-
-
-def _fractions(counts: np.ndarray, names: Sequence[str]) -> dict:
-    total = max(int(counts.sum()), 1)
-    return {names[i]: float(counts[i] / total) for i in range(len(names)) if counts[i]}
+    outputs.write_atomic(path, png_bytes(image))
 
 
 # ---------------------------------------------------------------------------------------
@@ -355,11 +346,12 @@ class Summary:
 # ---------------------------------------------------------------------------------------
 def _read_image(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as handle:
-            return np.asarray(handle.convert("RGB"))
-    except Image.DecompressionBombError:
-        raise DataError(f"{path} is too large to decode safely; resize it") from None
-    except (OSError, SyntaxError, ValueError) as err:
+        return decode_rgb(path.read_bytes())
+    except OSError as err:
+        raise DataError(f"cannot read image {path}: {err.strerror or err}") from None
+    except PictureTooLarge as err:
+        raise DataError(f"{path} is {err}") from None
+    except PictureError as err:
         raise DataError(f"cannot read image {path}: {err}") from None
 
 
@@ -377,7 +369,7 @@ def predict_image(predictor: Predictor, path: Path, out_dir: Path, summary=None)
     counts = np.bincount(classes.ravel(), minlength=len(names))
     seconds = time.monotonic() - start
     return Prediction(
-        path, "image", (overlay_png, classes_png), _fractions(counts, names), 1, 1, seconds
+        path, "image", (overlay_png, classes_png), shares(counts, names), 1, 1, seconds
     )
 
 
@@ -551,7 +543,7 @@ def predict_video(
         source=Path(source.name),
         kind="video",
         outputs=tuple(w.file.path for w in writers),
-        class_fractions=_fractions(counts, names),
+        class_fractions=shares(counts, names),
         frames=written[0],
         frames_total=source.frames,
         seconds=time.monotonic() - start,

@@ -122,6 +122,15 @@ class Preprocessor:
         boundaries fall between pixels, not on the model's coarser grid."""
         from enet_cli.backend import tf
 
+        if isinstance(size, tf.Tensor):  # in a graph: at the same size, the resize is exact
+            return tf.image.resize(logits, size, method="bilinear")
         if tuple(int(v) for v in logits.shape[1:3]) == (int(size[0]), int(size[1])):
             return logits
         return tf.image.resize(logits, [int(size[0]), int(size[1])], method="bilinear")
+
+
+def classes_at(logits, size):
+    """Class per pixel at `size` (int32, N x H x W): the logits resized there, then argmax."""
+    from enet_cli.backend import tf
+
+    return tf.argmax(Preprocessor.logits_to_size(logits, size), axis=-1, output_type=tf.int32)
