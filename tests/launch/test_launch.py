@@ -453,7 +453,7 @@ def test_missing_region_credentials_and_role_say_how(small_data, tmp_path):
         (
             {**base, "AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "a",
              "AWS_SECRET_ACCESS_KEY": "b", "SAGEMAKER_ROLE": ""},
-            "no IAM role for the job: pass --role",
+            "no IAM role for SageMaker: pass --role",
         ),
     ]  # fmt: skip
     for env, message in cases:
