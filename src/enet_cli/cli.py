@@ -20,7 +20,9 @@ from enet_cli.config import (
     DEFAULT_IMAGE_SIZE,
     LOCAL_SETTINGS,
     SECTIONS,
+    AwsConfig,
     ClassWeighting,
+    DeployConfig,
     EngineChoice,
     Interpolation,
     LaunchConfig,
@@ -30,6 +32,8 @@ from enet_cli.config import (
     PipelineSchedule,
     Precision,
     PreprocessConfig,
+    TransformConfig,
+    TuneConfig,
     load_config,
     make_options,
     model_size,
@@ -705,43 +709,276 @@ def launch(**options: Any) -> None:
     submit(cfg, launch_cfg, data)
 
 
-def _launch_signature() -> None:
-    """launch() takes train's options (minus the local ones) and LaunchConfig's: one list of
-    training options for both commands, so every one of them passes through."""
-    _OPTION_MODELS["launch"] = LaunchConfig
-    data = inspect.Parameter(
-        "data",
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        default=typer.Argument(..., help="s3:// URI or a local preprocessed directory."),
-        annotation=str,
-    )
-    train_params = [
-        p for name, p in inspect.signature(train).parameters.items() if name not in _NOT_LAUNCHED
-    ]
-    launch_params = []
-    for name, info in LaunchConfig.model_fields.items():
-        annotation = Optional[bool] if info.annotation is bool else Optional[str]
-        if info.annotation in (int, Optional[int]):
+def _config_params(model, section: str, panel: str, skip=()) -> List[inspect.Parameter]:
+    """Keyword options for every field of the flat config `model` (help, defaults and
+    limits from config.py; `--x/--no-x` for booleans that default to true)."""
+    _OPTION_MODELS[section] = model
+    params = []
+    for name, info in model.model_fields.items():
+        if name in skip:
+            continue
+        annotation: Any = Optional[str]
+        if info.annotation is bool:
+            annotation = Optional[bool]
+        elif info.annotation in (int, Optional[int]):
             annotation = Optional[int]
+        elif info.annotation in (Path, Optional[Path]):
+            annotation = Optional[Path]
         decls = None
         if info.annotation is bool:
             flag = option_name(name)
-            decls = [f"{flag}/--no-{flag[2:]}"] if name == "spot" else [flag]
-        launch_params.append(
+            decls = [f"{flag}/--no-{flag[2:]}"] if info.default is True else [flag]
+        params.append(
             inspect.Parameter(
                 name,
                 inspect.Parameter.KEYWORD_ONLY,
-                default=_opt("launch", name, PANEL_LAUNCH, decls=decls),
+                default=_opt(section, name, panel, decls=decls),
                 annotation=annotation,
             )
         )
-    params = [data] + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in train_params]
-    launch.__signature__ = inspect.Signature(params + launch_params)  # type: ignore[attr-defined]
-    launch.__annotations__ = {p.name: p.annotation for p in params + launch_params}
-    app.command()(launch)
+    return params
 
 
-_launch_signature()
+def _register(command, name: str, leading: List[inspect.Parameter], options) -> None:
+    """Give `command(**options)` the signature `leading + options` and add it to the app."""
+    params = leading + list(options)
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    app.command(name)(command)
+
+
+def _argument(name: str, help_text: str, annotation: Any = str, default: Any = ...):
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        default=typer.Argument(default, help=help_text, show_default=False),
+        annotation=annotation,
+    )
+
+
+def _train_options() -> List[inspect.Parameter]:
+    """train()'s options minus those that describe this machine: what a job passes on."""
+    return [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for name, p in inspect.signature(train).parameters.items()
+        if name not in _NOT_LAUNCHED
+    ]
+
+
+DATA_ARGUMENT = ("data", "s3:// URI or a local preprocessed directory.")
+
+# launch takes train's options (minus the local ones) and LaunchConfig's: one list of
+# training options for both commands, so every one of them passes through.
+_register(
+    launch,
+    "launch",
+    [_argument(*DATA_ARGUMENT)],
+    _train_options() + _config_params(LaunchConfig, "launch", PANEL_LAUNCH),
+)
+
+
+# ---------------------------------------------------------------------------------------
+# After training on SageMaker: tune, deploy, invoke, transform, jobs
+# ---------------------------------------------------------------------------------------
+PANEL_TUNE, PANEL_SERVE, PANEL_AWS = "Tuning job", "Endpoint / transform", "AWS"
+
+
+def _pick(options: Dict[str, Any], model) -> Dict[str, Any]:
+    return {k: options.pop(k) for k in list(options) if k in model.model_fields}
+
+
+def tune(**options: Any) -> None:
+    """Tune enet train's options with a SageMaker hyperparameter tuning job.
+
+    Each training job is what enet launch would submit; the tuner varies learning rate,
+    weight decay, dropout, class weighting and batch size (or --ranges FILE) to maximize the
+    validation mean IoU. Every value is checked before anything is uploaded.
+
+    Example: enet tune data/camvid --epochs 100 --max-jobs 12 --dry-run
+    """
+    from enet_cli.sagemaker.tune import tune as submit
+
+    data = options.pop("data")
+    tune_cfg = make_options(TuneConfig, _pick(options, TuneConfig))
+    launch_cfg = make_options(LaunchConfig, _pick(options, LaunchConfig))
+    if launch_cfg.job_name:
+        raise typer.BadParameter("--job-name: name the tuning job with --tuning-job-name")
+    cfg = load_config(options.pop("config"), _overrides(options))
+    submit(cfg, launch_cfg, tune_cfg, data)
+
+
+_register(
+    tune,
+    "tune",
+    [_argument(*DATA_ARGUMENT)],
+    _train_options()
+    + _config_params(LaunchConfig, "launch", PANEL_LAUNCH)
+    + _config_params(TuneConfig, "tune", PANEL_TUNE),
+)
+
+MODEL_ARGUMENT = (
+    "model",
+    "A training job name, an s3:// model.tar.gz, or a local run / SavedModel directory.",
+)
+
+
+def deploy(**options: Any) -> None:
+    """Serve a trained ENet on a SageMaker endpoint (TensorFlow Serving + enet's handler).
+
+    The endpoint takes image/png, image/jpeg or application/x-npy and answers with the class
+    map as image/png, application/json (with per-class shares) or float16 probabilities
+    (application/x-npy), by the Accept header. It bills while it exists: enet undeploy NAME.
+
+    Example: enet deploy runs/camvid --wait, then enet invoke NAME photo.png --out out/
+    """
+    from enet_cli.sagemaker.deploy import deploy as create
+
+    model = options.pop("model")
+    create(model, make_options(DeployConfig, options))
+
+
+_register(
+    deploy,
+    "deploy",
+    [_argument(*MODEL_ARGUMENT)],
+    _config_params(DeployConfig, "deploy", PANEL_SERVE),
+)
+
+
+def transform(**options: Any) -> None:
+    """Segment every image under an S3 prefix with a SageMaker batch transform job.
+
+    Each object under INPUT is one request to the same handler as enet deploy's endpoint;
+    OUTPUT receives <key>.out with the reply (--accept). Billed for the job's duration only.
+
+    Example: enet transform runs/camvid s3://bucket/frames/ s3://bucket/masks/ --wait
+    """
+    from enet_cli.sagemaker.deploy import transform as start
+
+    model, source, target = options.pop("model"), options.pop("input"), options.pop("output")
+    start(model, source, target, make_options(TransformConfig, options))
+
+
+_register(
+    transform,
+    "transform",
+    [
+        _argument(*MODEL_ARGUMENT),
+        _argument("input", "s3:// prefix of the images."),
+        _argument("output", "s3:// prefix for the class maps (outside INPUT)."),
+    ],
+    _config_params(TransformConfig, "transform", PANEL_SERVE),
+)
+
+
+def undeploy(**options: Any) -> None:
+    """Delete an endpoint, its endpoint configuration and its model (billing stops)."""
+    from enet_cli.sagemaker.deploy import undeploy as delete
+
+    name = options.pop("name")
+    delete(name, make_options(AwsConfig, options))
+
+
+_AWS_WHERE = ("region",)  # what undeploy/invoke/jobs need of AwsConfig
+_AWS_SKIP = tuple(n for n in AwsConfig.model_fields if n not in _AWS_WHERE)
+_register(
+    undeploy,
+    "undeploy",
+    [_argument("name", "The endpoint's name.")],
+    _config_params(AwsConfig, "aws", PANEL_AWS, skip=_AWS_SKIP),
+)
+
+
+def invoke(**options: Any) -> None:
+    """Send images to an enet endpoint; write the PNGs enet predict writes.
+
+    Each image's class map and overlay come from the endpoint's JSON reply.
+
+    Example: enet invoke enet-2026-12-04-11-30-00-123 photo.png --out out/
+    """
+    from enet_cli.sagemaker.deploy import invoke as call
+
+    endpoint, images, out = options.pop("endpoint"), options.pop("images"), options.pop("out")
+    call(endpoint, [Path(p) for p in images], Path(out), make_options(AwsConfig, options))
+
+
+_register(
+    invoke,
+    "invoke",
+    [
+        _argument("endpoint", "The endpoint's name (enet deploy printed it)."),
+        _argument("images", "PNG or JPEG images (others are sent as PNG).", List[Path]),
+        inspect.Parameter(
+            "out",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option("predictions", "--out", "-o", help="Directory for the PNGs."),
+            annotation=Path,
+        ),
+    ],
+    _config_params(AwsConfig, "aws", PANEL_AWS, skip=_AWS_SKIP),
+)
+
+
+jobs_app = typer.Typer(
+    help="This tool's SageMaker training jobs: list, describe, logs, stop, download.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(jobs_app, name="jobs")
+REGION_OPTION = typer.Option(None, "--region", help="AWS region (default: the AWS config's).")
+JOB_ARGUMENT = typer.Argument(..., help="The training job's name.", show_default=False)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    region: Optional[str] = REGION_OPTION,
+    limit: int = typer.Option(50, "--limit", min=1, help="At most this many, newest first."),
+) -> None:
+    """The training jobs enet launch and enet tune submitted (tagged enet-cli)."""
+    from enet_cli.sagemaker.jobs import list_jobs, print_jobs
+
+    print_jobs(list_jobs(AwsConfig(region=region), limit))
+
+
+@jobs_app.command("describe")
+def jobs_describe(name: str = JOB_ARGUMENT, region: Optional[str] = REGION_OPTION) -> None:
+    """Status, instances, final metrics, hyperparameters, model and failure of a job."""
+    from enet_cli.sagemaker.jobs import describe
+
+    describe(name, AwsConfig(region=region))
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    name: str = JOB_ARGUMENT,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Until the job ends."),
+    region: Optional[str] = REGION_OPTION,
+) -> None:
+    """The job's log lines from CloudWatch (every host's, by time)."""
+    from enet_cli.sagemaker.jobs import logs
+
+    logs(name, AwsConfig(region=region), follow)
+
+
+@jobs_app.command("stop")
+def jobs_stop(name: str = JOB_ARGUMENT, region: Optional[str] = REGION_OPTION) -> None:
+    """Stop a running job (SageMaker keeps its model and checkpoints)."""
+    from enet_cli.sagemaker.jobs import stop
+
+    stop(name, AwsConfig(region=region))
+
+
+@jobs_app.command("download")
+def jobs_download(
+    name: str = JOB_ARGUMENT,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory (default: ./NAME)."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier download there."),
+    region: Optional[str] = REGION_OPTION,
+) -> None:
+    """Download a finished job's model for enet evaluate, predict and export."""
+    from enet_cli.sagemaker.jobs import download
+
+    download(name, out, AwsConfig(region=region), force)
 
 
 # ---------------------------------------------------------------------------------------

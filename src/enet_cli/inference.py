@@ -133,7 +133,7 @@ def _from_onnx(model_file: Path, meta: RunMeta) -> Predictor:
     return _runner_predictor(OnnxRunner(model_file), model_file, meta, "ONNX", Runtime.onnx)
 
 
-def _find(path: Path) -> Tuple[Path, RunMeta, str]:
+def find_model(path: Path) -> Tuple[Path, RunMeta, str]:
     """(path, its enet.json, kind: a key of RUNTIMES) of the model at `path`."""
     if not path.exists():
         raise DataError(
@@ -208,7 +208,7 @@ def _loading(path: Path) -> Iterator[None]:
 def load_predictor(path: Path, runtime: Optional[Runtime] = None) -> Predictor:
     """Find and load the model at `path` (see module docstring) in `runtime` (default: the
     fastest one it has); one-line errors otherwise."""
-    found, meta, kind = _find(Path(path))
+    found, meta, kind = find_model(Path(path))
     chosen = choose_runtime(kind, found, runtime)
     with _loading(found):
         if kind == "tflite":
@@ -230,7 +230,7 @@ def load_keras_model(path: Path):
     into a freshly built ENet; a TFLite or ONNX file has lost what training needs and is
     refused.
     """
-    found, meta, kind = _find(Path(path))
+    found, meta, kind = find_model(Path(path))
     if kind in ("tflite", "onnx"):
         raise DataError(
             f"{found} is already a {'TFLite' if kind == 'tflite' else 'ONNX'} export; give "

@@ -41,8 +41,15 @@ KIND_FILES: Dict[str, Callable[[str], bool]] = {
         in ("saved_model.pb", "fingerprint.pb", "variables", "assets", "enet.json", "model.tflite")
     ),
     "demo": lambda name: name in ("data", "run", "predictions", "test_metrics.json"),
+    # a training job's model.tar.gz: the SavedModel's version directory and the run's files
+    "download": lambda name: name.isdigit() or name == "code" or name.endswith(".json"),
 }
-COMMAND = {"preprocess": "enet preprocess", "export": "enet export", "demo": "enet demo"}
+COMMAND = {
+    "preprocess": "enet preprocess",
+    "export": "enet export",
+    "demo": "enet demo",
+    "download": "enet jobs download",
+}
 
 
 def _legacy_kind(directory: Path) -> Optional[str]:

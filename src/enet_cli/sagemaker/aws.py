@@ -15,6 +15,7 @@ from enet_cli.errors import ConfigError, EnvironmentProblem, LaunchError
 
 ROLE_ENV = "SAGEMAKER_ROLE"
 DEFAULT_PREFIX = "enet"
+DRY_RUN_PREFIX = f"s3://<the session's default bucket>/{DEFAULT_PREFIX}"  # what --dry-run says
 # Every job, tuning job, model and endpoint this tool creates carries this tag; `enet jobs
 # list` lists what carries it.
 TAG_KEY = "enet-cli"

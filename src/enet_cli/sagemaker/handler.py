@@ -17,8 +17,8 @@ x-image` as batch transform sends it) or `application/x-npy` (uint8 H x W x 3). 
 the model's size exactly as `enet predict` does (preprocessor.Preprocessor), then the
 `segment` signature (export.py) returns the class map at the photo's size, as predict
 computes it. Replies by `Accept`: `image/png` (the class-map PNG predict writes),
-`application/json` (class map, class names, per-class pixel shares) or `application/x-npy`
-(float16 softmax probabilities at the model's size, H x W x K).
+`application/json` (class map, class names and colours, per-class pixel shares) or
+`application/x-npy` (float16 softmax probabilities at the model's size, H x W x K).
 """
 
 import contextlib
@@ -72,7 +72,9 @@ class Handler:
         self.size = tuple(int(v) for v in meta["image_size"])
         self.preprocessor = Preprocessor(self.size, meta.get("interpolation", "area"))
         self.names = list(meta["class_names"])
-        self.palette = palette(meta["class_colors"], meta.get("void_color", (0, 0, 0)))
+        self.colors = [list(c) for c in meta["class_colors"]]
+        self.void_color = list(meta.get("void_color", (0, 0, 0)))
+        self.palette = palette(self.colors, self.void_color)
 
     @classmethod
     def from_file(cls, path: str) -> "Handler":
@@ -126,6 +128,8 @@ class Handler:
             "height": int(classes.shape[0]),
             "width": int(classes.shape[1]),
             "class_names": self.names,
+            "class_colors": self.colors,
+            "void_color": self.void_color,
             "shares": class_shares(classes, self.names),
             "classes": classes.tolist(),
         }

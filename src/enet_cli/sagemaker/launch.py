@@ -20,8 +20,6 @@ from enet_cli.sagemaker import aws
 from enet_cli.sagemaker.plan import LaunchPlan, make_plan
 from enet_cli.sagemaker.source import ENTRY_SCRIPT, stage_source
 
-DRY_RUN_PREFIX = f"s3://<the session's default bucket>/{aws.DEFAULT_PREFIX}"
-
 
 def data_channel(data: str, prefix: str) -> str:
     """Where the job reads its data: DATA itself when it is an S3 URI."""
@@ -50,7 +48,7 @@ def launch(cfg: EnetConfig, launch_cfg: LaunchConfig, data: str) -> Optional[str
     check_local_data(cfg, data, plan.replicas)
     prefix = aws.check_prefix(launch_cfg.s3_prefix)
     if launch_cfg.dry_run:
-        where = prefix or DRY_RUN_PREFIX
+        where = prefix or aws.DRY_RUN_PREFIX
         uploads = []
         if not data.startswith("s3://"):
             files = upload_list(Path(data))
