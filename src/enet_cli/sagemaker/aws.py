@@ -27,8 +27,20 @@ def tags() -> List[dict]:
 
 def sdk():
     """The `sagemaker` module (SDK 2), or a one-line error naming the extra."""
+    import logging
+
     # SDK 2 tells every user about SDK 3 on import; we are on 2 on purpose (module docstring).
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    logging.getLogger("sagemaker.config").setLevel(logging.WARNING)  # "not applying ..." lines
+    # sagemaker.experiments calls logging.basicConfig(level=INFO) when first imported (some
+    # time into a job's submission): then every INFO line of the SDK and botocore would
+    # reach the terminal. basicConfig does nothing once the root logger has a handler, so
+    # give it one first, for warnings only.
+    root = logging.getLogger()
+    if not root.handlers:
+        warnings_only = logging.StreamHandler()
+        warnings_only.setLevel(logging.WARNING)
+        root.addHandler(warnings_only)
     try:
         import boto3  # noqa: F401
         import sagemaker
@@ -100,11 +112,8 @@ def _default_bucket(session) -> str:
 def _sdk_config() -> dict:
     """The user's SageMaker SDK defaults (VPC, KMS, tags...), with the SDK's telemetry off
     unless they set it: a CLI should not report its users' jobs to anyone on its own."""
-    import logging
-
     from sagemaker.config import load_sagemaker_config
 
-    logging.getLogger("sagemaker.config").setLevel(logging.WARNING)  # "not applying ..." lines
     config = load_sagemaker_config() or {}
     modules = config.setdefault("SageMaker", {}).setdefault("PythonSDK", {})
     modules.setdefault("Modules", {}).setdefault("TelemetryOptOut", True)
@@ -131,10 +140,12 @@ def connect(cfg: AwsConfig, need_role: bool = True) -> Aws:
     prefix = check_prefix(cfg.s3_prefix)
     boto = boto_session(cfg)
     assumed = role(cfg) if need_role else None
+    # The bucket is always given: the SDK would otherwise ask STS at its pinned regional
+    # endpoint (ignoring AWS_ENDPOINT_URL) whenever it wants a default bucket.
     session = sagemaker.Session(
         boto_session=boto,
         sagemaker_config=_sdk_config(),
-        default_bucket=None if prefix else _default_bucket(boto),
+        default_bucket=split_uri(prefix)[0] if prefix else _default_bucket(boto),
     )
     if not prefix:
         prefix = f"s3://{session.default_bucket()}/{DEFAULT_PREFIX}"
@@ -185,3 +196,23 @@ def print_rows(title: str, rows) -> None:
     for what, value in rows:
         table.add_row(Text(what), Text(value))  # as is: regexes and paths are not markup
     ui.stdout.print(table)
+
+
+def wait_until(what: str, describe: Callable[[], dict], status_key: str, done: str) -> dict:
+    """Poll `describe()` until its `status_key` is `done` (returned) or another final state
+    (one line with SageMaker's FailureReason). Our own wait instead of the SDK's, which
+    prints dots on stdout."""
+    import time
+
+    delay = 1.0
+    with ui.status(f"waiting for {what}"):
+        while True:
+            found = describe()
+            status = found.get(status_key)
+            if status == done:
+                return found
+            if status in ("Failed", "Stopped", "OutOfService"):
+                reason = found.get("FailureReason", "no reason given")
+                raise LaunchError(f"{what} is {status}: {reason}")
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)

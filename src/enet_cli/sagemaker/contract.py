@@ -63,9 +63,15 @@ def _raw_hyperparameters() -> Dict[str, Any]:
 
 
 def hyperparameters() -> Dict[str, Any]:
-    """hyperparameters.json as enet settings: snake_case keys, decoded values, no foreign keys."""
+    """hyperparameters.json as enet settings (settings_from)."""
+    return settings_from(_raw_hyperparameters())
+
+
+def settings_from(raw: Dict[str, Any]) -> Dict[str, Any]:
+    """SageMaker hyperparameters as enet settings: snake_case keys, decoded values, no
+    foreign keys."""
     out = {}
-    for key, value in _raw_hyperparameters().items():
+    for key, value in raw.items():
         key = key.replace("-", "_")
         if key in FOREIGN_HYPERPARAMETERS or key.startswith(("sagemaker_", "_")):
             continue

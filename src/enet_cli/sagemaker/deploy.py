@@ -8,6 +8,7 @@ handler's signatures, and code/) and uploaded to <prefix>/models/<name>/model.ta
 tarball from S3 is unpacked with every member checked first.
 """
 
+import contextlib
 import re
 import tempfile
 from pathlib import Path
@@ -80,7 +81,12 @@ def download_model(where: aws.Aws, uri: str, directory: Path) -> Path:
     bucket, key = aws.split_uri(uri)
     tarball = directory.parent / f".{directory.name}.model.tar.gz"
     s3 = where.client("s3")
-    size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    try:
+        size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    except Exception as err:  # botocore's ClientError: 404 / 403 by its message
+        if "404" in str(err) or "Not Found" in str(err):
+            raise DataError(f"{uri} does not exist; check the URI (or the job's output)") from None
+        raise
     with ui.byte_progress(f"downloading {uri}", size) as advance:
         s3.download_file(bucket, key, str(tarball), Callback=advance)
     try:
@@ -187,7 +193,7 @@ def deploy(model: str, cfg: DeployConfig) -> Optional[str]:
         uri = upload_model(source, where, name)
         tf_model = _tf_model(cfg, where, uri, name)
         ui.info(f"creating endpoint {name}: {_capacity(cfg)}")
-        options = dict(endpoint_name=name, tags=aws.tags(), wait=cfg.wait)
+        options = dict(endpoint_name=name, tags=aws.tags(), wait=False)
         if cfg.serverless_memory:
             from sagemaker.serverless import ServerlessInferenceConfig
 
@@ -201,6 +207,14 @@ def deploy(model: str, cfg: DeployConfig) -> Optional[str]:
                 initial_instance_count=cfg.instance_count,
                 instance_type=cfg.instance_type,
                 **options,
+            )
+        if cfg.wait:
+            sm = where.client("sagemaker")
+            aws.wait_until(
+                f"endpoint {name}",
+                lambda: sm.describe_endpoint(EndpointName=name),
+                "EndpointStatus",
+                "InService",
             )
     state = "in service" if cfg.wait else "being created"
     ui.info(
@@ -279,9 +293,17 @@ def invoke(endpoint: str, images: List[Path], out_dir: Path, cfg: AwsConfig) -> 
             except PictureError as err:
                 raise DataError(f"cannot read image {path}: {err}") from None
             kind, body = _request_body(path, data, rgb)
-            reply = runtime.invoke_endpoint(
-                EndpointName=endpoint, ContentType=kind, Accept="application/json", Body=body
-            )
+            try:
+                reply = runtime.invoke_endpoint(
+                    EndpointName=endpoint, ContentType=kind, Accept="application/json", Body=body
+                )
+            except runtime.exceptions.ModelError as err:  # the handler's one line, in JSON
+                said = err.response.get("OriginalMessage", "")
+                with contextlib.suppress(ValueError, AttributeError):
+                    said = json.loads(said).get("error", said)
+                raise LaunchError(
+                    f"endpoint {endpoint} could not segment {path}: {said or err}"
+                ) from None
             try:
                 found = json.loads(reply["Body"].read())
                 classes = np.asarray(found["classes"], dtype=np.uint8)
@@ -385,12 +407,19 @@ def transform(model: str, source: str, target: str, cfg: TransformConfig) -> Opt
                 content_type="application/x-image",
                 split_type="None",
                 job_name=name,
-                wait=cfg.wait,
+                wait=False,
                 logs=False,
             )
         except sagemaker.exceptions.UnexpectedStatusException as err:
             raise LaunchError(f"batch transform {name} failed: {err}") from None
         if cfg.wait:
+            sm = where.client("sagemaker")
+            aws.wait_until(
+                f"batch transform {name}",
+                lambda: sm.describe_transform_job(TransformJobName=name),
+                "TransformJobStatus",
+                "Completed",
+            )
             count, size = _listing(where.client("s3"), target)
             ui.info(f"transform {name} done: {count} files, {size / 1e6:.1f} MB in {target}")
         else:

@@ -117,13 +117,9 @@ def extract_model(tarball: Path, directory: Path, label: Optional[str] = None) -
             for member in members:
                 target = (root / member.name).resolve()
                 if root != target and root not in target.parents:
-                    raise DataError(
-                        f"{label} holds {member.name!r}, outside the model: not unpacked"
-                    )
+                    raise DataError(f"{label} holds {member.name!r}, outside the model: refused")
                 if not (member.isfile() or member.isdir()):
-                    raise DataError(
-                        f"{label} holds a link or device, {member.name!r}: not unpacked"
-                    )
+                    raise DataError(f"{label} holds a link or device {member.name!r}: refused")
             for member in members:
                 if member.isdir():
                     (root / member.name).mkdir(parents=True, exist_ok=True)

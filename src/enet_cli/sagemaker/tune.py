@@ -224,14 +224,29 @@ def _submit(plan, launch_cfg, tune_cfg: TuneConfig, ranges, data: str) -> str:
             early_stopping_type=_early_stopping(tune_cfg),
         )
         ui.info(f"submitting tuning job {name}: up to {tune_cfg.max_jobs} training jobs")
-        tuner.fit({"train": channel}, job_name=name, wait=False)
+        import logging
+
+        # The tuner asks the estimator for a model it never trained; the SDK warns about it.
+        estimator_log = logging.getLogger("sagemaker.estimator")
+        level = estimator_log.level
+        estimator_log.setLevel(logging.ERROR)
+        try:
+            tuner.fit({"train": channel}, job_name=name, wait=False)
+        finally:
+            estimator_log.setLevel(level)
     if not launch_cfg.wait:
         ui.info(
             f"tuning job {name} submitted; follow it with: aws sagemaker "
             f"describe-hyper-parameter-tuning-job --hyper-parameter-tuning-job-name {name}"
         )
         return name
-    tuner.wait()
+    sm = where.client("sagemaker")
+    aws.wait_until(
+        f"tuning job {name}",
+        lambda: sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name),
+        "HyperParameterTuningJobStatus",
+        "Completed",
+    )
     _print_best(where, name, list(ranges))
     return name
 
@@ -245,7 +260,7 @@ def _print_best(where: aws.Aws, name: str, tuned: List[str]) -> None:
         raise LaunchError(f"tuning job {name} ended {status} without a best training job")
     value = best.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value")
     settings = best.get("TunedHyperParameters", {})
-    shown = ", ".join(f"{k}={settings[k]}" for k in tuned if k in settings)
+    shown = ", ".join(f"{k}={settings[k]}" for k in tuned if k in settings) or "(not reported)"
     ui.info(
         f"tuning job {name} {status}: best {best['TrainingJobName']}"
         + (f" ({objective()['Name']} {value:.4g})" if value is not None else "")
