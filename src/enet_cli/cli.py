@@ -91,6 +91,18 @@ def _overrides(given: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     return sort_settings(given)
 
 
+MODEL_HELP = "Run directory, SavedModel, checkpoints, or a SageMaker training job's name."
+
+
+def _model_argument(model: Path) -> Path:
+    """A training job's name as MODEL: its model, downloaded (sagemaker/jobs.py)."""
+    if model.exists() or "/" in str(model):
+        return model
+    from enet_cli.sagemaker.jobs import model_of
+
+    return model_of(model)
+
+
 CONFIG_OPTION = typer.Option(
     None,
     "--config",
@@ -294,7 +306,7 @@ def train(
 
 @app.command()
 def evaluate(
-    model: Path = typer.Argument(..., help="Run directory, SavedModel or checkpoint directory."),
+    model: Path = typer.Argument(..., help=MODEL_HELP),
     data_dir: Path = typer.Argument(..., help="Output of enet preprocess."),
     split: str = typer.Option("test", "--split", help="Split to score: train, val or test."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per batch."),
@@ -317,6 +329,7 @@ def evaluate(
     from enet_cli.tta import parse_tta
 
     augment = None if tta is None else parse_tta(tta)
+    model = _model_argument(model)
     metrics = run_evaluate(model, data_dir, split, batch_size, json_path, confusion_csv, augment)
     how = "" if augment is None else f"; {augment.describe()}"
     table = Table(title=f"{metrics['model']} on {split} ({metrics['images']} images{how})")
@@ -440,7 +453,7 @@ def predict(
     check_out_dir(out)
     check_inputs_kept(found, out)
     require_video_support(found, options)
-    predictor = load_predictor(model, Runtime(runtime) if runtime else None)
+    predictor = load_predictor(_model_argument(model), Runtime(runtime) if runtime else None)
     ui.info(f"model: {predictor.source} (runtime {predictor.runtime.value})")
 
     def show(result) -> None:
@@ -476,7 +489,7 @@ def _mib(size_bytes: int) -> str:
 
 @app.command()
 def export(
-    model: Path = typer.Argument(..., help="Run directory, SavedModel or checkpoint directory."),
+    model: Path = typer.Argument(..., help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to create."),
     format: str = typer.Option(
         "saved_model",
@@ -532,7 +545,7 @@ def export(
             f"{quantize!r} is not one of {', '.join(levels)}", param_hint="--quantize"
         )
     request = ExportRequest(
-        source=model,
+        source=_model_argument(model),
         out=out,
         format=ExportFormat(format),
         quantize=Quantize(quantize),

@@ -478,6 +478,16 @@ def test_jobs_download_brings_a_containers_model_back_for_evaluate(aws, small_da
     forced = run_enet_aws(env, "jobs", "download", job, "--out", str(out), "--force")
     assert forced.returncode == 0, forced.stderr[-2000:]
 
+    # The job's name as MODEL: downloaded once into the cache, then the same scores.
+    cached = {**env, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    for attempt in ("first", "again"):
+        target = tmp_path / f"eval-by-name-{attempt}.json"
+        by_name = run_enet_aws(cached, "evaluate", job, str(small_data), "--json", str(target))
+        assert by_name.returncode == 0, by_name.stderr[-3000:]
+        assert json.loads(target.read_text())["mean_iou"] == scores["container"]["mean_iou"]
+    assert "downloaded earlier" in by_name.stderr
+    assert (tmp_path / "cache" / "enet-cli" / "jobs" / job / "1" / "saved_model.pb").is_file()
+
     evil = io.BytesIO()
     with tarfile.open(fileobj=evil, mode="w:gz") as tar:
         info = tarfile.TarInfo("../../escaped.txt")

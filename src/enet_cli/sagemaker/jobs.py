@@ -153,7 +153,9 @@ def stop(name: str, cfg: AwsConfig) -> None:
     )
 
 
-def download(name: str, out: Optional[Path], cfg: AwsConfig, force: bool = False) -> Path:
+def download(
+    name: str, out: Optional[Path], cfg: AwsConfig, force: bool = False, hint: bool = True
+) -> Path:
     """The job's model.tar.gz, unpacked (every member checked) into `out` (default:
     ./NAME), published only once whole; `enet evaluate/predict/export OUT` read it."""
     target = Path(out) if out is not None else Path(name)
@@ -162,8 +164,42 @@ def download(name: str, out: Optional[Path], cfg: AwsConfig, force: bool = False
         uri = job_model_uri(where.client("sagemaker"), name)
         download_model(where, uri, staged.path)
         published = staged.publish()
-    ui.info(
-        f"model of {name} in {published}; try: enet evaluate {published} DATA, "
-        f"enet predict {published} IMAGE"
-    )
+    if hint:
+        ui.info(
+            f"model of {name} in {published}; try: enet evaluate {published} DATA, "
+            f"enet predict {published} IMAGE"
+        )
     return published
+
+
+def cache_dir() -> Path:
+    """Where a job's model is kept when a command is given the job's name."""
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "enet-cli" / "jobs"
+
+
+def model_of(argument: Path) -> Path:
+    """MODEL for evaluate, predict and export: a path as it is; a name that is no path but
+    a training job's is that job's model, downloaded once into cache_dir(). Without the
+    SDK or credentials, the path is returned for the usual "does not exist" line."""
+    from enet_cli.errors import ConfigError, EnvironmentProblem
+    from enet_cli.sagemaker.deploy import NAME_PATTERN
+
+    text = str(argument)
+    if argument.exists() or "/" in text or not NAME_PATTERN.match(text):
+        return argument
+    cached = cache_dir() / text
+    if (cached / "enet.json").is_file():
+        ui.info(f"model: training job {text}'s, downloaded earlier to {cached}")
+        return cached
+    try:
+        aws.sdk()
+        found = download(text, cached, AwsConfig(), hint=False)
+        ui.info(f"model: training job {text}'s, downloaded to {found}")
+    except (EnvironmentProblem, ConfigError):
+        return argument  # no SDK or no AWS: it was meant as a path
+    except DataError as err:
+        raise DataError(f"model {text} is no path here; as a training job: {err}") from None
+    return found
