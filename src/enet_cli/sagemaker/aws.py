@@ -198,21 +198,38 @@ def print_rows(title: str, rows) -> None:
     ui.stdout.print(table)
 
 
-def wait_until(what: str, describe: Callable[[], dict], status_key: str, done: str) -> dict:
-    """Poll `describe()` until its `status_key` is `done` (returned) or another final state
-    (one line with SageMaker's FailureReason). Our own wait instead of the SDK's, which
-    prints dots on stdout."""
+# What each kind of SageMaker resource is described by and when it is done waiting for.
+WAITS = {
+    "endpoint": ("describe_endpoint", "EndpointName", "EndpointStatus", "InService"),
+    "batch transform": (
+        "describe_transform_job", "TransformJobName", "TransformJobStatus", "Completed"
+    ),
+    "tuning job": (
+        "describe_hyper_parameter_tuning_job",
+        "HyperParameterTuningJobName",
+        "HyperParameterTuningJobStatus",
+        "Completed",
+    ),
+}  # fmt: skip
+
+
+def wait_for(where: "Aws", kind: str, name: str) -> dict:
+    """Poll the resource until it is done (returned) or in another final state (one line
+    with SageMaker's FailureReason). Our own wait instead of the SDK's, which prints dots
+    on stdout."""
     import time
 
+    method, key, status_key, done = WAITS[kind]
+    describe = getattr(where.client("sagemaker"), method)
     delay = 1.0
-    with ui.status(f"waiting for {what}"):
+    with ui.status(f"waiting for {kind} {name}"):
         while True:
-            found = describe()
+            found = describe(**{key: name})
             status = found.get(status_key)
             if status == done:
                 return found
             if status in ("Failed", "Stopped", "OutOfService"):
                 reason = found.get("FailureReason", "no reason given")
-                raise LaunchError(f"{what} is {status}: {reason}")
+                raise LaunchError(f"{kind} {name} is {status}: {reason}")
             time.sleep(delay)
             delay = min(delay * 2, 30.0)

@@ -209,13 +209,7 @@ def deploy(model: str, cfg: DeployConfig) -> Optional[str]:
                 **options,
             )
         if cfg.wait:
-            sm = where.client("sagemaker")
-            aws.wait_until(
-                f"endpoint {name}",
-                lambda: sm.describe_endpoint(EndpointName=name),
-                "EndpointStatus",
-                "InService",
-            )
+            aws.wait_for(where, "endpoint", name)
     state = "in service" if cfg.wait else "being created"
     ui.info(
         f"endpoint {name} is {state}; call it with: enet invoke {name} IMAGE --out DIR. "
@@ -413,13 +407,7 @@ def transform(model: str, source: str, target: str, cfg: TransformConfig) -> Opt
         except sagemaker.exceptions.UnexpectedStatusException as err:
             raise LaunchError(f"batch transform {name} failed: {err}") from None
         if cfg.wait:
-            sm = where.client("sagemaker")
-            aws.wait_until(
-                f"batch transform {name}",
-                lambda: sm.describe_transform_job(TransformJobName=name),
-                "TransformJobStatus",
-                "Completed",
-            )
+            aws.wait_for(where, "batch transform", name)
             count, size = _listing(where.client("s3"), target)
             ui.info(f"transform {name} done: {count} files, {size / 1e6:.1f} MB in {target}")
         else:

@@ -240,13 +240,7 @@ def _submit(plan, launch_cfg, tune_cfg: TuneConfig, ranges, data: str) -> str:
             f"describe-hyper-parameter-tuning-job --hyper-parameter-tuning-job-name {name}"
         )
         return name
-    sm = where.client("sagemaker")
-    aws.wait_until(
-        f"tuning job {name}",
-        lambda: sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name),
-        "HyperParameterTuningJobStatus",
-        "Completed",
-    )
+    aws.wait_for(where, "tuning job", name)
     _print_best(where, name, list(ranges))
     return name
 
