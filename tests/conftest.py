@@ -14,6 +14,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
+# The laptop-side extras ([video], [onnx]) install only on Python >= 3.10 (pyproject's dev
+# extra): the compatibility jobs, on the containers' Python 3.8 and 3.9, run none of these
+# modules' tests (none is marked compat) and could not import them to deselect them.
+collect_ignore = ["test_video.py", "test_onnx.py"] if sys.version_info < (3, 10) else []
+
 
 def enet_env() -> dict:
     env = dict(os.environ)
