@@ -133,6 +133,15 @@ def _tf_model(cfg: ServeConfig, where: aws.Aws, uri: str, name: str):
     )
 
 
+def _serving_model(cfg: ServeConfig, source: ModelSource, name: Optional[str], base: str):
+    """(where, name, TensorFlowModel): the session, the name (default: generated from
+    `base`), and MODEL packed, uploaded and wrapped for the TF Serving container."""
+    sagemaker = aws.sdk()
+    where = aws.connect(cfg)
+    name = name or sagemaker.utils.name_from_base(base)
+    return where, name, _tf_model(cfg, where, upload_model(source, where, name), name)
+
+
 def _serving_rows(cfg: ServeConfig, source: ModelSource, where: str, name: str):
     version = cfg.framework_version or newest_serving_version()
     return [
@@ -187,11 +196,7 @@ def deploy(model: str, cfg: DeployConfig) -> Optional[str]:
         )
         return None
     with aws.aws_errors():
-        sagemaker = aws.sdk()
-        where = aws.connect(cfg)
-        name = cfg.endpoint_name or sagemaker.utils.name_from_base("enet")
-        uri = upload_model(source, where, name)
-        tf_model = _tf_model(cfg, where, uri, name)
+        where, name, tf_model = _serving_model(cfg, source, cfg.endpoint_name, "enet")
         ui.info(f"creating endpoint {name}: {_capacity(cfg)}")
         options = dict(endpoint_name=name, tags=aws.tags(), wait=False)
         if cfg.serverless_memory:
@@ -382,10 +387,8 @@ def transform(model: str, source: str, target: str, cfg: TransformConfig) -> Opt
         return None
     with aws.aws_errors():
         sagemaker = aws.sdk()
-        where = aws.connect(cfg)
-        name = cfg.job_name or sagemaker.utils.name_from_base("enet-transform")
-        uri = upload_model(found, where, name)
-        transformer = _tf_model(cfg, where, uri, name).transformer(
+        where, name, tf_model = _serving_model(cfg, found, cfg.job_name, "enet-transform")
+        transformer = tf_model.transformer(
             instance_count=cfg.instance_count,
             instance_type=cfg.instance_type,
             strategy="SingleRecord",
