@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,6 +248,35 @@ def test_a_tflite_export_is_not_a_source_for_another_export(tflite_float32, tmp_
     assert result.returncode == 3
     assert "already a TFLite export" in error_lines(result.stderr)[-1]
     assert not out.exists()
+
+
+def test_videos_split_batches_between_runtime_copies_with_the_same_numbers(
+    tflite_float32, small_data
+):
+    """A video's frames run on VIDEO_PARALLEL copies of the model at once, each on a share
+    of the cores (inference._Split); a batch must come back whole, in order, with the
+    numbers one copy on every core gives."""
+    from enet_cli.inference import load_predictor
+    from enet_cli.predict import STDIN, VIDEO_PARALLEL, parallel_for
+
+    _, exported = tflite_float32
+    pixels, _ = _val_batch(small_data)
+    batch = np.concatenate([pixels, pixels[:1][:, ::-1]])  # 5 frames: an uneven split
+    whole = load_predictor(exported)
+    split = load_predictor(exported, parallel=VIDEO_PARALLEL)
+    assert VIDEO_PARALLEL >= 2 and split.parallel == VIDEO_PARALLEL and whole.parallel == 1
+    expected = [whole.run(frame[None]) for frame in batch]
+    logits, classes = split.run(batch)
+    assert logits.shape[0] == classes.shape[0] == len(batch)
+    np.testing.assert_allclose(logits, np.concatenate([e[0] for e in expected]), atol=1e-5)
+    np.testing.assert_array_equal(classes, np.concatenate([e[1] for e in expected]))
+    none, only_classes = split.run(batch[:1], logits=False)  # fewer frames than copies
+    assert none is None
+    np.testing.assert_array_equal(only_classes, expected[0][1])
+    # videos and streams get the copies, a folder of photos one copy on every core
+    assert parallel_for([Path("a.png"), Path("b.mp4")]) == VIDEO_PARALLEL
+    assert parallel_for([STDIN]) == VIDEO_PARALLEL
+    assert parallel_for([Path("a.png"), Path("b.jpg")]) == 1
 
 
 def test_benchmark_reports_sane_numbers_with_machine_and_versions(fitted_run, tmp_path):

@@ -388,7 +388,7 @@ def _video(request: BenchmarkRequest, scratch: Path, data_dir) -> List[Measureme
     """Frames/s of `enet predict` on a video, the whole path: decode, resize, infer, argmax
     at the frame's size, overlay, encode (three threads, as predict runs them)."""
     from enet_cli.inference import Runtime, load_predictor
-    from enet_cli.predict import PredictOptions, predict_video
+    from enet_cli.predict import VIDEO_PARALLEL, PredictOptions, predict_video
     from enet_cli.video import VideoFile
 
     results = []
@@ -401,7 +401,9 @@ def _video(request: BenchmarkRequest, scratch: Path, data_dir) -> List[Measureme
     options = PredictOptions(out=out, batch=request.batch)
     for variant in request.variants:
         runtime = Runtime("tflite" if variant.startswith("tflite") else variant)
-        predictor = load_predictor(_exported(request, variant, scratch, data_dir), runtime)
+        exported = _exported(request, variant, scratch, data_dir)
+        predictor = load_predictor(exported, runtime, VIDEO_PARALLEL)
+        results.append(_video_model(request, variant, predictor, options.batch))
         for size, clip in videos.items():
             ui.info(f"video: {variant} on {size[0]}x{size[1]} frames")
             rates = []
@@ -420,6 +422,22 @@ def _video(request: BenchmarkRequest, scratch: Path, data_dir) -> List[Measureme
                 )
             )
     return results
+
+
+def _video_model(request, variant: str, predictor, batch: int) -> Measurement:
+    """Frames/s of the model alone as the video path runs it (the same runtime copies and
+    batches of `batch` frames at the model's size), the ceiling of that path."""
+    pixels = np.random.default_rng(0).integers(
+        0, 256, (batch, *predictor.meta.image_size, 3), np.uint8
+    )
+    seconds = _times(lambda: predictor.run(pixels, logits=False), request.warmup, 10)
+    return Measurement.of(
+        "video",
+        f"{variant} model",
+        "frames/s",
+        [batch / s for s in seconds],
+        f"batches of {batch}, {predictor.parallel} at once",
+    )
 
 
 def _pipeline(request: BenchmarkRequest, data_dir: Path) -> Measurement:

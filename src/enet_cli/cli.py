@@ -429,6 +429,7 @@ def predict(
         check_inputs_kept,
         check_out_dir,
         collect_inputs,
+        parallel_for,
         require_video_support,
         run_predict,
     )
@@ -453,7 +454,9 @@ def predict(
     check_out_dir(out)
     check_inputs_kept(found, out)
     require_video_support(found, options)
-    predictor = load_predictor(_model_argument(model), Runtime(runtime) if runtime else None)
+    predictor = load_predictor(
+        _model_argument(model), Runtime(runtime) if runtime else None, parallel_for(found)
+    )
     ui.info(f"model: {predictor.source} (runtime {predictor.runtime.value})")
 
     def show(result) -> None:

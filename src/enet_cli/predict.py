@@ -52,6 +52,19 @@ STDIN = Path("-")
 ClassesVideo = ("png", "ffv1")
 
 
+# Frames a video's model segments at once, each on a share of the cores (inference._Split):
+# the whole path's rate, measured by benchmarks/video.py. Images run one at a time on all
+# cores, for the shortest wait.
+VIDEO_PARALLEL = 2
+
+
+def parallel_for(inputs: Iterable[Path]) -> int:
+    """How many images the model should run at once for these inputs (collect_inputs')."""
+    from enet_cli.video import is_video
+
+    return VIDEO_PARALLEL if any(p == STDIN or is_video(p) for p in inputs) else 1
+
+
 class PredictOptions(BaseModel):
     """What `enet predict` was asked for, beyond the model and the inputs."""
 
