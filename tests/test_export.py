@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import (
     CLASS_AGREEMENT_FLOOR,
@@ -277,6 +278,38 @@ def test_videos_split_batches_between_runtime_copies_with_the_same_numbers(
     assert parallel_for([Path("a.png"), Path("b.mp4")]) == VIDEO_PARALLEL
     assert parallel_for([STDIN]) == VIDEO_PARALLEL
     assert parallel_for([Path("a.png"), Path("b.jpg")]) == 1
+
+
+@pytest.mark.slow
+def test_a_video_on_runtime_copies_gives_each_frames_own_classes_at_any_batch(
+    tflite_float32, tmp_path
+):
+    """predict_video keeps the copies busy with batches in flight (a batch of 1 included)
+    and hands them to the writer in order: frame k's class map is frame k's, as one copy on
+    every core segments the frame alone (the lossless clip keeps its pixels exactly)."""
+    from enet_cli import ui
+    from enet_cli.inference import load_predictor
+    from enet_cli.predict import VIDEO_PARALLEL, PredictOptions, predict_video, segment
+    from enet_cli.video import VideoFile
+    from test_video import FRAMES, frames_of, make_video
+
+    _, exported = tflite_float32
+    frames = frames_of(FRAMES[:5])
+    clip = make_video(tmp_path / "drive.mkv", frames, rate=10)
+    whole = load_predictor(exported)
+    expected = [segment(whole, frame) for frame in frames]
+    copies = load_predictor(exported, parallel=VIDEO_PARALLEL)
+    for batch in (1, 3):
+        out = tmp_path / f"batch{batch}"
+        out.mkdir()
+        options = PredictOptions(out=out, batch=batch, classes_video="png")
+        done = predict_video(copies, VideoFile(clip), options, ui.StopRequest())
+        assert done.frames == len(frames)
+        maps = sorted((out / "drive_classes").glob("*.png"))
+        assert len(maps) == len(frames)
+        for k, path in enumerate(maps):
+            np.testing.assert_array_equal(np.asarray(Image.open(path)), expected[k], f"{k}")
+    assert len({e.tobytes() for e in expected}) == len(frames)  # order is really tested
 
 
 def test_benchmark_reports_sane_numbers_with_machine_and_versions(fitted_run, tmp_path):

@@ -24,6 +24,7 @@ import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -509,6 +510,16 @@ def predict_video(
     writer = threading.Thread(target=write, name="enet-encode", daemon=True)
     reader.start()
     writer.start()
+    # Up to predictor.parallel batches in flight, handed to the writer in order: with copies
+    # of the model, a batch smaller than the copies (--batch 1) still keeps them all busy.
+    inferring = ThreadPoolExecutor(predictor.parallel, thread_name_prefix="enet-batch")
+    in_flight: deque = deque()
+
+    def hand_over(keep: int) -> None:
+        while len(in_flight) > keep:
+            frames, classes = in_flight.popleft()
+            segmented.put((frames, classes.result()))
+
     ended = finished = False
     try:
         while not (stop.requested or halt.is_set()):
@@ -527,16 +538,21 @@ def predict_video(
                     raise item.error
                 batch.append(item)
             if batch:
-                frames = [frame for frame, _ in batch]
-                classes = segment_batch(predictor, np.stack([p for _, p in batch]), source.size)
-                segmented.put((frames, classes))
+                pixels = np.stack([p for _, p in batch])
+                classes = inferring.submit(segment_batch, predictor, pixels, source.size)
+                in_flight.append(([frame for frame, _ in batch], classes))
+                hand_over(keep=predictor.parallel - 1)
             if ended:
                 break
+        hand_over(keep=0)
         finished = True
     except KeyboardInterrupt:  # a second Ctrl-C: what is encoded so far is kept, playable
         finished = True
         raise
     finally:
+        for _, classes in in_flight:  # cut short: batches not started are dropped
+            classes.cancel()
+        inferring.shutdown(wait=False)
         halt.set()
         segmented.put(_END)
         writer.join()
