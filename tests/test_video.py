@@ -246,7 +246,7 @@ def test_the_video_benchmark_times_predicts_whole_path_beside_the_model_alone(tr
     rates = {m.variant: m for m in video.results}
     assert sorted(rates) == ["keras 192x256", "keras 96x128", "keras model"]
     alone = rates.pop("keras model")  # the model as the path runs it: its ceiling
-    assert alone.note == "batches of 4, 1 at once" and alone.n == 10  # Keras: one batch
+    assert alone.note == "batches of 4, 1 in flight" and alone.n == 10  # Keras: one at a time
     assert 0 < alone.min <= alone.median <= alone.max < 100_000
     # Speed itself is not asserted (shared, noisy machines: benchmarks/video.py prints it);
     # what is: each figure is frames over seconds of real passes, as many as asked for.
