@@ -212,6 +212,8 @@ def test_int8_agrees_above_the_floor_and_runs_in_evaluate(
         "--json", str(tmp_path / "m.json"),
     )  # fmt: skip
     assert scored.returncode == 0, scored.stderr[-2000:]
+    for command in (result, scored):  # the interpreter's "Created ... XNNPACK delegate" line
+        assert "XNNPACK" not in command.stderr and "INFO:" not in command.stderr, command.stderr
     export_miou = float(line.split("mean IoU ")[1].split("%")[0]) / 100
     float_miou = float(line.split(" vs ")[1].split("%")[0]) / 100
     evaluated = json.loads((tmp_path / "m.json").read_text())["mean_iou"]

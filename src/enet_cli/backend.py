@@ -30,13 +30,15 @@ _STARTUP_NOISE = re.compile(
     r"|[IW]\d{4} \S+ +\d+ \S+\.cc:\d+\]"
     r"|E\d{4} \S+ +\d+ \S+\.cc:\d+\] .*(cuInit|CUDA|cuda|cuDNN|cuFFT|cuBLAS)"
     r"|To enable the following instructions: .* rebuild TensorFlow"
-    r"|.*This TensorFlow binary is optimized to use available CPU instructions)"
+    r"|.*This TensorFlow binary is optimized to use available CPU instructions"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$)"
 )
 
 
 @contextlib.contextmanager
-def _startup_noise_filtered() -> Iterator[None]:
-    """Run the block with fd 2 captured, then replay what it wrote minus the start-up noise."""
+def startup_noise_filtered() -> Iterator[None]:
+    """Run the block with fd 2 captured, then replay what it wrote minus the start-up noise
+    (TensorFlow's import, a TFLite interpreter's creation)."""
     if VERBOSE:
         yield
         return
@@ -65,7 +67,7 @@ def _startup_noise_filtered() -> Iterator[None]:
                 sys.stderr.flush()
 
 
-with _startup_noise_filtered():
+with startup_noise_filtered():
     import tensorflow as tf
 
     tf.config.list_physical_devices("GPU")  # CUDA's own start-up lines come out here
@@ -91,9 +93,9 @@ def _keras():
     return keras
 
 
-with _startup_noise_filtered():
+with startup_noise_filtered():
     keras = _keras()
 
 TF_VERSION = tuple(int(p) for p in tf.__version__.split(".")[:2])
 
-__all__ = ["TF_VERSION", "keras", "tf"]
+__all__ = ["TF_VERSION", "keras", "startup_noise_filtered", "tf"]

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from enet_cli.backend import tf
+from enet_cli.backend import startup_noise_filtered, tf
 from enet_cli.errors import EnvironmentProblem
 from enet_cli.model.ops import BlockPReLU, PointwiseConv2D
 from enet_cli.preprocessor import run_padded, to_unit
@@ -109,10 +109,10 @@ def interpreter(model_path: Path, threads: int = 0):
             raise EnvironmentProblem(
                 "this TensorFlow has no TFLite interpreter: pip install ai-edge-litert"
             ) from None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), startup_noise_filtered():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
         found = Interpreter(model_path=str(model_path), num_threads=threads)
-    found.allocate_tensors()
+        found.allocate_tensors()  # the XNNPACK delegate says it was created
     return found
 
 
