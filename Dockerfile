@@ -9,7 +9,7 @@
 # SageMaker training toolkit still starts the program - through mpirun (SMP) or smddprun
 # (SMDDP) when the job's distribution asks for them.
 #
-#   python -m enet_cli.sagemaker.source build/source     # the wheel + enet_entry.py
+#   python -m enet_cli.cloud.source build/source     # the wheel + enet_entry.py
 #   docker build --build-arg MODE=ddp --build-arg REGION=us-east-1 -t enet-cli:ddp .
 #   (push to ECR, then: enet launch DATA --mode ddp --image-uri <that image>)
 ARG MODE=ddp
@@ -25,7 +25,7 @@ FROM base-${MODE}
 
 COPY build/source/ /opt/ml/code/
 RUN python /opt/ml/code/enet_entry.py --install-only \
- && python -c "import enet_cli.backend, tensorflow as tf; print('enet-cli on TF', tf.__version__)"
+ && python -c "import enet_cli.core.backend, tensorflow as tf; print('enet-cli on TF', tf.__version__)"
 
 ENV TF_CPP_MIN_LOG_LEVEL=2 \
     SAGEMAKER_PROGRAM=enet_entry.py \

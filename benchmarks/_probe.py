@@ -9,8 +9,8 @@ import statistics
 import sys
 import time
 
-from enet_cli.backend import tf
-from enet_cli.config import ModelConfig, TrainConfig
+from enet_cli.core.backend import tf
+from enet_cli.core.config import ModelConfig, TrainConfig
 from enet_cli.model import build_enet
 from enet_cli.train.engines.single import SingleEngine
 from enet_cli.train.optim import build_update

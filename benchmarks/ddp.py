@@ -23,9 +23,9 @@ from pathlib import Path
 
 from _common import Timer, machine, segnet_copies
 
-from enet_cli.config import ModelConfig, PreprocessConfig, parse_size
+from enet_cli.core.config import ModelConfig, PreprocessConfig, parse_size
+from enet_cli.core.metrics import parse_metrics_line
 from enet_cli.data.preprocess import preprocess
-from enet_cli.metrics import parse_metrics_line
 
 
 def train(data: Path, run: Path, batch: int, extra) -> tuple:
@@ -41,7 +41,7 @@ def train(data: Path, run: Path, batch: int, extra) -> tuple:
 
 
 def communication(size, sync_batchnorm: bool, workers: int) -> dict:
-    from enet_cli.backend import keras
+    from enet_cli.core.backend import keras
     from enet_cli.model import build_enet
 
     model = build_enet(ModelConfig(num_classes=11), size)

@@ -15,7 +15,7 @@ import time
 from _common import machine
 from _probe import train_step
 
-from enet_cli.backend import tf
+from enet_cli.core.backend import tf
 from enet_cli.model import fused
 from enet_cli.model.ops import BlockPReLU
 

@@ -25,16 +25,16 @@ import time
 
 from _common import machine
 
-from enet_cli.config import RuntimeConfig
+from enet_cli.core.config import RuntimeConfig
 from enet_cli.train.engines.pipeline import PipelineEngine
 
 # Logical devices must exist before TensorFlow starts: make them first.
 PIPELINE = PipelineEngine(RuntimeConfig(mode="mp", partitions=2, microbatches=1))
 
-from enet_cli.backend import keras, tf  # noqa: E402
+from enet_cli.core.backend import keras, tf  # noqa: E402
 
 tf.get_logger().setLevel("ERROR")  # retracing warnings: every size traces anew, on purpose
-from enet_cli.config import ModelConfig, TrainConfig  # noqa: E402
+from enet_cli.core.config import ModelConfig, TrainConfig  # noqa: E402
 from enet_cli.model import build_enet  # noqa: E402
 from enet_cli.model.enet import INPUT, model_blocks, run_blocks  # noqa: E402
 from enet_cli.train.engines.pipeline import plan_stages  # noqa: E402

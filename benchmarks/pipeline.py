@@ -13,10 +13,10 @@ from pathlib import Path
 
 from _common import FIXTURES, Timer, describe, machine
 
-from enet_cli.backend import keras, tf
-from enet_cli.config import DataConfig, ModelConfig, PreprocessConfig
+from enet_cli.core.backend import keras, tf
+from enet_cli.core.config import DataConfig, ModelConfig, PreprocessConfig
+from enet_cli.data.dataset import make_dataset
 from enet_cli.data.manifest import load_manifest
-from enet_cli.data.pipeline import make_dataset
 from enet_cli.data.preprocess import preprocess
 from enet_cli.model import build_enet
 

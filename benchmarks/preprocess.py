@@ -22,7 +22,7 @@ import numpy as np
 from _common import COPIES, FIXTURES, Timer, describe, machine, segnet_copies
 from PIL import Image
 
-from enet_cli.config import PreprocessConfig
+from enet_cli.core.config import PreprocessConfig
 from enet_cli.data.preprocess import preprocess
 
 

@@ -26,8 +26,8 @@ VARIANTS = ("as enet trains", "slots made by the step", "newer Keras Adam")
 
 def child(variant: str, size, batch: int) -> None:
     started = time.perf_counter()
-    from enet_cli.backend import keras, tf
-    from enet_cli.config import ModelConfig, TrainConfig
+    from enet_cli.core.backend import keras, tf
+    from enet_cli.core.config import ModelConfig, TrainConfig
     from enet_cli.model import build_enet
     from enet_cli.train.engines.single import SingleEngine
     from enet_cli.train.optim import build_optimizer, build_update

@@ -14,8 +14,8 @@ import time
 
 from _common import machine
 
-from enet_cli.backend import keras, tf
-from enet_cli.config import ModelConfig, Precision, TrainConfig
+from enet_cli.core.backend import keras, tf
+from enet_cli.core.config import ModelConfig, Precision, TrainConfig
 from enet_cli.model import build_enet
 from enet_cli.train.engines.single import SingleEngine
 from enet_cli.train.optim import build_update

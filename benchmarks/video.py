@@ -17,8 +17,8 @@ from pathlib import Path
 
 from _common import machine
 
-from enet_cli.benchmark import BenchmarkRequest, What, default_variants, run_benchmark
-from enet_cli.config import parse_size
+from enet_cli.core.config import parse_size
+from enet_cli.workflows.benchmark import BenchmarkRequest, What, default_variants, run_benchmark
 
 MODEL_ONLY = {  # the `infer` variant that times each video runtime's model
     "keras": "keras",

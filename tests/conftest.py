@@ -153,7 +153,7 @@ def camvid_kaggle_mini(tmp_path) -> Path:
 
 
 def preprocess_to(input_dir: Path, output_dir: Path, **options):
-    from enet_cli.config import PreprocessConfig
+    from enet_cli.core.config import PreprocessConfig
     from enet_cli.data.preprocess import preprocess
 
     cfg = PreprocessConfig(input_dir=input_dir, output_dir=output_dir, **options)
@@ -170,9 +170,9 @@ def segnet_data(tmp_path_factory) -> Path:
 
 def read_records(data_dir, split):
     """name -> (image uint8 HxWx3, label uint8 HxW), straight from the shards."""
-    from enet_cli.backend import tf
+    from enet_cli.core.backend import tf
+    from enet_cli.data.dataset import FEATURES
     from enet_cli.data.manifest import load_manifest
-    from enet_cli.data.pipeline import FEATURES
 
     manifest = load_manifest(data_dir)
     out = {}
@@ -293,7 +293,7 @@ def assert_same_logits(actual, expected) -> None:
 def train_config(data_dir: Path, run_dir: Path, **train):
     """A config for quick real training on `small_data`; keyword args go to the train
     section, or to runtime / model for the keys of those."""
-    from enet_cli.config import load_config
+    from enet_cli.train.settings import load_config
 
     runtime = {"run_dir": run_dir}
     for key in ("resume", "mode", "engine", "partitions", "microbatches", "pipeline"):
@@ -317,7 +317,7 @@ def train_config(data_dir: Path, run_dir: Path, **train):
 
 def fit_quietly(cfg):
     """Run the real training loop in this process (single engine)."""
-    from enet_cli.artifacts import local_paths
+    from enet_cli.artifacts.run import local_paths
     from enet_cli.train.run import run_training
 
     return run_training(cfg, local_paths(cfg.runtime.run_dir))

@@ -13,7 +13,7 @@ from typing import ClassVar, List
 import pytest
 
 from conftest import enet_env
-from enet_cli.sagemaker.contract import ROOT_ENV
+from enet_cli.container.contract import ROOT_ENV
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/enet-training"

@@ -9,12 +9,13 @@ import pytest
 from PIL import Image
 
 from conftest import FIXTURES, fit_quietly, preprocess_to, run_enet
-from enet_cli.backend import tf
-from enet_cli.config import DataConfig, ModelConfig, load_config
+from enet_cli.core.backend import tf
+from enet_cli.core.config import DataConfig, ModelConfig
+from enet_cli.data.dataset import make_dataset
 from enet_cli.data.manifest import load_manifest
-from enet_cli.data.pipeline import make_dataset
 from enet_cli.model import build_enet
-from enet_cli.preprocessor import pad_to_model, run_padded
+from enet_cli.pixels.preprocessor import pad_to_model, run_padded
+from enet_cli.train.settings import load_config
 
 ODD = (181, 243)
 
@@ -88,7 +89,7 @@ def test_an_odd_size_run_trains_evaluates_predicts_and_exports(odd_data, tmp_pat
                         "--data", str(odd_data))  # fmt: skip
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert "pixel agreement 99." in exported.stdout or "pixel agreement 100.00%" in exported.stdout
-    from enet_cli.tflite import TFLiteRunner
+    from enet_cli.serving.tflite import TFLiteRunner
 
     runner = TFLiteRunner(tmp_path / "tfl" / "model.tflite")
     assert runner.size == ODD  # what it takes is what the data is: the padding is inside

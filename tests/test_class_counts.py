@@ -38,11 +38,11 @@ def road_data(tmp_path_factory):
 
 def _ship(run, data, tmp_path, k):
     """evaluate, predict and a TFLite export of `run`; returns the evaluate metrics."""
-    from enet_cli.evaluate import evaluate
-    from enet_cli.export import ExportRequest, export_model
-    from enet_cli.inference import load_predictor
-    from enet_cli.predict import predict
-    from enet_cli.tflite import TFLiteRunner
+    from enet_cli.serving.evaluate import evaluate
+    from enet_cli.serving.export import ExportRequest, export_model
+    from enet_cli.serving.predict import predict
+    from enet_cli.serving.runtimes import load_predictor
+    from enet_cli.serving.tflite import TFLiteRunner
 
     metrics = evaluate(run, data, split="val", json_path=tmp_path / "val.json")
     names = json.loads((run / "enet.json").read_text())["class_names"]

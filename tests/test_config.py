@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from enet_cli.config import (
+from enet_cli.core.config import (
     OPTION_ALIASES,
     DataConfig,
     EnetConfig,
@@ -12,12 +12,12 @@ from enet_cli.config import (
     ModelConfig,
     RuntimeConfig,
     TrainConfig,
-    load_config,
     model_size,
     option_name,
     parse_size,
 )
-from enet_cli.errors import ConfigError
+from enet_cli.core.errors import ConfigError
+from enet_cli.train.settings import load_config
 
 pytestmark = pytest.mark.compat
 

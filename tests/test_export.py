@@ -50,15 +50,15 @@ def fitted_run(small_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def keras_model(fitted_run):
-    from enet_cli.inference import load_keras_model
+    from enet_cli.serving.runtimes import load_keras_model
 
     return load_keras_model(fitted_run)
 
 
 def _val_batch(small_data):
-    from enet_cli.config import DataConfig
+    from enet_cli.core.config import DataConfig
+    from enet_cli.data.dataset import make_dataset
     from enet_cli.data.manifest import load_manifest
-    from enet_cli.data.pipeline import make_dataset
 
     manifest = load_manifest(small_data)
     data = DataConfig(data_dir=small_data, image_size=manifest.image_size)
@@ -75,7 +75,7 @@ def tflite_float32(fitted_run, small_data, tmp_path_factory):
 
 
 def _export(**fields):
-    from enet_cli.export import ExportRequest, export_model
+    from enet_cli.serving.export import ExportRequest, export_model
 
     return export_model(ExportRequest(**fields))
 
@@ -105,7 +105,7 @@ def test_saved_model_serves_the_keras_logits_and_scores_in_evaluate(
 def test_the_saved_model_export_serves_the_keras_logits(trained_run, small_data, tmp_path):
     """What every training job ends with, on each container's TensorFlow: the SavedModel
     serves the same logits as the Keras model it was exported from."""
-    from enet_cli.inference import load_keras_model, load_predictor
+    from enet_cli.serving.runtimes import load_keras_model, load_predictor
 
     model, _ = load_keras_model(trained_run)
     report = _export(source=trained_run, out=tmp_path / "sm", format="saved_model")
@@ -129,7 +129,7 @@ def batch_norms(model) -> int:
 def test_tflite_float32_and_float16_match_the_keras_model(
     fitted_run, keras_model, tflite_float32, small_data, tmp_path
 ):
-    from enet_cli.tflite import TFLiteRunner
+    from enet_cli.serving.tflite import TFLiteRunner
 
     model, _ = keras_model
     pixels, _ = _val_batch(small_data)
@@ -169,9 +169,9 @@ def test_tflite_float32_and_float16_match_the_keras_model(
 
 def _val_split(small_data):
     """Every val image (uint8) and label of the sample."""
-    from enet_cli.config import DataConfig
+    from enet_cli.core.config import DataConfig
+    from enet_cli.data.dataset import make_dataset
     from enet_cli.data.manifest import load_manifest
-    from enet_cli.data.pipeline import make_dataset
 
     manifest = load_manifest(small_data)
     data = DataConfig(data_dir=small_data, image_size=manifest.image_size)
@@ -185,7 +185,7 @@ def _val_split(small_data):
 def test_int8_agrees_above_the_floor_and_runs_in_evaluate(
     fitted_run, keras_model, small_data, tmp_path
 ):
-    from enet_cli.tflite import TFLiteRunner
+    from enet_cli.serving.tflite import TFLiteRunner
 
     out = tmp_path / "int8"
     result = run_enet(
@@ -259,8 +259,8 @@ def test_videos_split_batches_between_runtime_copies_with_the_same_numbers(
     """A video's frames run on VIDEO_PARALLEL copies of the model at once, each on a share
     of the cores (inference._Split); a batch must come back whole, in order, with the
     numbers one copy on every core gives."""
-    from enet_cli.inference import load_predictor
-    from enet_cli.predict import STDIN, VIDEO_PARALLEL, parallel_for
+    from enet_cli.serving.predict import STDIN, VIDEO_PARALLEL, parallel_for
+    from enet_cli.serving.runtimes import load_predictor
 
     _, exported = tflite_float32
     pixels, _ = _val_batch(small_data)
@@ -289,10 +289,10 @@ def test_a_video_on_runtime_copies_gives_each_frames_own_classes_at_any_batch(
     """predict_video keeps the copies busy with batches in flight (a batch of 1 included)
     and hands them to the writer in order: frame k's class map is frame k's, as one copy on
     every core segments the frame alone (the lossless clip keeps its pixels exactly)."""
-    from enet_cli import ui
-    from enet_cli.inference import load_predictor
-    from enet_cli.predict import VIDEO_PARALLEL, PredictOptions, predict_video, segment
-    from enet_cli.video import VideoFile
+    from enet_cli.core import ui
+    from enet_cli.serving.predict import VIDEO_PARALLEL, PredictOptions, predict_video, segment
+    from enet_cli.serving.runtimes import load_predictor
+    from enet_cli.serving.video import VideoFile
     from test_video import FRAMES, frames_of, make_video
 
     _, exported = tflite_float32
@@ -388,7 +388,7 @@ def _xla_compiled_functions(saved_model_dir) -> int:
 
 
 def test_xla_saved_model_is_compiled_and_serves_the_same_logits(trained_run, small_data, tmp_path):
-    from enet_cli.inference import load_predictor
+    from enet_cli.serving.runtimes import load_predictor
 
     plain = _export(source=trained_run, out=tmp_path / "plain", format="saved_model")
     xla = _export(source=trained_run, out=tmp_path / "xla", format="saved_model", xla=True)

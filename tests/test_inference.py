@@ -7,12 +7,12 @@ import pytest
 from PIL import Image
 
 from conftest import FIXTURES, assert_same_logits, error_lines, run_enet
-from enet_cli.config import DataConfig
+from enet_cli.core.config import DataConfig
+from enet_cli.data.dataset import make_dataset
 from enet_cli.data.manifest import load_manifest
-from enet_cli.data.pipeline import make_dataset
-from enet_cli.evaluate import evaluate
-from enet_cli.inference import load_predictor
-from enet_cli.predict import OVERLAY_ALPHA, predict
+from enet_cli.serving.evaluate import evaluate
+from enet_cli.serving.predict import OVERLAY_ALPHA, predict
+from enet_cli.serving.runtimes import load_predictor
 
 
 @pytest.mark.parametrize("where", ["run", "model", "checkpoints"])
@@ -141,8 +141,8 @@ def test_every_json_file_a_run_writes_is_strict_json(trained_run, small_data, tm
 def test_json_we_write_has_null_where_a_number_is_undefined():
     """The IoU of a class in neither the labels nor the predictions is NaN in the metrics;
     written, it is null, with NumPy numbers as plain numbers."""
-    from enet_cli.metrics import segmentation_metrics
-    from enet_cli.outputs import json_text
+    from enet_cli.core.metrics import segmentation_metrics
+    from enet_cli.core.outputs import json_text
 
     confusion = np.array([[5, 1, 0], [2, 7, 0], [0, 0, 0]])  # class 2: absent everywhere
     metrics = segmentation_metrics(confusion, ["a", "b", "c"])
@@ -160,13 +160,13 @@ def test_a_photo_predicted_at_its_own_size_is_seen_as_training_saw_it(trained_ru
     filter, so the inputs are the same pixels and every pixel's class agrees (held to
     99.9%). Non-antialiased bilinear, which predict used before, samples 4 of every ~14
     source pixels: a different input, and a different map."""
-    from enet_cli.backend import tf
-    from enet_cli.predict import segment
-    from enet_cli.preprocessor import Preprocessor
+    from enet_cli.core.backend import tf
+    from enet_cli.pixels.preprocessor import Preprocessor
+    from enet_cli.serving.predict import segment
 
     manifest = load_manifest(small_data)
     data = DataConfig(data_dir=small_data)
-    from enet_cli.data.pipeline import make_examples
+    from enet_cli.data.dataset import make_examples
 
     records = make_examples(data, manifest, "test", False).batch(1)
     predictor = load_predictor(trained_run)

@@ -45,8 +45,8 @@ def _close_logits(actual, expected):
 def test_onnx_runs_in_the_stock_runtime_with_the_keras_logits(onnx_export, trained_run, small_data):
     import tensorflow as tf
 
-    from enet_cli.inference import load_keras_model
-    from enet_cli.preprocessor import run_padded
+    from enet_cli.pixels.preprocessor import run_padded
+    from enet_cli.serving.runtimes import load_keras_model
 
     out, stdout = onnx_export
     graph = onnx.load(str(out / "model.onnx")).graph

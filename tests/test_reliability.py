@@ -98,7 +98,7 @@ def test_export_never_replaces_the_run_or_other_files(trained_run, small_data, t
 # One owner per output
 # ---------------------------------------------------------------------------------------
 def test_an_output_being_built_has_one_owner(raw, tmp_path):
-    from enet_cli import outputs
+    from enet_cli.core import outputs
 
     out = tmp_path / "data"
     lock = outputs.Lock(tmp_path / ".data.lock", "OUTPUT_DIR").acquire()  # another writer

@@ -36,7 +36,7 @@ def _tiny_model(seed=0, k=3):
 
 @pytest.mark.compat
 def test_flip_averages_the_probabilities_of_the_image_and_its_mirror():
-    from enet_cli.tta import TTA, tta_probabilities
+    from enet_cli.serving.tta import TTA, tta_probabilities
 
     images = np.random.RandomState(1).rand(2, 8, 12, 3).astype(np.float32)
     logits, by_hand = _tiny_model()
@@ -54,7 +54,7 @@ def test_flip_averages_the_probabilities_of_the_image_and_its_mirror():
 def test_scales_resize_each_view_back_and_weigh_every_view_alike():
     import tensorflow as tf
 
-    from enet_cli.tta import TTA, tta_probabilities
+    from enet_cli.serving.tta import TTA, tta_probabilities
 
     images = np.random.RandomState(2).rand(1, 16, 24, 3).astype(np.float32)
     logits, by_hand = _tiny_model(seed=3)
@@ -74,8 +74,8 @@ def test_scales_resize_each_view_back_and_weigh_every_view_alike():
 
 
 def test_the_tta_option_is_parsed_or_refused_in_one_line():
-    from enet_cli.errors import ConfigError
-    from enet_cli.tta import parse_tta
+    from enet_cli.core.errors import ConfigError
+    from enet_cli.serving.tta import parse_tta
 
     assert parse_tta("flip").model_dump() == {"flip": True, "scales": (1.0,)}
     both = parse_tta("flip,scales=0.75,1,1.25")
@@ -95,10 +95,10 @@ def test_the_tta_option_is_parsed_or_refused_in_one_line():
 def test_evaluate_with_flip_scores_the_hand_computed_predictions(trained_run, small_data, tmp_path):
     import tensorflow as tf
 
-    from enet_cli.config import DataConfig
+    from enet_cli.core.config import DataConfig
+    from enet_cli.data.dataset import make_dataset
     from enet_cli.data.manifest import load_manifest
-    from enet_cli.data.pipeline import make_dataset
-    from enet_cli.inference import load_keras_model
+    from enet_cli.serving.runtimes import load_keras_model
 
     result = run_enet(
         "evaluate", str(trained_run), str(small_data), "--split", "val", "--tta", "flip",

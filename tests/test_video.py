@@ -114,7 +114,7 @@ def test_a_video_gives_the_same_frames_as_predicting_each_png(trained_run, tmp_p
         # and not merely the photo: the tint is there
         photo = blocks(frames_of([frame_png])[0][band])
         assert np.abs(blocks(overlay[k][band]) - photo).mean() > 5 * diff.mean()
-    from enet_cli.video import VideoWriter
+    from enet_cli.serving.video import VideoWriter
 
     writer = VideoWriter(tmp_path / "codec.mp4", (360, 480), Fraction(15))
     for still in stills_through_codec:
@@ -230,7 +230,7 @@ def test_video_without_the_extra_is_one_line_naming_it(trained_run, tmp_path):
 
 @pytest.mark.slow
 def test_the_video_benchmark_times_predicts_whole_path_beside_the_model_alone(trained_run):
-    from enet_cli.benchmark import BenchmarkRequest, What, run_benchmark
+    from enet_cli.workflows.benchmark import BenchmarkRequest, What, run_benchmark
 
     common = dict(model=trained_run, image_size=(96, 128), warmup=1, variants=("keras",))
     video = run_benchmark(

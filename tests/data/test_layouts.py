@@ -29,11 +29,11 @@ from conftest import (
     run_enet,
     shrink_image,
 )
+from enet_cli.core.errors import ConfigError, DataError
 from enet_cli.data.classes import read_classes_file
 from enet_cli.data.layouts.camvid import CAMVID11
 from enet_cli.data.layouts.cityscapes import LABELS, categories, train_classes
 from enet_cli.data.manifest import load_manifest
-from enet_cli.errors import ConfigError, DataError
 
 SIZE = "96x128"  # small: these tests compare pixels, not train
 

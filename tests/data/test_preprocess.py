@@ -23,11 +23,11 @@ from conftest import (
     run_enet,
     shrink_image,
 )
-from enet_cli.config import ConfigError
+from enet_cli.core.config import ConfigError
+from enet_cli.core.errors import DataError, OutputError
 from enet_cli.data.classes import labels_to_classes
 from enet_cli.data.layouts.camvid import CAMVID11
 from enet_cli.data.manifest import load_manifest
-from enet_cli.errors import DataError, OutputError
 
 
 @pytest.mark.compat
@@ -128,7 +128,7 @@ def test_camvid32_keeps_kaggle_classes(tmp_path):
 
 
 def test_one_pass_label_mapping_counts_unknown_colours():
-    from enet_cli.config import PreprocessConfig
+    from enet_cli.core.config import PreprocessConfig
     from enet_cli.data.layouts import open_layout
 
     root = FIXTURES / "camvid-kaggle-mini"
@@ -348,8 +348,8 @@ def test_interrupted_run_leaves_nothing(camvid_segnet_mini, tmp_path, sig):
 def test_a_signal_swallowed_by_a_finalizer_still_stops_preprocessing(monkeypatch):
     """Why preprocess checks for a signal between images: Python drops an exception raised
     while a finalizer runs, so the KeyboardInterrupt of a Ctrl-C landing there is lost."""
+    from enet_cli.core.ui import Interrupts
     from enet_cli.data import preprocess as module
-    from enet_cli.ui import Interrupts
 
     calls = []
     monkeypatch.setattr(module, "convert_example", lambda task: calls.append(task) or task)
@@ -377,7 +377,7 @@ def test_a_signal_swallowed_by_a_finalizer_still_stops_preprocessing(monkeypatch
 
 
 def test_a_sigint_the_parent_ignores_stays_ignored():
-    from enet_cli.ui import Interrupts
+    from enet_cli.core.ui import Interrupts
 
     outer = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for a shell's background job
     try:

@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from conftest import FIXTURES, enet_env, error_lines, last_error_line, run_enet
-from enet_cli.metrics import metric_regex
-from enet_cli.sagemaker import contract
-from enet_cli.sagemaker.contract import ROOT_ENV
+from enet_cli.container import contract
+from enet_cli.container.contract import ROOT_ENV
+from enet_cli.core.metrics import metric_regex
 from moto_aws import (  # noqa: F401 (aws, outbound: fixtures)
     PREFIX,
     REGION,
@@ -181,7 +181,7 @@ def test_invoke_writes_the_pngs_predict_writes_from_the_endpoints_reply(aws, tra
     handler refuses is one line naming it."""
     from tf_serving import Endpoint
 
-    from enet_cli.sagemaker.package import extract_model, pack_model
+    from enet_cli.cloud.package import extract_model, pack_model
 
     env, _ = aws
     tree = extract_model(pack_model(trained_run, tmp_path / "m.tar.gz"), tmp_path / "tree")
@@ -295,7 +295,7 @@ def _ranges_file(directory: Path, batches) -> Path:
 
 
 def test_tune_creates_the_tuning_job_around_launchs_training_job(aws, small_data, tmp_path):
-    from enet_cli.config import load_config
+    from enet_cli.train.settings import load_config
 
     env, _ = aws
     name = "enet-test-tune"

@@ -13,7 +13,7 @@ from PIL import Image
 from tf_serving import Request, serve
 
 from conftest import FIXTURES
-from enet_cli.sagemaker.package import extract_model, pack_model
+from enet_cli.cloud.package import extract_model, pack_model
 
 PHOTOS = sorted((FIXTURES / "camvid-segnet-mini" / "val").glob("*.png"))[:2]
 
@@ -49,8 +49,8 @@ def test_the_tarball_is_in_the_containers_layout_and_anonymous(packed):
     }
     for name in (
         "1/saved_model.pb", "1/enet.json", "enet.json", "code/inference.py",
-        "code/requirements.txt", "code/enet.json", "code/enet_cli/sagemaker/handler.py",
-        "code/enet_cli/preprocessor.py", "code/enet_cli/pictures.py",
+        "code/requirements.txt", "code/enet.json", "code/enet_cli/container/handler.py",
+        "code/enet_cli/pixels/preprocessor.py", "code/enet_cli/pixels/drawing.py",
     ):  # fmt: skip
         assert name in names, name
     assert not any(n.startswith(("/", "..")) or "/../" in n for n in names)
@@ -147,7 +147,7 @@ def test_a_wrong_npy_array_is_refused_with_its_shape(packed):
 
 
 def test_an_archive_reaching_outside_is_not_unpacked(tmp_path):
-    from enet_cli.errors import DataError
+    from enet_cli.core.errors import DataError
 
     evil = tmp_path / "evil.tar.gz"
     with tarfile.open(evil, "w:gz") as tar:

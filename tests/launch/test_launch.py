@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, REPO, enet_env, error_lines, preprocess_to
-from enet_cli.metrics import METRICS_PREFIX, metric_definitions
-from enet_cli.sagemaker.contract import FOREIGN_HYPERPARAMETERS, ROOT_ENV
+from enet_cli.container.contract import FOREIGN_HYPERPARAMETERS, ROOT_ENV
+from enet_cli.core.metrics import METRICS_PREFIX, metric_definitions
 from moto_aws import (  # noqa: F401 (aws, outbound: fixtures)
     PREFIX,
     REGION,
@@ -116,7 +116,8 @@ def test_launch_creates_the_job_the_mode_needs(aws, small_data, case):
     for key, value in extra_hyperparameters.items():
         assert hyperparameters[key] == value, key
     # Every other training setting passes through, and parses back with the same models.
-    from enet_cli.config import LOCAL_SETTINGS, EnetConfig, load_config
+    from enet_cli.core.config import LOCAL_SETTINGS, EnetConfig
+    from enet_cli.train.settings import load_config
 
     for absent in ("data_dir", "run_dir", "local_workers", "log_format"):
         assert absent not in hyperparameters and absent in LOCAL_SETTINGS
@@ -438,9 +439,10 @@ def _uploaded_job(env, clients, small_data, tmp_path):
 
 def _staged_job(tmp_path, train=None, runtime=None, launch=None):
     """The source staged as launch stages it, hyperparameters encoded as SDK 2 does."""
-    from enet_cli.config import LaunchConfig, load_config
-    from enet_cli.sagemaker.plan import make_plan
-    from enet_cli.sagemaker.source import stage_source
+    from enet_cli.cloud.plan import make_plan
+    from enet_cli.cloud.settings import LaunchConfig
+    from enet_cli.cloud.source import stage_source
+    from enet_cli.train.settings import load_config
 
     settings = {"train": {"epochs": 1, "batch_size": 4, **(train or {})}}
     if runtime:
@@ -516,8 +518,8 @@ def test_entry_install_keeps_the_container_tensorflow(tmp_path, monkeypatch):
     environment - the container stand-in of its job (TF 2.6 / 2.11 / current): it installs
     enet-cli and nothing of TensorFlow."""
     import enet_cli
-    from enet_cli.sagemaker import entry
-    from enet_cli.sagemaker.source import stage_source
+    from enet_cli.cloud.source import stage_source
+    from enet_cli.container import entry
 
     monkeypatch.setattr(enet_cli, "__version__", enet_cli.__version__ + ".post999")  # a new one
     code = stage_source(tmp_path / "code")
@@ -540,7 +542,7 @@ def test_entry_install_keeps_the_container_tensorflow(tmp_path, monkeypatch):
 @pytest.mark.compat
 def test_dockerfile_matches_the_launch_defaults_and_the_entry_script():
     """No Docker engine here: check the Dockerfile against the code it builds on."""
-    from enet_cli.sagemaker.source import ENTRY_SCRIPT
+    from enet_cli.cloud.source import ENTRY_SCRIPT
     from enet_cli.train.engines.table import all_specs
 
     text = (REPO / "Dockerfile").read_text()
@@ -550,7 +552,7 @@ def test_dockerfile_matches_the_launch_defaults_and_the_entry_script():
             assert bases[spec.mode.value] == f"{spec.framework_version}-gpu-{spec.py_version}"
     assert f"SAGEMAKER_PROGRAM={ENTRY_SCRIPT}" in text
     assert f"python /opt/ml/code/{ENTRY_SCRIPT} --install-only" in text
-    assert "COPY build/source/ /opt/ml/code/" in text  # python -m enet_cli.sagemaker.source
+    assert "COPY build/source/ /opt/ml/code/" in text  # python -m enet_cli.cloud.source
     assert "ENTRYPOINT" not in text  # AWS's entry point runs the training toolkit
 
 

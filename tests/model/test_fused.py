@@ -11,8 +11,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from enet_cli.backend import keras, tf
-from enet_cli.config import ModelConfig
+from enet_cli.core.backend import keras, tf
+from enet_cli.core.config import ModelConfig
 from enet_cli.model import build_enet, fused
 from enet_cli.model.ops import BlockPReLU
 from enet_cli.train.optim import seed_everything

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import enet_env
-from enet_cli.backend import keras, tf
+from enet_cli.core.backend import keras, tf
 from enet_cli.model.layers import (
     Bottleneck,
     DownsamplingBottleneck,
@@ -215,7 +215,7 @@ def test_spatial_dropout_drops_whole_channels_and_replays_after_restore():
 SYNC_BN_PROBE = r"""
 import json
 import numpy as np
-from enet_cli.backend import tf
+from enet_cli.core.backend import tf
 from enet_cli.model.ops import SyncBatchNorm
 
 cpu = tf.config.list_physical_devices("CPU")[0]

@@ -9,8 +9,8 @@ LeakyReLU (was the learned PReLU).
 import numpy as np
 import pytest
 
-from enet_cli.backend import tf
-from enet_cli.config import ModelConfig
+from enet_cli.core.backend import tf
+from enet_cli.core.config import ModelConfig
 from enet_cli.model import build_enet
 from enet_cli.model.layers import FullConv
 from enet_cli.model.ops import BlockPReLU

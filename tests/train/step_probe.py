@@ -11,14 +11,14 @@ import sys
 
 import numpy as np
 
-from enet_cli.backend import keras, tf
+from enet_cli.core.backend import keras, tf
 
 SIZE = (24, 32)
 CLASSES = 11
 
 
 def make_engine(name: str):
-    from enet_cli.config import RuntimeConfig
+    from enet_cli.core.config import RuntimeConfig
     from enet_cli.train.engines.base import StrategyEngine
 
     if name == "single":
@@ -47,7 +47,7 @@ def two_steps(engine):
     """The applied gradients (w0 - w1) of one step from the same weights and batch, first
     unclipped, then clipped to a quarter of that gradient's global norm: one traced step,
     the clip norm a variable, the weights put back in between."""
-    from enet_cli.config import ModelConfig
+    from enet_cli.core.config import ModelConfig
     from enet_cli.train.optim import seed_everything
     from enet_cli.train.step import Update
     from enet_cli.train.task import SegmentationTask

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, checkpoint_values, enet_env, error_lines, run_enet
-from enet_cli.sagemaker.contract import ROOT_ENV
+from enet_cli.container.contract import ROOT_ENV
 
 STAND_INS = REPO / "tests" / "stand_ins"
 NO_DROPOUT = ("--dropout", "0", "--stage1-dropout", "0")
@@ -33,8 +33,8 @@ def smddp_importable(monkeypatch):
 
 @pytest.mark.compat
 def test_engine_choice_follows_mode_and_library(smddp_importable):
-    from enet_cli.config import EngineChoice, RuntimeConfig
-    from enet_cli.errors import ConfigError
+    from enet_cli.core.config import EngineChoice, RuntimeConfig
+    from enet_cli.core.errors import ConfigError
     from enet_cli.train.engines import resolve_engine
 
     assert resolve_engine(RuntimeConfig(mode="ddp")) == EngineChoice.smddp  # auto: it imports
@@ -48,7 +48,7 @@ def test_engine_choice_follows_mode_and_library(smddp_importable):
 
 @pytest.mark.compat
 def test_auto_is_tensorflow_without_the_library():
-    from enet_cli.config import EngineChoice, RuntimeConfig
+    from enet_cli.core.config import EngineChoice, RuntimeConfig
     from enet_cli.train.engines import resolve_engine
 
     assert resolve_engine(RuntimeConfig(mode="ddp")) == EngineChoice.tf
@@ -217,7 +217,7 @@ def test_two_workers_step_equals_one_process_at_the_global_batch(
     assert (single / "checkpoints" / "ckpt-2.index").is_file()
     assert json.loads((single / "metrics.json").read_text())["steps"] == 2
     # --scale-lr: step 2 moved the weights with 2 x the learning rate (2 replicas).
-    from enet_cli.config import TrainConfig
+    from enet_cli.core.config import TrainConfig
 
     lr = _adam_step_learning_rate(
         checkpoint_values(single / "checkpoints", "ckpt-1"),

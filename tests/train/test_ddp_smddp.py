@@ -110,10 +110,10 @@ def test_smddp_engine_two_ranks_average_gradients_and_only_rank_0_writes(small_d
 
 
 def _smddp_reference_step(data_dir: Path, seed: int) -> dict:
-    from enet_cli.backend import tf
-    from enet_cli.config import ClassWeighting, DataConfig, ModelConfig
+    from enet_cli.core.backend import tf
+    from enet_cli.core.config import ClassWeighting, DataConfig, ModelConfig
+    from enet_cli.data.dataset import make_dataset
     from enet_cli.data.manifest import load_manifest
-    from enet_cli.data.pipeline import make_dataset
     from enet_cli.model import build_enet
     from enet_cli.train.optim import seed_everything
     from enet_cli.train.task import build_task

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 
 from conftest import checkpoint_values, fit_quietly, train_config
+from enet_cli.core.errors import ConfigError, DataError, TrainingError
+from enet_cli.core.metrics import parse_metrics_line
 from enet_cli.data.manifest import load_manifest
-from enet_cli.errors import ConfigError, DataError, TrainingError
-from enet_cli.metrics import parse_metrics_line
 
 
 def majority_baseline_miou(data_dir) -> float:
     """Val mean IoU of always predicting the most frequent train class."""
     import tensorflow as tf
 
-    from enet_cli.data.pipeline import FEATURES
+    from enet_cli.data.dataset import FEATURES
 
     manifest = load_manifest(data_dir)
     major = int(np.argmax(manifest.train_pixel_histogram))
@@ -133,7 +133,7 @@ def test_mixed_precision_trains_and_exports_float32(small_data, tmp_path, precis
     )
     losses = [epoch["loss"] for epoch in summary["history"]]
     assert len(losses) == 3 and losses[-1] < losses[0], losses  # it learns
-    from enet_cli.inference import load_predictor
+    from enet_cli.serving.runtimes import load_predictor
 
     predictor = load_predictor(tmp_path / precision)
     import tensorflow as tf
@@ -141,7 +141,7 @@ def test_mixed_precision_trains_and_exports_float32(small_data, tmp_path, precis
     logits = predictor.logits(tf.zeros((1, 96, 128, 3)))
     assert logits.dtype == tf.float32 and np.isfinite(logits.numpy()).all()
     # the global policy is restored for whatever runs next in this process
-    from enet_cli.backend import keras
+    from enet_cli.core.backend import keras
 
     assert keras.mixed_precision.global_policy().name == "float32"
 
@@ -149,8 +149,8 @@ def test_mixed_precision_trains_and_exports_float32(small_data, tmp_path, precis
 def _first_batch_cross_entropy(data_dir, seed: int):
     """Per-pixel cross-entropy of the first training batch under the seeded initial model,
     and the pixels' labels (non-void only), computed here in float64."""
-    from enet_cli.config import DataConfig, ModelConfig
-    from enet_cli.data.pipeline import make_dataset
+    from enet_cli.core.config import DataConfig, ModelConfig
+    from enet_cli.data.dataset import make_dataset
     from enet_cli.model import build_enet
     from enet_cli.train.optim import seed_everything
 
@@ -203,7 +203,7 @@ def test_cosine_schedule_and_mid_epoch_validation(small_data, tmp_path, capsys):
     run's steps, and --val-every-steps validating inside epochs (not again at their ends)."""
     import math
 
-    from enet_cli.metrics import parse_metrics_line
+    from enet_cli.core.metrics import parse_metrics_line
 
     capsys.readouterr()
     summary = fit_quietly(

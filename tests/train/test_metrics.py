@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from enet_cli.metrics import (
+from enet_cli.core.metrics import (
     METRIC_KEYS,
     confusion_matrix,
     format_metrics_line,

@@ -17,7 +17,7 @@ from conftest import (
     error_lines,
     run_enet,
 )
-from enet_cli.metrics import parse_metrics_line
+from enet_cli.core.metrics import parse_metrics_line
 
 NO_DROPOUT = ("--dropout", "0", "--stage1-dropout", "0")
 
@@ -50,7 +50,7 @@ def test_balanced_cuts_are_optimal_and_contiguous():
 @pytest.mark.compat
 @pytest.mark.parametrize("partitions", [2, 3, 4])
 def test_stage_plan_covers_every_block_once_in_order_and_is_balanced(partitions):
-    from enet_cli.config import ModelConfig
+    from enet_cli.core.config import ModelConfig
     from enet_cli.model.enet import build_enet, model_blocks
     from enet_cli.model.summary import summarize
     from enet_cli.train.engines.pipeline import plan_stages
@@ -134,10 +134,10 @@ def test_two_microbatches_accumulate_the_microbatch_gradients_and_train(small_da
 
 
 def _reference(data_dir, seed):
-    from enet_cli.backend import tf
-    from enet_cli.config import ClassWeighting, DataConfig, ModelConfig
+    from enet_cli.core.backend import tf
+    from enet_cli.core.config import ClassWeighting, DataConfig, ModelConfig
+    from enet_cli.data.dataset import make_dataset
     from enet_cli.data.manifest import load_manifest
-    from enet_cli.data.pipeline import make_dataset
     from enet_cli.model import build_enet
     from enet_cli.train.optim import seed_everything
     from enet_cli.train.task import build_task
@@ -180,8 +180,8 @@ def test_batch_must_divide_into_microbatches(small_data, tmp_path):
 PLACEMENT_PROBE = r"""
 import json, sys
 import numpy as np
-from enet_cli.backend import tf
-from enet_cli.config import ModelConfig, RuntimeConfig, TrainConfig
+from enet_cli.core.backend import tf
+from enet_cli.core.config import ModelConfig, RuntimeConfig, TrainConfig
 from enet_cli.train.engines.pipeline import PipelineEngine
 from enet_cli.train.optim import build_update
 from enet_cli.train.task import SegmentationTask

@@ -11,7 +11,7 @@ import pytest
 from test_mp import _reference, is_slot, relative_error
 
 from conftest import REPO, assert_same_logits, checkpoint_values, fit_quietly, train_config
-from enet_cli.sagemaker.contract import ROOT_ENV
+from enet_cli.container.contract import ROOT_ENV
 
 pytestmark = pytest.mark.smp  # the SMP container's TensorFlow: the Python 3.8 + TF 2.6 job
 STAND_INS = REPO / "tests" / "stand_ins"
@@ -98,9 +98,11 @@ def test_an_smp_run_serves_wherever_a_whole_one_does(smp, small_data, tmp_path):
     """An SMP run's partitioned checkpoints, merged, give the same predictions as the
     SavedModel it exported (the best weights), resume in single mode, and convert to whole
     checkpoints with `enet export --format checkpoint`."""
-    from enet_cli.evaluate import evaluate
-    from enet_cli.export import ExportFormat, ExportRequest, export_model
-    from enet_cli.inference import load_predictor
+    from enet_cli.core.formats import ModelFormat
+    from enet_cli.serving.evaluate import evaluate
+    from enet_cli.serving.export import ExportRequest
+    from enet_cli.serving.runtimes import load_predictor
+    from enet_cli.train.state import export_checkpoints
 
     run = tmp_path / "smp"
     # Batch 6 in 3 microbatches: the val split's last batch (8 = 6 + 2) is padded to 3.
@@ -120,8 +122,8 @@ def test_an_smp_run_serves_wherever_a_whole_one_does(smp, small_data, tmp_path):
     )
 
     whole = tmp_path / "whole"
-    export_model(
-        ExportRequest(source=run, out=whole, format=ExportFormat.checkpoint, data_dir=None)
+    export_checkpoints(
+        ExportRequest(source=run, out=whole, format=ModelFormat.checkpoint, data_dir=None)
     )
     converted = checkpoint_values(whole)
     merged = checkpoint_values(run / "checkpoints")
@@ -157,8 +159,8 @@ def test_smp_ranks_other_than_zero_write_only_their_partition(
 
 @pytest.mark.compat
 def test_smp_parameters_come_from_sagemaker(smp, tmp_path, monkeypatch):
-    from enet_cli.config import RuntimeConfig
-    from enet_cli.errors import ConfigError
+    from enet_cli.core.config import RuntimeConfig
+    from enet_cli.core.errors import ConfigError
     from enet_cli.train.engines import get_engine
 
     runtime = RuntimeConfig(mode="mp", partitions=2, microbatches=1)
@@ -188,8 +190,8 @@ def test_smp_parameters_come_from_sagemaker(smp, tmp_path, monkeypatch):
 
 @pytest.mark.compat
 def test_smp_engine_without_the_library_says_where_it_exists():
-    from enet_cli.config import RuntimeConfig
-    from enet_cli.errors import EnvironmentProblem
+    from enet_cli.core.config import RuntimeConfig
+    from enet_cli.core.errors import EnvironmentProblem
     from enet_cli.train.engines import get_engine
 
     with pytest.raises(EnvironmentProblem, match=r"exists only in SageMaker's TensorFlow 2\.6"):

@@ -7,7 +7,7 @@ import pytest
 
 
 def _state(optimizer, directory, seed):
-    from enet_cli.config import ModelConfig
+    from enet_cli.core.config import ModelConfig
     from enet_cli.model import build_enet
     from enet_cli.train.optim import seed_everything
     from enet_cli.train.state import TrainState, create_slots
@@ -21,8 +21,8 @@ def _state(optimizer, directory, seed):
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
 def test_a_checkpoint_of_the_newer_keras_adam_resumes_with_its_moments(tmp_path, precision):
-    from enet_cli.backend import keras, tf
-    from enet_cli.config import Precision, TrainConfig
+    from enet_cli.core.backend import keras, tf
+    from enet_cli.core.config import Precision, TrainConfig
     from enet_cli.train.optim import build_optimizer
 
     schedule = keras.optimizers.schedules.PiecewiseConstantDecay([2**62], [1e-3, 1e-3])

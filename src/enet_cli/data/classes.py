@@ -14,7 +14,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from enet_cli.errors import DataError
+from enet_cli.core.errors import DataError
 
 Color = Tuple[int, int, int]
 MIN_CLASSES = 2

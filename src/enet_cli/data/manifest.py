@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from enet_cli.errors import DataError
+from enet_cli.core.errors import DataError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"

@@ -27,8 +27,12 @@ from typing import Deque, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 import numpy as np
 from PIL import Image
 
-from enet_cli import __version__, outputs
-from enet_cli.config import PreprocessConfig
+from enet_cli import __version__
+from enet_cli.core import outputs
+from enet_cli.core.config import PreprocessConfig
+from enet_cli.core.errors import DataError, Interrupted
+from enet_cli.core.processes import die_with_parent
+from enet_cli.core.ui import Interrupts, info, track, warn
 from enet_cli.data.classes import (
     ClassScheme,
     enet_class_weights,
@@ -45,10 +49,7 @@ from enet_cli.data.manifest import (
     file_sha256,
     write_manifest,
 )
-from enet_cli.errors import DataError, Interrupted
-from enet_cli.preprocessor import resize_classes, resize_image
-from enet_cli.processes import die_with_parent
-from enet_cli.ui import Interrupts, info, track, warn
+from enet_cli.pixels.preprocessor import resize_classes, resize_image
 
 MAX_UNKNOWN_FRACTION = 0.001  # unexplained label pixels tolerated per split (become void)
 RECORDS_PER_SHARD = 32
@@ -359,7 +360,7 @@ def _write_split(
     pool,
     interrupts: Interrupts,
 ) -> _SplitResult:
-    from enet_cli.backend import tf
+    from enet_cli.core.backend import tf
 
     start = time.monotonic()
     shards = min(cfg.shards or default_shards(len(tasks)), len(tasks))
@@ -458,7 +459,7 @@ def preprocess(cfg: PreprocessConfig) -> Tuple[Manifest, Layout, List[SplitRepor
 @contextlib.contextmanager
 def _writing(out: Path) -> Iterator[None]:
     """A full disk or a vanished directory while shards are written: one line."""
-    from enet_cli.backend import tf
+    from enet_cli.core.backend import tf
 
     try:
         yield

@@ -1,4 +1,7 @@
-"""The ENet graph: `build_enet` and its layers."""
+"""The ENet graph: `build_enet` and its layers.
+
+Layer 3 (beside data/): imports core/ only.
+"""
 
 from enet_cli.model.enet import build_enet
 

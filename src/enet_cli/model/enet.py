@@ -31,9 +31,9 @@ Where we differ, and why:
 import contextlib
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from enet_cli.backend import keras, tf
-from enet_cli.config import SIZE_MULTIPLE, ModelConfig, model_size
-from enet_cli.errors import ConfigError
+from enet_cli.core.backend import keras, tf
+from enet_cli.core.config import SIZE_MULTIPLE, ModelConfig, model_size
+from enet_cli.core.errors import ConfigError
 from enet_cli.model.layers import (
     Bottleneck,
     DownsamplingBottleneck,

@@ -29,7 +29,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
-from enet_cli.backend import tf
+from enet_cli.core.backend import tf
 
 SOURCE = Path(__file__).parent / "csrc" / "prelu.cc"
 BUILD_TIMEOUT_S = 600
@@ -91,7 +91,7 @@ def build(source: Path = SOURCE) -> Path:
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (set CXX)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    from enet_cli import ui
+    from enet_cli.core import ui
 
     ui.info(f"compiling the fused {source.stem} kernel for TensorFlow {tf.__version__} (once)")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)

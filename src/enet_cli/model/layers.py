@@ -10,7 +10,7 @@ Shapes are NHWC. Spatial sizes may be unknown (None): every op here works on dyn
 
 from typing import List
 
-from enet_cli.backend import keras, tf
+from enet_cli.core.backend import keras, tf
 from enet_cli.model.ops import (
     MaxUnpool2D,
     Shape,

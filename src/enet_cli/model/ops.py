@@ -13,7 +13,7 @@ Shapes are NHWC; spatial sizes may be unknown (None).
 
 from typing import Optional, Tuple
 
-from enet_cli.backend import keras, tf
+from enet_cli.core.backend import keras, tf
 from enet_cli.model import fused
 
 Shape = Tuple[Optional[int], ...]

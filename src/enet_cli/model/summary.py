@@ -8,7 +8,7 @@ from typing import List, NamedTuple, Tuple
 
 import numpy as np
 
-from enet_cli.backend import keras
+from enet_cli.core.backend import keras
 
 
 class BlockRow(NamedTuple):

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import IO, List, Optional
 
-from enet_cli import ui
-from enet_cli.errors import PeerLost, TrainingError
-from enet_cli.processes import die_with_parent
+from enet_cli.core import ui
+from enet_cli.core.errors import PeerLost, TrainingError
+from enet_cli.core.processes import die_with_parent
 
 WORKER_ENV = "ENET_LOCAL_WORKER"  # set in workers: they train instead of launching again
 POLL_SECONDS = 0.2

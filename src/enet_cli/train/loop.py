@@ -14,15 +14,15 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from enet_cli import outputs, ui
-from enet_cli.artifacts import RunMeta, RunPaths
-from enet_cli.backend import keras, tf
-from enet_cli.checkpoints import find_checkpoint
-from enet_cli.config import EnetConfig, Precision, model_size
+from enet_cli.artifacts.checkpoints import find_checkpoint
+from enet_cli.artifacts.run import RunMeta, RunPaths
+from enet_cli.core import outputs, ui
+from enet_cli.core.backend import keras, tf
+from enet_cli.core.config import EnetConfig, Precision, model_size
+from enet_cli.core.errors import Interrupted, PeerLost, TrainingError
+from enet_cli.core.metrics import segmentation_metrics
+from enet_cli.data.dataset import check_data, make_dataset, reading_shards
 from enet_cli.data.manifest import Manifest, check_batch_size, load_manifest
-from enet_cli.data.pipeline import check_data, make_dataset, reading_shards
-from enet_cli.errors import Interrupted, PeerLost, TrainingError
-from enet_cli.metrics import segmentation_metrics
 from enet_cli.model import fused
 from enet_cli.train.engines.base import Engine
 from enet_cli.train.engines.table import check_microbatches
@@ -333,7 +333,7 @@ def _evaluate(eval_step, dataset, task, engine: Engine) -> Dict[str, object]:
 def _finish(run: _Training) -> Dict[str, object]:
     """The end of training: export the best weights as a SavedModel, write metrics.json and
     classes.json."""
-    from enet_cli.export import export_saved_model
+    from enet_cli.serving.export import export_saved_model
 
     state, engine, paths, meta = run.state, run.engine, run.paths, run.meta
     summary: Dict[str, object] = {

@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import numpy as np
 
-from enet_cli.backend import keras, tf
-from enet_cli.config import LRSchedule, Precision, TrainConfig
+from enet_cli.core.backend import keras, tf
+from enet_cli.core.config import LRSchedule, Precision, TrainConfig
 from enet_cli.train.step import Update
 
 

@@ -9,10 +9,10 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from enet_cli import outputs, ui
-from enet_cli.backend import tf
-from enet_cli.config import LogFormat
-from enet_cli.metrics import format_metrics_line
+from enet_cli.core import outputs, ui
+from enet_cli.core.backend import tf
+from enet_cli.core.config import LogFormat
+from enet_cli.core.metrics import format_metrics_line
 
 # (key, heading, width, format) of a table row; a missing value is "-".
 COLUMNS = (
@@ -49,7 +49,7 @@ def table_wanted(log_format: LogFormat) -> bool:
     SageMaker's log stream included (its metric regexes read them)."""
     if log_format != LogFormat.auto:
         return log_format == LogFormat.table
-    from enet_cli.sagemaker.contract import in_sagemaker
+    from enet_cli.container.contract import in_sagemaker
 
     return ui.stdout.is_terminal and not in_sagemaker()
 

@@ -9,11 +9,12 @@ settings layer, and a one-line failure reason in /opt/ml/output/failure.
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from enet_cli import outputs
-from enet_cli.artifacts import RunPaths, local_paths
-from enet_cli.config import EnetConfig, load_config
-from enet_cli.errors import ConfigError, EnetError
-from enet_cli.sagemaker import contract
+from enet_cli.artifacts.run import RunPaths, local_paths
+from enet_cli.container import contract
+from enet_cli.core import outputs
+from enet_cli.core.config import EnetConfig
+from enet_cli.core.errors import ConfigError, EnetError
+from enet_cli.train.settings import load_config
 
 
 def prepare_run(

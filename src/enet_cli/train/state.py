@@ -12,16 +12,18 @@ size), so evaluate/predict need nothing else and a resume can refuse a mismatch 
 from pathlib import Path
 from typing import Optional, Tuple
 
-from enet_cli.artifacts import RunMeta
-from enet_cli.backend import tf
-from enet_cli.checkpoints import (
+from enet_cli.artifacts.checkpoints import (
     BEST,
     FoundCheckpoint,
     check_model_complete,
     find_checkpoint,
 )
-from enet_cli.checkpoints import restore as restore_found
-from enet_cli.errors import ConfigError, DataError, TrainingError
+from enet_cli.artifacts.checkpoints import restore as restore_found
+from enet_cli.artifacts.run import RunMeta
+from enet_cli.core import outputs
+from enet_cli.core.backend import tf
+from enet_cli.core.errors import ConfigError, DataError, TrainingError
+from enet_cli.serving.export import ExportReport, ExportRequest, size_on_disk
 
 # The loop's own variables: a resume reads them from the checkpoint file before the first
 # step, since SMP restores the checkpoint itself only during that step.
@@ -229,8 +231,8 @@ def convert_to_whole(directory: Path, out: Path) -> FoundCheckpoint:
     checkpoints in `out` (ckpt-<step>, best/, enet.json, history.json): what an SMP run's
     per-partition checkpoints become for anything that reads one checkpoint. Everything is
     kept: weights, optimizer slots and step, the loop's position."""
-    from enet_cli.backend import keras
-    from enet_cli.config import Precision, TrainConfig
+    from enet_cli.core.backend import keras
+    from enet_cli.core.config import Precision, TrainConfig
     from enet_cli.model import build_enet
     from enet_cli.train.optim import build_optimizer
 
@@ -268,3 +270,21 @@ def convert_to_whole(directory: Path, out: Path) -> FoundCheckpoint:
     if history.is_file():
         (out / "history.json").write_bytes(history.read_bytes())
     return found
+
+
+def export_checkpoints(request: ExportRequest) -> ExportReport:
+    """A run's checkpoints (either layout) as whole checkpoints in `request.out`."""
+    source = Path(request.source)
+    directory = source / "checkpoints" if (source / "checkpoints").is_dir() else source
+    with outputs.claim(
+        Path(request.out), "export", request.force, [request.source], "--out"
+    ) as staged:
+        convert_to_whole(directory, staged.path)
+        out = staged.publish()
+    return ExportReport(
+        path=out,
+        format=request.format,
+        quantize=request.quantize,
+        image_size=None,
+        size_bytes=size_on_disk(out),
+    )

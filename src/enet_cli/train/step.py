@@ -17,7 +17,7 @@ to. Clipping, weight decay or another optimizer change here, once, for every mod
 
 from typing import List, Optional
 
-from enet_cli.backend import keras, tf
+from enet_cli.core.backend import keras, tf
 
 
 def objective(task, logits, labels, total_weight):

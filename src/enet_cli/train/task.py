@@ -10,11 +10,11 @@ from typing import List, NamedTuple, Sequence
 
 import numpy as np
 
-from enet_cli.backend import tf
-from enet_cli.config import ClassWeighting
+from enet_cli.core.backend import tf
+from enet_cli.core.config import ClassWeighting
+from enet_cli.core.errors import DataError
+from enet_cli.core.metrics import confusion_matrix
 from enet_cli.data.manifest import Manifest
-from enet_cli.errors import DataError
-from enet_cli.metrics import confusion_matrix
 
 
 class SegmentationTask(NamedTuple):

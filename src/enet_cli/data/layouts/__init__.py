@@ -3,13 +3,13 @@
 from pathlib import Path
 from typing import Dict, Type
 
-from enet_cli.config import PreprocessConfig
+from enet_cli.core.config import PreprocessConfig
+from enet_cli.core.errors import ConfigError, DataError
 from enet_cli.data.layouts.base import Layout, Pair, Split
 from enet_cli.data.layouts.camvid import CamVidKaggle, CamVidSegNet
 from enet_cli.data.layouts.cityscapes import Cityscapes
 from enet_cli.data.layouts.folders import Folders
 from enet_cli.data.layouts.voc import Voc
-from enet_cli.errors import ConfigError, DataError
 
 LAYOUTS: Dict[str, Type[Layout]] = {
     layout.name: layout for layout in (CamVidKaggle, CamVidSegNet, Cityscapes, Voc, Folders)

@@ -7,9 +7,9 @@ No TensorFlow here: preprocessing workers import these modules and must start fa
 from pathlib import Path
 from typing import Callable, ClassVar, Dict, List, NamedTuple, Optional
 
-from enet_cli.config import PreprocessConfig
+from enet_cli.core.config import PreprocessConfig
+from enet_cli.core.errors import DataError
 from enet_cli.data.classes import ClassScheme
-from enet_cli.errors import DataError
 
 SPLITS = ("train", "val", "test")
 REQUIRED_SPLITS = ("train", "val")

@@ -8,6 +8,7 @@
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+from enet_cli.core.errors import ConfigError, DataError
 from enet_cli.data.classes import (
     ClassRow,
     ClassScheme,
@@ -17,7 +18,6 @@ from enet_cli.data.classes import (
     scheme_from_rows,
 )
 from enet_cli.data.layouts.base import SPLITS, Layout, Split, images_in, match_pairs
-from enet_cli.errors import ConfigError, DataError
 
 # The 11 classes of SegNet's CamVid and of the ENet paper, in SegNet's index order,
 # with SegNet's palette (used for colouring predictions).

@@ -13,9 +13,9 @@ labels are all 0 (unlabeled): it is kept without labels, for `enet predict` only
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Tuple
 
+from enet_cli.core.errors import ConfigError, DataError
 from enet_cli.data.classes import ClassScheme, Color
 from enet_cli.data.layouts.base import SPLITS, Layout, Pair, Split, images_in, match_pairs
-from enet_cli.errors import ConfigError, DataError
 
 
 class Label(NamedTuple):

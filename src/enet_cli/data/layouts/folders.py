@@ -17,10 +17,10 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from enet_cli.core.errors import DataError
+from enet_cli.core.ui import info
 from enet_cli.data.classes import ClassRow, ClassScheme, read_classes_file, scheme_from_rows
 from enet_cli.data.layouts.base import SPLITS, Layout, Pair, Split, images_in, match_pairs
-from enet_cli.errors import DataError
-from enet_cli.ui import info
 
 
 class Folders(Layout):

@@ -13,6 +13,7 @@ through the classes' colours.
 from pathlib import Path
 from typing import Dict, List
 
+from enet_cli.core.errors import DataError
 from enet_cli.data.classes import (
     ClassRow,
     ClassScheme,
@@ -22,7 +23,6 @@ from enet_cli.data.classes import (
     voc_colormap,
 )
 from enet_cli.data.layouts.base import IMAGE_SUFFIXES, SPLITS, Layout, Pair, Split
-from enet_cli.errors import DataError
 
 VOC_CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",

@@ -7,7 +7,7 @@
 | mp     | smp when smdistributed.modelparallel imports    | smp, tf        |
 """
 
-from enet_cli.config import EngineChoice, Mode, RuntimeConfig
+from enet_cli.core.config import EngineChoice, Mode, RuntimeConfig
 from enet_cli.train.engines.table import resolve
 
 

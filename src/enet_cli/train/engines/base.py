@@ -17,8 +17,8 @@ from typing import Callable, Dict, Iterable, Optional
 
 import numpy as np
 
-from enet_cli.backend import keras, tf
-from enet_cli.config import ModelConfig
+from enet_cli.core.backend import keras, tf
+from enet_cli.core.config import ModelConfig
 from enet_cli.model import build_enet
 from enet_cli.train.state import CheckpointBackend, create_slots
 from enet_cli.train.step import Update, objective

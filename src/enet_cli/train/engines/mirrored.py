@@ -10,10 +10,10 @@ import json
 import os
 from typing import Any, Dict, Optional
 
-from enet_cli import ui
-from enet_cli.backend import tf
-from enet_cli.config import RuntimeConfig
-from enet_cli.sagemaker import contract
+from enet_cli.container import contract
+from enet_cli.core import ui
+from enet_cli.core.backend import tf
+from enet_cli.core.config import RuntimeConfig
 from enet_cli.train.engines.base import StrategyEngine
 
 

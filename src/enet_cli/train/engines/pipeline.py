@@ -18,10 +18,10 @@ memory. Without SageMaker's SMP library the engine does what SMP v1 does, by han
 
 from typing import List, NamedTuple, Sequence
 
-from enet_cli import ui
-from enet_cli.backend import keras, tf
-from enet_cli.config import PipelineSchedule, RuntimeConfig
-from enet_cli.errors import ConfigError, EnvironmentProblem
+from enet_cli.core import ui
+from enet_cli.core.backend import keras, tf
+from enet_cli.core.config import PipelineSchedule, RuntimeConfig
+from enet_cli.core.errors import ConfigError, EnvironmentProblem
 from enet_cli.model.enet import INPUT, build_enet, model_blocks, run_blocks
 from enet_cli.model.summary import summarize
 from enet_cli.train.engines.base import Engine

@@ -1,6 +1,6 @@
 """One process, one device: TensorFlow's default strategy (a GPU when there is one)."""
 
-from enet_cli.backend import tf
+from enet_cli.core.backend import tf
 from enet_cli.train.engines.base import StrategyEngine
 
 

@@ -22,8 +22,8 @@ from typing import Dict
 
 import numpy as np
 
-from enet_cli.backend import tf
-from enet_cli.errors import EnvironmentProblem
+from enet_cli.core.backend import tf
+from enet_cli.core.errors import EnvironmentProblem
 from enet_cli.model.ops import SpatialDropout
 from enet_cli.train.engines.base import Engine
 from enet_cli.train.step import objective

@@ -25,13 +25,13 @@ import importlib
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from enet_cli.backend import tf
-from enet_cli.checkpoints import SMP, SMP_BEST, FoundCheckpoint, find_checkpoint
-from enet_cli.config import RuntimeConfig
-from enet_cli.errors import ConfigError, EnvironmentProblem
+from enet_cli.artifacts.checkpoints import SMP, SMP_BEST, FoundCheckpoint, find_checkpoint
+from enet_cli.container.contract import mp_parameters
+from enet_cli.core.backend import tf
+from enet_cli.core.config import RuntimeConfig
+from enet_cli.core.errors import ConfigError, EnvironmentProblem
 from enet_cli.model import build_enet
 from enet_cli.model.ops import SpatialDropout
-from enet_cli.sagemaker.contract import mp_parameters
 from enet_cli.train.engines.base import Engine
 from enet_cli.train.state import CheckpointBackend, create_slots
 from enet_cli.train.step import objective

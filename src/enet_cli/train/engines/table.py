@@ -19,8 +19,8 @@ the global batch; `--scale-lr` scales the learning rate with the replicas.
 import importlib.util
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
-from enet_cli.config import EngineChoice, Mode, RuntimeConfig
-from enet_cli.errors import ConfigError
+from enet_cli.core.config import EngineChoice, Mode, RuntimeConfig
+from enet_cli.core.errors import ConfigError
 
 NEWEST_TF = ("2.19.0", "py312")
 

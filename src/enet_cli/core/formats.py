@@ -1,0 +1,82 @@
+"""The kinds of model enet writes and reads, in one table: what each is called, which files
+make it, which runtimes run it (the default first) and which files an `enet export` of it
+writes. Finding a model (artifacts/model_ref.py), loading it (serving/runtimes.py), exporting
+it (serving/export.py) and deciding what `--force` may replace (core/outputs.py) read it.
+
+The choices here are enums, so Typer validates `--format`, `--runtime` and `--quantize` and
+lists their values in `--help`. No TensorFlow: the CLI imports this module to build options.
+"""
+
+import enum
+from typing import Dict, NamedTuple, Optional, Tuple
+
+META_NAME = "enet.json"  # a model's identity card, beside every kind (artifacts/run.py)
+TFLITE_NAME = "model.tflite"
+ONNX_NAME = "model.onnx"
+
+
+class ModelFormat(str, enum.Enum):
+    """What a model on disk is, and what `enet export --format` writes."""
+
+    saved_model = "saved_model"
+    tflite = "tflite"
+    onnx = "onnx"
+    checkpoint = "checkpoint"  # whole training checkpoints (e.g. from SMP's partitioned ones)
+
+
+class InferenceRuntime(str, enum.Enum):
+    """What runs a model for predict, evaluate and benchmark (`--runtime`)."""
+
+    keras = "keras"
+    saved_model = "saved_model"
+    tflite = "tflite"
+    onnx = "onnx"
+
+
+class Quantize(str, enum.Enum):
+    """TFLite weights and activations (`enet export --format tflite --quantize`)."""
+
+    none = "none"
+    float16 = "float16"
+    int8 = "int8"
+
+
+class FormatSpec(NamedTuple):
+    described: str  # in a sentence: "... is a SavedModel"
+    title: str  # in a report: "wrote SavedModel to ..."
+    model_file: Optional[str]  # the one file that is the model (None: a directory of them)
+    runtimes: Tuple[InferenceRuntime, ...]  # default (fastest, benchmarks/video.py) first
+    export_entries: Tuple[str, ...]  # top-level names an `enet export` of it writes
+
+
+FORMATS: Dict[ModelFormat, FormatSpec] = {
+    ModelFormat.saved_model: FormatSpec(
+        "a SavedModel", "SavedModel", None,
+        (InferenceRuntime.saved_model, InferenceRuntime.keras),
+        ("saved_model.pb", "fingerprint.pb", "variables", "assets", META_NAME),
+    ),
+    ModelFormat.tflite: FormatSpec(
+        "a TFLite file", "TFLite", TFLITE_NAME, (InferenceRuntime.tflite,),
+        (TFLITE_NAME, META_NAME),
+    ),
+    ModelFormat.onnx: FormatSpec(
+        "an ONNX file", "ONNX", ONNX_NAME, (InferenceRuntime.onnx,), (ONNX_NAME, META_NAME),
+    ),
+    ModelFormat.checkpoint: FormatSpec(
+        "a checkpoint", "checkpoints", None, (InferenceRuntime.keras,),
+        ("checkpoint", "best", "history.json", META_NAME),  # + ckpt-<step>.* (see owns_entry)
+    ),
+}  # fmt: skip
+
+
+def single_file_formats() -> Dict[str, ModelFormat]:
+    """File name -> format, for the formats whose model is one file."""
+    return {spec.model_file: f for f, spec in FORMATS.items() if spec.model_file}
+
+
+def export_owns(name: str) -> bool:
+    """Is `name` something an `enet export` writes (any format)? For outputs written before
+    the marker listed its files (core/outputs.py)."""
+    if name.startswith("ckpt-"):
+        return True
+    return any(name in spec.export_entries for spec in FORMATS.values())

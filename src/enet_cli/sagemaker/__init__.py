@@ -1,1 +1,0 @@
-"""Amazon SageMaker: the container contract (contract.py); job submission comes later."""

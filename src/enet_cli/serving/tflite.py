@@ -1,0 +1,158 @@
+"""TensorFlow Lite: convert a trained ENet (float32, float16 or int8) and run the result.
+
+Every variant takes one uint8 RGB image of the export size and returns `logits` (float32)
+and `classes` (int32), like the SavedModel's serving signature. The converter folds each
+batch norm into the convolution before it (inference-mode batch norm is an affine map),
+and ENet's unpooling is built from builtins (see model/layers.py), so the file holds only
+builtin operators: it runs in the stock interpreter, with XNNPACK on CPUs. int8 is full
+integer post-training quantization calibrated on training images from the manifest; its
+input quantization is scale 1, zero point 0, so raw uint8 pixels go in unchanged.
+"""
+
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional, Tuple
+
+import numpy as np
+
+from enet_cli.core.backend import startup_noise_filtered, tf
+from enet_cli.core.errors import EnvironmentProblem
+from enet_cli.core.formats import Quantize
+from enet_cli.model.ops import BlockPReLU, PointwiseConv2D
+from enet_cli.pixels.preprocessor import run_padded, to_unit
+
+
+def _fixed_size_function(model, size: Tuple[int, int], dtype):
+    """One image of `size` (pixel values 0-255 as `dtype`) -> logits and classes.
+
+    The model's input is float32 in [0, 1]. int8 takes float32 pixels here and divides in
+    the graph, so it calibrates its input on 0-255 and its uint8 input quantization is the
+    identity; the float variants take uint8 and cast in the graph.
+    """
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([1, *size, 3], dtype, name="image")], autograph=False
+    )
+    def serve(image):
+        logits = run_padded(model, to_unit(image))
+        return {"logits": logits, "classes": tf.argmax(logits, axis=-1, output_type=tf.int32)}
+
+    return serve
+
+
+def prepare_for_export(model) -> None:
+    """Constant slopes for every PReLU of `model` (an export copy: it stops learning them)
+    and 1x1 convolutions as CONV_2D, into which the converter folds batch norm."""
+    for layer in model.submodules:
+        if isinstance(layer, BlockPReLU):
+            layer.freeze()
+        elif isinstance(layer, PointwiseConv2D):
+            layer.as_matmul = False
+
+
+def convert(
+    model,
+    size: Tuple[int, int],
+    quantize: Quantize,
+    calibration: Optional[Callable[[], Iterable[np.ndarray]]] = None,
+) -> bytes:
+    """The .tflite bytes of `model` (a float32 Keras ENet export copy) at `size` (H, W).
+
+    `calibration` yields uint8 (H, W, 3) training images; int8 needs it.
+    """
+    quantize = Quantize(quantize)
+    prepare_for_export(model)
+    dtype = tf.float32 if quantize == Quantize.int8 else tf.uint8
+    function = _fixed_size_function(model, size, dtype).get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize == Quantize.float16:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == Quantize.int8:
+        if calibration is None:
+            raise ValueError("int8 quantization needs calibration images")
+
+        def representative():
+            for image in calibration():
+                yield {"image": np.asarray(image, np.float32)[None]}
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return converter.convert()
+
+
+def interpreter(model_path: Path, threads: int = 0):
+    """The stock TFLite interpreter (with its default XNNPACK delegate) for a .tflite file.
+
+    `threads` 0 means one per CPU core. Prefers LiteRT (`ai_edge_litert`), TFLite's home
+    from TF 2.20 on, and falls back to `tf.lite.Interpreter`.
+    """
+    import os
+
+    threads = threads or os.cpu_count() or 1
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        Interpreter = getattr(getattr(tf, "lite", None), "Interpreter", None)
+        if Interpreter is None:
+            raise EnvironmentProblem(
+                "this TensorFlow has no TFLite interpreter: pip install ai-edge-litert"
+            ) from None
+    with warnings.catch_warnings(), startup_noise_filtered():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        found = Interpreter(model_path=str(model_path), num_threads=threads)
+        found.allocate_tensors()  # the XNNPACK delegate says it was created
+    return found
+
+
+class TFLiteRunner:
+    """Runs a converted ENet one image at a time; `__call__(uint8 NHWC) -> (logits, classes)`."""
+
+    def __init__(self, model_path: Path, threads: int = 0):
+        self.path = Path(model_path)
+        self.interpreter = interpreter(self.path, threads)
+        (self.input,) = self.interpreter.get_input_details()
+        outputs = {d["name"]: d for d in self.interpreter.get_output_details()}
+        self.logits_out = _find(outputs, "logits")
+        self.classes_out = _find(outputs, "classes")
+        self.size = tuple(int(v) for v in self.input["shape"][1:3])
+
+    def ops(self) -> List[str]:
+        """Operator names in the file (the interpreter's own list, delegates excluded)."""
+        details = self.interpreter._get_ops_details()  # no public API lists operators
+        return [d["op_name"] for d in details if d["op_name"] != "DELEGATE"]
+
+    def __call__(
+        self, images: np.ndarray, logits: bool = True
+    ) -> Tuple[Optional[np.ndarray], np.ndarray]:
+        """(logits, classes) of uint8 NHWC images, one invoke each; logits None when not
+        asked for (int8's would be dequantized for nothing)."""
+        scores, classes = [], []
+        for image in np.asarray(images, np.uint8):
+            self.interpreter.set_tensor(self.input["index"], image[None])
+            self.interpreter.invoke()
+            if logits:
+                scores.append(self._output(self.logits_out))
+            classes.append(self.interpreter.get_tensor(self.classes_out["index"])[0])
+        return (np.stack(scores) if logits else None), np.stack(classes)
+
+    def _output(self, detail) -> np.ndarray:
+        value = self.interpreter.get_tensor(detail["index"])[0]
+        scale, zero = detail["quantization"]
+        if detail["dtype"] != np.float32 and scale:
+            value = (value.astype(np.float32) - zero) * scale
+        return value.astype(np.float32)
+
+
+def _find(outputs: dict, name: str) -> dict:
+    for key, detail in outputs.items():
+        if name in key:
+            return detail
+    # The converter names outputs after the signature keys; fall back on shapes.
+    by_rank = sorted(outputs.values(), key=lambda d: len(d["shape"]))
+    return by_rank[-1] if name == "logits" else by_rank[0]
