@@ -8,12 +8,13 @@ import os
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 from typing import ClassVar, List
 
 import pytest
 
-from conftest import enet_env
 from enet_cli.container.contract import ROOT_ENV
+from enet_testing import enet_env
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/enet-training"
@@ -120,17 +121,22 @@ def recorded(env, action: str, **match) -> List[dict]:
     return found
 
 
-def run_enet_aws(env, *args, timeout=300, outbound_allowed=False):
+MODULES_PROBE = Path(__file__).with_name("modules_probe.py")
+
+
+def run_enet_aws(env, *args, timeout=300, outbound_allowed=False, modules_to=None):
     """`enet ARGS` in a subprocess with `env` (the aws fixture's, or a broken one); asserts
-    that nothing but the moto server was contacted."""
+    that nothing but the moto server was contacted. With `modules_to` (a path), the
+    top-level modules the process imported are written there (modules_probe.py)."""
     full_env = {**enet_env(), **env}
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", ROOT_ENV, "SM_HP_MP_PARAMETERS"):
         full_env.pop(name, None)
     recorder = OutboundRecorder.running.get(full_env.get("HTTPS_PROXY", ""))
     seen = recorder.seen if recorder else []
     before = len(seen)
+    start = ["-m", "enet_cli"] if modules_to is None else [str(MODULES_PROBE), str(modules_to)]
     result = subprocess.run(
-        [sys.executable, "-m", "enet_cli", *args],
+        [sys.executable, *start, *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURES, fit_quietly, preprocess_to, run_enet
 from enet_cli.core.backend import tf
 from enet_cli.core.config import DataConfig, ModelConfig
 from enet_cli.data.dataset import make_dataset
@@ -16,6 +15,7 @@ from enet_cli.data.manifest import load_manifest
 from enet_cli.model import build_enet
 from enet_cli.pixels.preprocessor import pad_to_model, run_padded
 from enet_cli.train.settings import load_config
+from enet_testing import FIXTURES, fit_quietly, preprocess_to, run_enet
 
 ODD = (181, 243)
 

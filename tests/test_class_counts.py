@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURES, fit_quietly, preprocess_to, read_records, train_config
 from enet_cli.data.layouts.camvid import CAMVID11
+from enet_testing import FIXTURES, fit_quietly, preprocess_to, read_records, train_config
 
 ROAD = [name for name, _ in CAMVID11].index("Road")
 

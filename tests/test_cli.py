@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import enet_env, enet_multiply_adds, error_lines, run_enet
+from enet_testing import enet_env, enet_multiply_adds, error_lines, run_enet
 
 
 @pytest.mark.compat

@@ -18,15 +18,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import (
+from enet_testing import (
     CLASS_AGREEMENT_FLOOR,
     PIXELS_OFF_AT_A_TIE,
     assert_same_logits,
     enet_env,
     error_lines,
     fit_quietly,
+    invoke,
     run_enet,
     train_config,
+    tree,
 )
 
 # int8 post-training quantization against the float model on the sample's val split, for a
@@ -156,7 +158,7 @@ def test_tflite_float32_and_float16_match_the_keras_model(
         if name == "float32":
             # Max unpooling is discontinuous: where a 2x2 pooling window holds a near tie
             # in float32, TFLite's arithmetic (batch norm folded into the kernels) may place
-            # the value at the other position (conftest.assert_same_logits). Seen: 25 of
+            # the value at the other position (enet_testing.assert_same_logits). Seen: 25 of
             # 540672 logits off by up to 2.4e-3 on one machine, 381 on an AMD EPYC one.
             # Everything else agrees to 1e-3.
             close = np.abs(logits - expected) <= 1e-3
@@ -259,7 +261,8 @@ def test_videos_split_batches_between_runtime_copies_with_the_same_numbers(
     """A video's frames run on VIDEO_PARALLEL copies of the model at once, each on a share
     of the cores (inference._Split); a batch must come back whole, in order, with the
     numbers one copy on every core gives."""
-    from enet_cli.serving.predict import STDIN, VIDEO_PARALLEL, parallel_for
+    from enet_cli.serving.inputs import STDIN
+    from enet_cli.serving.predict import VIDEO_PARALLEL, parallel_for
     from enet_cli.serving.runtimes import load_predictor
 
     _, exported = tflite_float32
@@ -290,7 +293,8 @@ def test_a_video_on_runtime_copies_gives_each_frames_own_classes_at_any_batch(
     and hands them to the writer in order: frame k's class map is frame k's, as one copy on
     every core segments the frame alone (the lossless clip keeps its pixels exactly)."""
     from enet_cli.core import ui
-    from enet_cli.serving.predict import VIDEO_PARALLEL, PredictOptions, predict_video, segment
+    from enet_cli.serving.inputs import PredictOptions
+    from enet_cli.serving.predict import VIDEO_PARALLEL, predict_video, segment
     from enet_cli.serving.runtimes import load_predictor
     from enet_cli.serving.video import VideoFile
     from test_video import FRAMES, frames_of, make_video
@@ -398,3 +402,25 @@ def test_xla_saved_model_is_compiled_and_serves_the_same_logits(trained_run, sma
     a = load_predictor(plain.path).logits(images).numpy()
     b = load_predictor(xla.path).logits(images).numpy()
     assert_same_logits(b, a)
+
+
+@pytest.mark.parametrize("fmt", ["saved_model", "tflite", "onnx", "checkpoint"])
+def test_export_again_with_force_replaces_its_own_export_and_refuses_anything_else(
+    trained_run, fmt, tmp_path
+):
+    """What an export wrote is what a later --force may replace (its marker lists it), in
+    every format; a file export did not write keeps the directory from being replaced."""
+    out = tmp_path / "export"
+    first = invoke("export", trained_run, "--format", fmt, "--out", out)
+    assert first.returncode == 0, first.stderr[-2000:]
+    written = set(tree(out))
+    again = invoke("export", trained_run, "--format", fmt, "--out", out)
+    assert again.returncode == 2 and "already exists; use --force" in again.stderr, again.stderr
+    forced = invoke("export", trained_run, "--format", fmt, "--out", out, "--force")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert set(tree(out)) == written
+    (out / "notes.txt").write_text("mine")
+    refused = invoke("export", trained_run, "--format", fmt, "--out", out, "--force")
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "did not write (notes.txt)" in error_lines(refused.stderr)[-1]
+    assert (out / "notes.txt").read_text() == "mine" and set(tree(out)) == written | {"notes.txt"}

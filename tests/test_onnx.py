@@ -14,7 +14,7 @@ import onnxruntime
 import pytest
 from PIL import Image
 
-from conftest import (
+from enet_testing import (
     FIXTURES,
     PIXELS_OFF_AT_A_TIE,
     one_error_line,

@@ -19,8 +19,8 @@ from typing import List
 
 import pytest
 
-from conftest import FIXTURES, SMALL_SIZE, last_error_line, one_error_line, tree, user_env
-from conftest import enet_user as enet
+from enet_testing import FIXTURES, SMALL_SIZE, last_error_line, one_error_line, tree, user_env
+from enet_testing import enet_user as enet
 
 
 @pytest.fixture

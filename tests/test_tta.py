@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import one_error_line, run_enet
+from enet_testing import one_error_line, run_enet
 
 
 def _softmax(x):
@@ -127,7 +127,7 @@ def test_evaluate_with_flip_scores_the_hand_computed_predictions(trained_run, sm
         return np.abs(a - b).sum() / 2 / a.sum()
 
     # The SavedModel's graph and eager Keras may split a near tie differently
-    # (conftest.PIXELS_OFF_AT_A_TIE); the mirror's vote moves far more pixels than that.
+    # (enet_testing.PIXELS_OFF_AT_A_TIE); the mirror's vote moves far more pixels than that.
     tool = np.array(metrics["confusion"])
     assert moved(tool, by_hand) <= 0.005, moved(tool, by_hand)
     assert moved(tool, without) > 0.02, moved(tool, without)

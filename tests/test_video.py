@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import (
+from enet_testing import (
     FIXTURES,
     ctrl_c,
     enet_env,
@@ -272,3 +272,60 @@ def test_an_output_that_would_replace_an_input_is_refused_before_the_model_loads
     result = run_enet("predict", str(tmp_path / "no-model"), str(tmp_path), "--out", str(tmp_path))
     one_error_line(result, 2, r"would overwrite the input .*a_overlay.png; choose another --out")
     assert (tmp_path / "a_overlay.png").read_bytes() == before
+
+
+@pytest.fixture(scope="module")
+def untrained_exports(small_data, tmp_path_factory):
+    """An untrained ENet (seeded random weights: frame order needs no accuracy) written as a
+    SavedModel with its enet.json, and exported to TFLite and ONNX as `enet export` does."""
+    import tensorflow as tf
+
+    from enet_cli.artifacts.run import RunMeta
+    from enet_cli.core.config import ModelConfig
+    from enet_cli.core.formats import ModelFormat
+    from enet_cli.data.manifest import load_manifest
+    from enet_cli.model import build_enet
+    from enet_cli.serving.export import ExportRequest, export_model, write_saved_model
+
+    base = tmp_path_factory.mktemp("untrained")
+    manifest = load_manifest(small_data)
+    meta = RunMeta.from_manifest(ModelConfig(num_classes=manifest.num_classes), manifest)
+    tf.random.set_seed(7)
+    write_saved_model(build_enet(meta.model, None), meta, base / "saved_model")
+    exports = {}
+    for fmt in (ModelFormat.tflite, ModelFormat.onnx):
+        exports[fmt.value] = base / fmt.value
+        export_model(ExportRequest(source=base / "saved_model", out=exports[fmt.value], format=fmt))
+    return exports
+
+
+@pytest.mark.parametrize("runtime", ["tflite", "onnx"])
+def test_runtime_copies_hand_each_frames_classes_to_the_writer_in_order(
+    untrained_exports, runtime, tmp_path
+):
+    """Two copies of the model, batches in flight (a batch of 1 keeps both busy): frame k's
+    class map is what one copy on every core gives for frame k alone. A lossless clip keeps
+    the pixels exactly; the frames' maps all differ, so a swap cannot pass."""
+    from enet_cli.core import ui
+    from enet_cli.serving.inputs import PredictOptions
+    from enet_cli.serving.predict import VIDEO_PARALLEL, predict_video, segment
+    from enet_cli.serving.runtimes import load_predictor
+    from enet_cli.serving.video import VideoFile
+
+    frames = frames_of(FRAMES[:6])
+    clip = make_video(tmp_path / "drive.mkv", frames, rate=10)
+    whole = load_predictor(untrained_exports[runtime])
+    expected = [segment(whole, frame) for frame in frames]
+    assert len({e.tobytes() for e in expected}) == len(frames)  # order is really tested
+    copies = load_predictor(untrained_exports[runtime], parallel=VIDEO_PARALLEL)
+    assert copies.parallel == VIDEO_PARALLEL >= 2
+    for batch in (1, 2, 4):
+        out = tmp_path / f"batch{batch}"
+        out.mkdir()
+        options = PredictOptions(out=out, batch=batch, classes_video="png")
+        done = predict_video(copies, VideoFile(clip), options, ui.StopRequest())
+        assert done.frames == len(frames)
+        maps = sorted((out / "drive_classes").glob("*.png"))
+        assert len(maps) == len(frames)
+        for k, path in enumerate(maps):
+            np.testing.assert_array_equal(np.asarray(Image.open(path)), expected[k], f"{k}")

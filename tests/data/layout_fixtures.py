@@ -19,9 +19,9 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from conftest import FIXTURES
 from enet_cli.data.classes import voc_colormap
 from enet_cli.data.layouts.camvid import CAMVID11
+from enet_testing import FIXTURES
 
 SEGNET = FIXTURES / "camvid-segnet-mini"
 SPLITS = ("train", "val", "test")

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURES, preprocess_to
 from enet_cli.core.backend import tf
 from enet_cli.core.config import DataConfig
 from enet_cli.core.errors import DataError
 from enet_cli.data.dataset import make_dataset, make_examples
 from enet_cli.data.manifest import check_batch_size, load_manifest
+from enet_testing import FIXTURES, preprocess_to
 
 
 def examples(data_dir, split="train", training=True, **kwargs):

@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import (
+from enet_cli.core.config import ConfigError
+from enet_cli.core.errors import DataError, OutputError
+from enet_cli.data.classes import labels_to_classes
+from enet_cli.data.layouts.camvid import CAMVID11
+from enet_cli.data.manifest import load_manifest
+from enet_testing import (
     FIXTURES,
     enet_env,
     error_lines,
@@ -23,11 +28,6 @@ from conftest import (
     run_enet,
     shrink_image,
 )
-from enet_cli.core.config import ConfigError
-from enet_cli.core.errors import DataError, OutputError
-from enet_cli.data.classes import labels_to_classes
-from enet_cli.data.layouts.camvid import CAMVID11
-from enet_cli.data.manifest import load_manifest
 
 
 @pytest.mark.compat

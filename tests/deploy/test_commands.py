@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import FIXTURES, enet_env, error_lines, last_error_line, run_enet
 from enet_cli.container import contract
 from enet_cli.container.contract import ROOT_ENV
 from enet_cli.core.metrics import metric_regex
+from enet_testing import FIXTURES, enet_env, error_lines, invoke, last_error_line, run_enet
 from moto_aws import (  # noqa: F401 (aws, outbound: fixtures)
     PREFIX,
     REGION,
@@ -172,6 +172,18 @@ def test_dry_runs_print_the_plan_and_touch_no_aws(trained_run, small_data):
     assert "maximizevalidation:mean_iou" in re.sub(r"[\s│]", "", tune.stdout)
 
 
+@pytest.mark.parametrize("version", ["2.4.3", "2.5", "1.15.5"])
+def test_a_serving_container_whose_python_cannot_run_the_handler_is_refused(trained_run, version):
+    """TF Serving containers before 2.6 have Python 3.7: the handler's requirements do not
+    install there and the endpoint never starts. Refused before anything is packed."""
+    args = ("deploy", trained_run, "--dry-run", "--framework-version")
+    refused = invoke(*args, version, env=NO_AWS)
+    one_line(refused, 2, rf"--framework-version {version}: .*use 2\.6 or newer")
+    allowed = invoke(*args, "2.6.3", env=NO_AWS)
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    assert "TensorFlowServing2.6.3" in re.sub(r"[\s│]", "", allowed.stdout)
+
+
 # ---------------------------------------------------------------------------------------
 # invoke
 # ---------------------------------------------------------------------------------------
@@ -191,8 +203,13 @@ def test_invoke_writes_the_pngs_predict_writes_from_the_endpoints_reply(aws, tra
     Image.open(PHOTO).convert("RGB").save(jpeg, quality=90)
     out = tmp_path / "invoked"
     try:
-        result = run_enet_aws(env, "invoke", "enet-test", str(PHOTO), str(jpeg), "--out", str(out))
+        loaded = tmp_path / "modules.txt"
+        result = run_enet_aws(
+            env, "invoke", "enet-test", str(PHOTO), str(jpeg), "--out", str(out),
+            modules_to=loaded,
+        )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
+        assert "tensorflow" not in loaded.read_text().split()  # drawing needs no TensorFlow
         broken = tmp_path / "broken.png"  # refused here, before any request
         broken.write_bytes(PHOTO.read_bytes()[:200])
         unread = run_enet_aws(env, "invoke", "enet-test", str(broken), "--out", str(out))
@@ -373,7 +390,7 @@ def test_tune_refuses_ranges_before_anything_is_uploaded(
 # ---------------------------------------------------------------------------------------
 # jobs
 # ---------------------------------------------------------------------------------------
-def test_jobs_lists_this_tools_jobs_describes_them_and_prints_their_logs(aws, small_data):
+def test_jobs_lists_this_tools_jobs_describes_them_and_prints_their_logs(aws, small_data, tmp_path):
     env, clients = aws
     job = "enet-test-jobs"
     launched = run_enet_aws(
@@ -391,8 +408,10 @@ def test_jobs_lists_this_tools_jobs_describes_them_and_prints_their_logs(aws, sm
         ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1},
         StoppingCondition={"MaxRuntimeInSeconds": 60},
     )
-    listed = run_enet_aws(env, "jobs", "list")
+    loaded = tmp_path / "modules.txt"
+    listed = run_enet_aws(env, "jobs", "list", modules_to=loaded)
     assert listed.returncode == 0, listed.stderr[-2000:]
+    assert "tensorflow" not in loaded.read_text().split()
     assert job in listed.stdout and "not-enet" not in listed.stdout
 
     described = run_enet_aws(env, "jobs", "describe", job)

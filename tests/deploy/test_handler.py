@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from tf_serving import Request, serve
 
-from conftest import FIXTURES
 from enet_cli.cloud.package import extract_model, pack_model
+from enet_testing import FIXTURES
 
 PHOTOS = sorted((FIXTURES / "camvid-segnet-mini" / "val").glob("*.png"))[:2]
 
@@ -29,7 +29,7 @@ def packed(trained_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def predicted(trained_run, tmp_path_factory):
     """`enet predict`'s class maps for PHOTOS (as the user would run it)."""
-    from conftest import run_enet
+    from enet_testing import run_enet
 
     out = tmp_path_factory.mktemp("predicted")
     jpeg = out / "photo.jpg"  # a JPEG request is predict on the same JPEG file
@@ -130,6 +130,7 @@ def test_a_bad_request_is_a_one_line_error_not_a_stack_trace(
     error = json.loads(reply.body)["error"]
     assert re.search(message, error), error
     assert "\n" not in error and "Traceback" not in error
+    assert not re.search(r"0x[0-9a-f]{6,}|object at", error), error  # no object addresses
 
 
 def test_a_wrong_npy_array_is_refused_with_its_shape(packed):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, REPO, enet_env, error_lines, preprocess_to
 from enet_cli.container.contract import FOREIGN_HYPERPARAMETERS, ROOT_ENV
 from enet_cli.core.metrics import METRICS_PREFIX, metric_definitions
+from enet_testing import FIXTURES, REPO, STAND_INS, enet_env, error_lines, preprocess_to
 from moto_aws import (  # noqa: F401 (aws, outbound: fixtures)
     PREFIX,
     REGION,
@@ -186,15 +186,20 @@ def test_local_data_must_be_preprocess_output(tmp_path):
     assert len(errors) == 1 and "no manifest.json in" in errors[0], errors
 
 
-def test_dry_run_prints_the_plan_and_touches_no_aws(small_data):
+def test_dry_run_prints_the_plan_and_touches_no_aws(small_data, tmp_path):
     # No endpoint, no credentials: any AWS call would fail.
     env = {
         "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
         "AWS_ACCESS_KEY_ID": "",
         "HOME": "/nonexistent",
     }
-    result = launch(env, str(small_data), "--mode", "ddp", "--batch-size", "1", "--dry-run")
+    loaded = tmp_path / "modules.txt"
+    result = run_enet_aws(
+        env, "launch", str(small_data), "--mode", "ddp", "--batch-size", "1", "--dry-run",
+        modules_to=loaded,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "tensorflow" not in loaded.read_text().split()  # a plan needs no TensorFlow
     text = " ".join(result.stdout.split())
     for needle in (
         "2 x ml.p4d.24xlarge",
@@ -472,7 +477,6 @@ def test_the_jobs_source_trains_in_the_container_contract(small_data, tmp_path, 
     _check_trained(run_container(code, hyperparameters, small_data, root), root)
 
 
-STAND_INS = REPO / "tests" / "stand_ins"
 LIBRARY_MARK = {"mp": "smp", "ddp": "smddp"}  # the container each job's library lives in
 DISTRIBUTED_JOBS = {
     # mode: (runtime settings, launch settings, batch, what the engine line must say)

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from conftest import enet_multiply_adds
 from enet_cli.core.backend import keras, tf
 from enet_cli.core.config import ModelConfig
 from enet_cli.core.errors import ConfigError
 from enet_cli.model import build_enet
 from enet_cli.model.summary import summarize
+from enet_testing import enet_multiply_adds
 
 
 def bn(channels):

@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import enet_env
 from enet_cli.core.backend import keras, tf
 from enet_cli.model.layers import (
     Bottleneck,
@@ -17,6 +16,7 @@ from enet_cli.model.layers import (
     UpsamplingBottleneck,
 )
 from enet_cli.model.ops import max_unpool
+from enet_testing import enet_env
 
 
 def unpool_with_argmax(values, pool_input):

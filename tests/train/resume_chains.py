@@ -8,7 +8,8 @@ as a chain of real `enet train` processes:
   every checkpoint a stop saves must equal the straight run's checkpoint of that step,
   variable for variable (a checkpoint is a pure function of its step);
 - SIGKILL chain: killed while a checkpoint is being written, during an epoch's validation,
-  and right after a checkpoint, each time resumed.
+  and right after a checkpoint, each time resumed; each process is held at its point
+  (pause_probe.py) so the kill lands exactly there.
 Both chains must end with the straight run's weights, optimizer state and history.
 """
 
@@ -25,7 +26,7 @@ from typing import List
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, enet_env, preprocess_to
+from enet_testing import FIXTURES, enet_env, preprocess_to
 
 SIZE = "32x48"
 ARGS = [
@@ -50,15 +51,19 @@ def tiny_data(tmp_path_factory) -> Path:
     return out
 
 
-class Run:
-    """One `enet train` process whose stderr is read as it comes."""
+PAUSE_PROBE = Path(__file__).with_name("pause_probe.py")
 
-    def __init__(self, data: Path, run_dir: Path):
+
+class Run:
+    """One `enet train` process whose stderr is read as it comes; with `pause_at`, held at
+    that point of the run until it is killed (pause_probe.py)."""
+
+    def __init__(self, data: Path, run_dir: Path, pause_at: str = ""):
         env = dict(enet_env(), TF_DETERMINISTIC_OPS="1")
         self.run_dir = run_dir
+        start = [str(PAUSE_PROBE), pause_at] if pause_at else ["-m", "enet_cli"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "enet_cli", "train", str(data), "--run-dir", str(run_dir),
-             *ARGS],
+            [sys.executable, *start, "train", str(data), "--run-dir", str(run_dir), *ARGS],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
         )  # fmt: skip
         self.lines: List[str] = []
@@ -74,6 +79,9 @@ class Run:
                 return True
             time.sleep(poll)
         return False
+
+    def paused(self) -> bool:
+        return any(line.startswith("paused: ") for line in self.lines)
 
     def started_training(self) -> bool:
         return any("starting from scratch" in x or "resuming from" in x for x in self.lines)

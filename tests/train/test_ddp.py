@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, checkpoint_values, enet_env, error_lines, run_enet
 from enet_cli.container.contract import ROOT_ENV
+from enet_testing import STAND_INS, checkpoint_values, enet_env, error_lines, run_enet
 
-STAND_INS = REPO / "tests" / "stand_ins"
 NO_DROPOUT = ("--dropout", "0", "--stage1-dropout", "0")
 LONG_RUN = ("--local-workers", "2", "--batch-size", "2", "--epochs", "50")  # 2 x 2 images
 

@@ -20,7 +20,7 @@ from test_ddp import (
     relative_error,
 )
 
-from conftest import checkpoint_values, enet_env
+from enet_testing import checkpoint_values, enet_env
 
 
 def start_smddp_ranks(args, runs, calls: Path, extra_env=None):

@@ -14,7 +14,7 @@ from resume_chains import (  # noqa: F401  (fixtures)
     tiny_data,
 )
 
-from conftest import checkpoint_values
+from enet_testing import checkpoint_values
 
 
 @pytest.mark.slow

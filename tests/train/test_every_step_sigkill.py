@@ -8,14 +8,13 @@ from resume_chains import (  # noqa: F401  (fixtures)
     Run,
     _checkpoints,
     _history,
-    _reads,
     _same,
     _writing,
     straight,
     tiny_data,
 )
 
-from conftest import checkpoint_values
+from enet_testing import checkpoint_values
 
 
 @pytest.mark.slow
@@ -23,26 +22,17 @@ def test_sigkill_while_writing_validating_or_between_steps_resumes_exactly(
     tiny_data, straight, tmp_path
 ):
     run_dir = tmp_path / "run"
-
-    def newer(before) -> bool:
-        return max(_checkpoints(run_dir), default=0) > max(before, default=0)
-
-    def trigger(what: str, pid: int, before) -> bool:
-        if what == "while a checkpoint is written":
-            return _writing(run_dir) or newer(before)
-        if what == "during validation":  # it holds the val shard open while it reads it
-            return _reads(pid, "val-") or newer(before)
-        return newer(before)
-
-    for what in ("while a checkpoint is written", "during validation", "after a checkpoint"):
+    for point in ("checkpoint-write", "validation", "after-checkpoint"):
         before = _checkpoints(run_dir) if (run_dir / "checkpoints").exists() else []
-        run = Run(tiny_data, run_dir)
-        assert run.wait_for(run.started_training), run.stderr
-        pid = run.proc.pid
-        assert run.wait_for(lambda: trigger(what, pid, before)), (what, run.stderr)  # noqa: B023
+        run = Run(tiny_data, run_dir, pause_at=point)
+        assert run.wait_for(run.paused), (point, run.stderr)
+        assert f"paused: {point}\n" in run.lines, run.stderr  # held there: the kill lands there
+        if point == "checkpoint-write":  # its shards written, not yet made a checkpoint
+            assert _writing(run_dir), sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+            assert _checkpoints(run_dir) == before
         run.proc.kill()
-        assert run.finish() == -signal.SIGKILL, (what, run.stderr)
-        assert set(before) <= set(_checkpoints(run_dir)), what  # nothing good was lost
+        assert run.finish() == -signal.SIGKILL, (point, run.stderr)
+        assert set(before) <= set(_checkpoints(run_dir)), point  # nothing good was lost
     finish = Run(tiny_data, run_dir)
     assert finish.finish() == 0, finish.stderr
     assert "resuming from" in finish.stderr
@@ -52,6 +42,7 @@ def test_sigkill_while_writing_validating_or_between_steps_resumes_exactly(
         checkpoint_values(straight / "checkpoints"),
         "final state",
     )
+    assert _checkpoints(run_dir) == [1, 2, 3, 4]
     for step in _checkpoints(run_dir):  # every checkpoint left equals the straight one
         _same(
             checkpoint_values(run_dir / "checkpoints", f"ckpt-{step}"),

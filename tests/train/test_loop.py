@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from conftest import checkpoint_values, fit_quietly, train_config
 from enet_cli.core.errors import ConfigError, DataError, TrainingError
 from enet_cli.core.metrics import parse_metrics_line
 from enet_cli.data.manifest import load_manifest
+from enet_testing import checkpoint_values, fit_quietly, train_config
 
 
 def majority_baseline_miou(data_dir) -> float:

@@ -11,13 +11,13 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import (
+from enet_cli.core.metrics import parse_metrics_line
+from enet_testing import (
     checkpoint_values,
     enet_env,
     error_lines,
     run_enet,
 )
-from enet_cli.core.metrics import parse_metrics_line
 
 NO_DROPOUT = ("--dropout", "0", "--stage1-dropout", "0")
 

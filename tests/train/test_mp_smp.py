@@ -10,11 +10,16 @@ import numpy as np
 import pytest
 from test_mp import _reference, is_slot, relative_error
 
-from conftest import REPO, assert_same_logits, checkpoint_values, fit_quietly, train_config
 from enet_cli.container.contract import ROOT_ENV
+from enet_testing import (
+    STAND_INS,
+    assert_same_logits,
+    checkpoint_values,
+    fit_quietly,
+    train_config,
+)
 
 pytestmark = pytest.mark.smp  # the SMP container's TensorFlow: the Python 3.8 + TF 2.6 job
-STAND_INS = REPO / "tests" / "stand_ins"
 
 
 @pytest.fixture

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, enet_env
+from enet_testing import STAND_INS, enet_env
 
 PROBE = Path(__file__).with_name("step_probe.py")
-STAND_INS = REPO / "tests" / "stand_ins"
 
 
 def _env(**extra):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import (
+from enet_testing import (
     SMALL_SIZE,
     enet_env,
     error_lines,

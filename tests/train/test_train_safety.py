@@ -1,6 +1,6 @@
 """`enet train` as a careless user runs it: one owner per run directory, --no-resume that
 loses nothing, corrupt data, a full disk, Ctrl-C pressed twice. Each case is a real `enet`
-subprocess; stderr must be our one line (conftest.one_error_line / last_error_line)."""
+subprocess; stderr must be our one line (enet_testing.one_error_line / last_error_line)."""
 
 import fcntl
 import os
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ctrl_c, last_error_line, one_error_line, tree
-from conftest import enet_user as enet
+from enet_testing import ctrl_c, last_error_line, one_error_line, tree
+from enet_testing import enet_user as enet
 
 
 def test_no_resume_validates_first_and_keeps_the_old_checkpoints(trained_run, small_data, tmp_path):

@@ -255,8 +255,15 @@ def invoke(endpoint: str, images: List[Path], out_dir: Path, cfg: AwsConfig) -> 
     import numpy as np
 
     from enet_cli.core import outputs
-    from enet_cli.pixels.drawing import PictureError, decode_rgb, indexed_png, palette, png_bytes
-    from enet_cli.serving.predict import IMAGE_SUFFIXES, check_inputs_kept, check_out_dir, overlay
+    from enet_cli.pixels.drawing import (
+        PictureError,
+        decode_rgb,
+        indexed_png,
+        overlay,
+        palette,
+        png_bytes,
+    )
+    from enet_cli.serving.inputs import IMAGE_SUFFIXES, check_inputs_kept, check_out_dir
 
     for path in images:
         if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:

@@ -5,7 +5,7 @@ jobs), with their defaults: the same pydantic machinery as the training settings
 
 import enum
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from pydantic import Field, field_validator
 
@@ -53,6 +53,20 @@ class LaunchConfig(AwsConfig):
 SERVERLESS_MEMORY = (1024, 2048, 3072, 4096, 5120, 6144)
 
 
+# The oldest TensorFlow Serving container the endpoint's handler runs in: older ones have
+# Python 3.7 (aws/deep-learning-containers, tensorflow/inference/docker/2.5/py3/Dockerfile.cpu:
+# PYTHON=python3.7; 2.6/py3/Dockerfile.cpu: python3.8), where the handler's requirements
+# (cloud/package.py: pillow>=10) do not install and the container never starts.
+OLDEST_SERVING_VERSION = (2, 6)
+
+
+def _version_tuple(text: str) -> Tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split("."))
+    except ValueError:
+        raise ValueError(f"--framework-version {text!r}: use a version like 2.19.0") from None
+
+
 class ServeConfig(AwsConfig):
     """`enet deploy` and `enet transform`: the model's container and instances."""
 
@@ -65,6 +79,18 @@ class ServeConfig(AwsConfig):
     )
     dry_run: bool = Field(False, description="Print the plan; touch no AWS API.")
     wait: bool = Field(False, description="Wait until it is in service (or done).")
+
+    @field_validator("framework_version")
+    @classmethod
+    def _serving_version(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and _version_tuple(value)[:2] < OLDEST_SERVING_VERSION:
+            oldest = ".".join(map(str, OLDEST_SERVING_VERSION))
+            raise ValueError(
+                f"--framework-version {value}: TensorFlow Serving containers before "
+                f"{oldest} run Python 3.7, where the endpoint's handler cannot be installed; "
+                f"use {oldest} or newer (default: the newest)"
+            )
+        return value
 
 
 class DeployConfig(ServeConfig):

@@ -115,17 +115,13 @@ def predict(
 
     Live: ffmpeg -i rtsp://camera -f rawvideo -pix_fmt rgb24 - | enet predict runs/camvid - --stream-size 720x1280
     """  # noqa: E501
-    from enet_cli.serving.predict import (
-        Prediction,
+    from enet_cli.serving.inputs import (
         PredictOptions,
         check_inputs_kept,
         check_out_dir,
         collect_inputs,
-        parallel_for,
         require_video_support,
-        run_predict,
     )
-    from enet_cli.serving.runtimes import load_predictor
 
     options = PredictOptions(
         out=out,
@@ -141,7 +137,10 @@ def predict(
     found = collect_inputs(inputs, glob)
     check_out_dir(out)
     check_inputs_kept(found, out)
-    require_video_support(found, options)
+    require_video_support(found, options.stream_size)
+    from enet_cli.serving.predict import Prediction, parallel_for, run_predict
+    from enet_cli.serving.runtimes import load_predictor
+
     predictor = load_predictor(model_path(model), runtime, parallel_for(found))
     ui.info(f"model: {predictor.source} (runtime {predictor.runtime.value})")
 

@@ -30,30 +30,32 @@ from pathlib import Path
 from typing import Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-from pydantic import BaseModel
+from PIL import Image
 
 from enet_cli.core import outputs, ui
 from enet_cli.core.backend import tf
-from enet_cli.core.errors import ConfigError, DataError, OutputError
+from enet_cli.core.errors import DataError, OutputError
 from enet_cli.pixels.drawing import (
     PictureError,
     PictureTooLarge,
     decode_rgb,
     indexed_png,
+    overlay,
     png_bytes,
     shares,
+    video_overlay,
 )
 from enet_cli.pixels.preprocessor import Preprocessor, classes_at
+from enet_cli.serving.inputs import (
+    STDIN,
+    PredictOptions,
+    check_out_dir,
+    collect_inputs,
+    require_video_support,
+)
 from enet_cli.serving.runtimes import Predictor
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-OVERLAY_ALPHA = 0.55  # weight of the class colour over the photo
-STDIN = Path("-")
-ClassesVideo = ("png", "ffv1")
-
-
-# Frames a video's model segments at once, each on a share of the cores (inference._Split):
+# Frames a video's model segments at once, each on a share of the cores (runtimes.RuntimeCopies):
 # the whole path's rate, measured by benchmarks/video.py. Images run one at a time on all
 # cores, for the shortest wait.
 VIDEO_PARALLEL = 2
@@ -64,31 +66,6 @@ def parallel_for(inputs: Iterable[Path]) -> int:
     from enet_cli.serving.video import is_video
 
     return VIDEO_PARALLEL if any(p == STDIN or is_video(p) for p in inputs) else 1
-
-
-class PredictOptions(BaseModel):
-    """What `enet predict` was asked for, beyond the model and the inputs."""
-
-    out: Path = Path("predictions")
-    batch: int = 4  # frames per inference call
-    classes_video: Optional[str] = None  # png | ffv1: also write a video's class maps
-    summary: Optional[Path] = None  # per input and frame, each class's share (.csv or .json)
-    glob: str = "*"  # which files of a directory (searched recursively)
-    stream_size: Optional[Tuple[int, int]] = None  # (height, width) of raw frames on stdin
-    stream_rate: float = 30.0  # their frames per second
-    fps_counter: bool = True  # draw the processing rate into video overlays
-
-    def check(self) -> None:
-        if self.classes_video is not None and self.classes_video not in ClassesVideo:
-            raise ConfigError(
-                f"--classes-video {self.classes_video!r} is not one of {', '.join(ClassesVideo)}"
-            )
-        if self.summary is not None:
-            if Path(self.summary).suffix.lower() not in (".csv", ".json"):
-                raise ConfigError(f"--summary {self.summary}: name a .csv or .json file")
-            outputs.check_file_target(Path(self.summary), "--summary")
-        if self.stream_rate <= 0:
-            raise ConfigError(f"--fps {self.stream_rate} must be above 0")
 
 
 class Prediction(NamedTuple):
@@ -129,82 +106,6 @@ class PredictReport(NamedTuple):
 # ---------------------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------------------
-def _wanted(path: Path) -> bool:
-    from enet_cli.serving.video import VIDEO_SUFFIXES
-
-    return path.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
-
-
-def collect_inputs(inputs: Iterable[Path], glob: str = "*") -> List[Path]:
-    """Files as given, directories searched recursively for images and videos matching
-    `glob` (sorted), `-` for stdin; errors name the path, before any work."""
-    found: List[Path] = []
-    for item in inputs:
-        item = Path(item)
-        if item == STDIN:
-            found.append(item)
-        elif item.is_dir():
-            inside = sorted(p for p in item.rglob(glob) if p.is_file() and _wanted(p))
-            if not inside:
-                raise DataError(
-                    f"no images or videos matching {glob!r} in directory {item} (or below)"
-                )
-            found.extend(inside)
-        elif item.is_file():
-            found.append(item)
-        else:
-            raise DataError(f"input {item} does not exist")
-    if found.count(STDIN) > 1:
-        raise ConfigError("- (stdin) can be given once")
-    seen: dict = {}
-    for path in found:  # outputs are named by stem: two inputs must not share one
-        other = seen.setdefault(_stem(path), path)
-        if other != path:
-            raise DataError(
-                f"inputs {other} and {path} would both be written as {_stem(path)}_*; "
-                f"predict them into different --out directories or rename one"
-            )
-    return found
-
-
-def require_video_support(inputs: List[Path], options: PredictOptions) -> None:
-    """PyAV when any input is a video or a stream, and a stream's frame size: said before a
-    model is loaded."""
-    from enet_cli.serving import video
-
-    if STDIN in inputs and options.stream_size is None:
-        raise ConfigError(
-            "- reads raw RGB frames from stdin: give their size with --stream-size HEIGHTxWIDTH"
-        )
-    if any(p == STDIN or video.is_video(p) for p in inputs):
-        video.require_av()
-
-
-def check_inputs_kept(inputs: List[Path], out_dir: Path) -> None:
-    """No output may replace an input (`a.png` and `a_overlay.png` in the --out folder)."""
-    given = {p.resolve() for p in inputs if p != STDIN}
-    for path in inputs:
-        for suffix in ("_classes.png", "_overlay.png", "_overlay.mp4", "_classes.mkv"):
-            target = (Path(out_dir) / f"{_stem(path)}{suffix}").resolve()
-            if target in given:
-                raise OutputError(
-                    f"--out {out_dir}: predicting {path} would overwrite the input {target}; "
-                    f"choose another --out"
-                )
-
-
-def _stem(path: Path) -> str:
-    return "stdin" if path == STDIN else path.stem
-
-
-def check_out_dir(out_dir: Path) -> None:
-    """--out must be (or become) a directory we can write into: checked before any work."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"--out {out_dir} is a file; give a directory")
-    outputs.check_file_target(out_dir / "x_classes.png", "--out")
-
-
 # ---------------------------------------------------------------------------------------
 # Segmenting and drawing
 # ---------------------------------------------------------------------------------------
@@ -228,85 +129,6 @@ def segment(predictor: Predictor, rgb: np.ndarray) -> np.ndarray:
     return segment_batch(predictor, preprocessor.pixels(rgb)[None], rgb.shape[:2])[0]
 
 
-def _boundaries(classes: np.ndarray) -> np.ndarray:
-    edge = np.zeros(classes.shape, bool)
-    edge[:, 1:] |= classes[:, 1:] != classes[:, :-1]
-    edge[1:, :] |= classes[1:, :] != classes[:-1, :]
-    return edge
-
-
-_COLOUR_WEIGHT = round(OVERLAY_ALPHA * 256)  # the blend in integers: 256ths
-
-
-def tint(rgb: np.ndarray, classes: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """The photo tinted with the class colours, white class boundaries (uint8). In 16-bit
-    integers (within 1 of the float blend): a video frame's overlay must cost little."""
-    colours = palette.astype(np.uint16) * _COLOUR_WEIGHT + 128
-    blended = rgb.astype(np.uint16) * (256 - _COLOUR_WEIGHT)
-    blended += np.take(colours, classes, axis=0)
-    picture = (blended >> 8).astype(np.uint8)
-    picture |= (_boundaries(classes).astype(np.uint8) * 255)[..., None]  # white: all bits
-    return picture
-
-
-LEGEND_ROW, LEGEND_PAD = 16, 6
-
-
-def legend_height(width: int, present: int) -> int:
-    per_row = max(1, width // 170)
-    return -(-present // per_row) * LEGEND_ROW + 2 * LEGEND_PAD
-
-
-def _draw_legend(draw, origin: Tuple[int, int], width: int, shares, palette, names) -> None:
-    font = ImageFont.load_default()
-    swatch = 12
-    per_row = max(1, width // 170)
-    for n, (index, share) in enumerate(shares):
-        x = origin[0] + LEGEND_PAD + (n % per_row) * (width // per_row)
-        y = origin[1] + LEGEND_PAD + (n // per_row) * LEGEND_ROW
-        colour = tuple(int(c) for c in palette[index])
-        draw.rectangle([x, y + 2, x + swatch, y + 2 + swatch], fill=colour)
-        label = f"{names[index]} {100 * share:.0f}%"
-        draw.text((x + swatch + 5, y + 1), label, fill=(235, 235, 235), font=font)
-
-
-def _shares(classes: np.ndarray, k: int) -> List[Tuple[int, float]]:
-    counts = np.bincount(classes.ravel(), minlength=k)[:k]
-    return [(int(i), counts[i] / classes.size) for i in np.argsort(-counts) if counts[i] > 0]
-
-
-def overlay(rgb: np.ndarray, classes: np.ndarray, palette: np.ndarray, names: List[str]):
-    """The tinted photo with a legend strip of the classes present below it (PIL image)."""
-    picture = Image.fromarray(tint(rgb, classes, palette))
-    shares = _shares(classes, len(names))
-    legend = Image.new(
-        "RGB", (picture.width, legend_height(picture.width, len(shares))), (24, 24, 24)
-    )
-    _draw_legend(ImageDraw.Draw(legend), (0, 0), picture.width, shares, palette, names)
-    canvas = Image.new("RGB", (picture.width, picture.height + legend.height))
-    canvas.paste(picture, (0, 0))
-    canvas.paste(legend, (0, picture.height))
-    return canvas
-
-
-def video_overlay(rgb, classes, palette, names, note: str = "") -> np.ndarray:
-    """A frame at its own size: tinted, the legend on a darkened strip at its bottom, `note`
-    (the frames/s counter) in the top-left corner."""
-    frame = tint(rgb, classes, palette)
-    shares = _shares(classes, len(names))[:6]  # a video's legend must stay out of the way
-    height, width = frame.shape[:2]
-    strip = min(legend_height(width, len(shares)), height // 3)
-    frame[height - strip :] = (frame[height - strip :] * 0.35).astype(np.uint8)
-    if note:
-        frame[:20, :78] = (frame[:20, :78] * 0.35).astype(np.uint8)
-    picture = Image.fromarray(frame)
-    draw = ImageDraw.Draw(picture)
-    _draw_legend(draw, (0, height - strip), width, shares, palette, names)
-    if note:
-        draw.text((5, 4), note, fill=(255, 255, 255), font=ImageFont.load_default())
-    return np.asarray(picture)
-
-
 def _save(image: Image.Image, path: Path) -> None:
     outputs.write_atomic(path, png_bytes(image))
 
@@ -314,7 +136,7 @@ def _save(image: Image.Image, path: Path) -> None:
 # ---------------------------------------------------------------------------------------
 # The summary: each class's share per input and frame
 # ---------------------------------------------------------------------------------------
-class Summary:
+class ClassSharesLog:
     """Rows (input, frame, time, share per class): a CSV written as it goes (under a
     temporary name, renamed at the end), or JSON written at the end."""
 
@@ -426,7 +248,7 @@ def predict_video(
     source,
     options: PredictOptions,
     stop: ui.StopRequest,
-    summary: Optional[Summary] = None,
+    summary: Optional[ClassSharesLog] = None,
     advance: Callable[[int], None] = lambda n: None,
 ) -> Prediction:
     """Segment every frame of `source` (a video.FrameSource) into an overlay video (and the
@@ -604,13 +426,13 @@ def run_predict(
     options.check()
     out_dir = Path(options.out)
     check_out_dir(out_dir)
-    require_video_support(inputs, options)  # before any work, not after the images
+    require_video_support(inputs, options.stream_size)  # before any work, not after the images
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(f"cannot create --out {out_dir}: {err.strerror}") from None
     names = predictor.meta.class_names
-    summary = Summary(options.summary, names) if options.summary is not None else None
+    summary = ClassSharesLog(options.summary, names) if options.summary is not None else None
     images = [p for p in inputs if p != STDIN and not video.is_video(p)]
     try:
         report = _predict_all(predictor, inputs, images, options, summary, on_done)

@@ -394,7 +394,8 @@ def _video(request: BenchmarkRequest, scratch: Path, data_dir) -> List[Measureme
     """Frames/s of `enet predict` on a video, the whole path: decode, resize, infer, argmax
     at the frame's size, overlay, encode (three threads, as predict runs them)."""
     from enet_cli.core.formats import InferenceRuntime
-    from enet_cli.serving.predict import VIDEO_PARALLEL, PredictOptions, predict_video
+    from enet_cli.serving.inputs import PredictOptions
+    from enet_cli.serving.predict import VIDEO_PARALLEL, predict_video
     from enet_cli.serving.runtimes import load_predictor
     from enet_cli.serving.video import VideoFile
 
