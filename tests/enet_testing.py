@@ -37,16 +37,20 @@ def run_enet(*args: str, timeout: float = 300, cwd=None) -> subprocess.Completed
     )
 
 
-def invoke(*args: Any, cwd=None, env: Optional[Dict[str, str]] = None):
+def invoke(*args: Any, cwd=None, env: Optional[Dict[str, str]] = None, timeout: float = 0):
     """`enet ARGS` in this process through the same `main()` a user's shell runs, with
     stdout, stderr and the exit code captured: what a command prints, exits with and
-    writes, without paying a TensorFlow import per call. `env` is set for the call only."""
+    writes, without paying a TensorFlow import per call. `env` is set for the call only;
+    `timeout` is run_enet's, unused here (pytest-timeout stops a hung test)."""
     import contextlib
     import io
 
     from enet_cli.cli import main
+    from enet_cli.core import ui
 
     argv = [str(a) for a in args]
+    widths = ui.stdout.width, ui.stderr.width  # rich read COLUMNS once, at import
+    ui.stdout.width = ui.stderr.width = 120  # as run_enet's environment has it
     out, err = io.StringIO(), io.StringIO()
     saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
     os.environ.update({"COLUMNS": "120", **(env or {})})
@@ -61,6 +65,7 @@ def invoke(*args: Any, cwd=None, env: Optional[Dict[str, str]] = None):
             except SystemExit as exit_:
                 code = exit_.code
     finally:
+        ui.stdout.width, ui.stderr.width = widths
         os.chdir(saved_cwd)
         sys.argv = saved_argv
         os.environ.clear()

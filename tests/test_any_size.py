@@ -15,7 +15,7 @@ from enet_cli.data.manifest import load_manifest
 from enet_cli.model import build_enet
 from enet_cli.pixels.preprocessor import pad_to_model, run_padded
 from enet_cli.train.settings import load_config
-from enet_testing import FIXTURES, fit_quietly, preprocess_to, run_enet
+from enet_testing import FIXTURES, fit_quietly, invoke, preprocess_to
 
 ODD = (181, 243)
 
@@ -69,7 +69,7 @@ def test_an_odd_size_run_trains_evaluates_predicts_and_exports(odd_data, tmp_pat
     summary = fit_quietly(cfg)
     # Padding is void: the run's validation (on padded batches) and evaluate (on the
     # images as they are, logits cropped) score the same pixels.
-    scored = run_enet("evaluate", str(run), str(odd_data), "--split", "val", "--json",
+    scored = invoke("evaluate", str(run), str(odd_data), "--split", "val", "--json",
                       str(tmp_path / "val.json"))  # fmt: skip
     assert scored.returncode == 0, scored.stderr[-2000:]
     evaluated = json.loads((tmp_path / "val.json").read_text())
@@ -80,12 +80,12 @@ def test_an_odd_size_run_trains_evaluates_predicts_and_exports(odd_data, tmp_pat
     assert tuple(served(images=pixels)["logits"].shape) == (1, *ODD, 11)
 
     photo = FIXTURES / "camvid-segnet-mini" / "test" / "0001TP_007590.png"
-    predicted = run_enet("predict", str(run), str(photo), "--out", str(tmp_path / "pred"))
+    predicted = invoke("predict", str(run), str(photo), "--out", str(tmp_path / "pred"))
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     classes = Image.open(next((tmp_path / "pred").glob("*classes*.png")))
     assert classes.size == Image.open(photo).size  # the photo's own size, 480x360
 
-    exported = run_enet("export", str(run), "--format", "tflite", "--out", str(tmp_path / "tfl"),
+    exported = invoke("export", str(run), "--format", "tflite", "--out", str(tmp_path / "tfl"),
                         "--data", str(odd_data))  # fmt: skip
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert "pixel agreement 99." in exported.stdout or "pixel agreement 100.00%" in exported.stdout

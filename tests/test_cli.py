@@ -5,12 +5,12 @@ import re
 
 import pytest
 
-from enet_testing import enet_env, enet_multiply_adds, error_lines, run_enet
+from enet_testing import enet_env, enet_multiply_adds, error_lines, invoke, run_enet
 
 
 @pytest.mark.compat
 def test_help_lists_the_subcommands():
-    result = run_enet("--help")
+    result = invoke("--help")
     assert result.returncode == 0, result.stderr
     for command in ("preprocess", "train", "evaluate", "predict", "demo", "launch", "model"):
         assert command in result.stdout
@@ -20,7 +20,7 @@ def test_help_lists_the_subcommands():
 def test_version():
     from enet_cli import __version__
 
-    result = run_enet("--version")
+    result = invoke("--version")
     assert result.returncode == 0
     assert result.stdout.strip().startswith(f"enet-cli {__version__}")
 
@@ -67,7 +67,7 @@ def test_console_script_is_the_same_command():
 
 
 def test_model_summary_prints_stages_and_totals():
-    result = run_enet("model", "summary", "--classes", "12", "--size", "360x480")
+    result = invoke("model", "summary", "--classes", "12", "--size", "360x480")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for block in (
@@ -85,7 +85,7 @@ def test_model_summary_prints_stages_and_totals():
 def test_model_summary_reads_a_config_file(tmp_path):
     path = tmp_path / "m.yaml"
     path.write_text("model:\n  num_classes: 32\ndata:\n  image_size: 720x960\n")
-    result = run_enet("model", "summary", "--config", str(path))
+    result = invoke("model", "summary", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert "720x960x32" in result.stdout
 
@@ -103,7 +103,7 @@ def test_model_summary_reads_a_config_file(tmp_path):
     ],
 )
 def test_bad_options_give_one_line_and_no_traceback(args, code, needle):
-    result = run_enet(*args)
+    result = invoke(*args)
     assert result.returncode == code
     lines = error_lines(result.stderr)
     assert len(lines) == 1, result.stderr
@@ -116,7 +116,7 @@ def test_demo_runs_the_whole_workflow_and_its_numbers_are_evaluates(tmp_path):
     names exists, its JSON is strict, and the test mean IoU it prints is what `enet
     evaluate` computes from the model it wrote."""
     out = tmp_path / "demo"
-    result = run_enet("demo", "--out", str(out), "--epochs", "1", timeout=900)
+    result = invoke("demo", "--out", str(out), "--epochs", "1", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     printed = float(result.stdout.split("test mean IoU ")[1].split("%")[0])
     assert (out / "data" / "manifest.json").is_file()
@@ -127,7 +127,7 @@ def test_demo_runs_the_whole_workflow_and_its_numbers_are_evaluates(tmp_path):
         (out / "test_metrics.json").read_text(),
         parse_constant=lambda c: pytest.fail(f"test_metrics.json holds {c}: not JSON"),
     )
-    scored = run_enet(
+    scored = invoke(
         "evaluate", str(out / "run"), str(out / "data"), "--split", "test",
         "--json", str(tmp_path / "m.json"),
     )  # fmt: skip

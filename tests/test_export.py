@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from enet_testing import (
     CLASS_AGREEMENT_FLOOR,
@@ -26,7 +25,6 @@ from enet_testing import (
     error_lines,
     fit_quietly,
     invoke,
-    run_enet,
     train_config,
     tree,
 )
@@ -88,7 +86,7 @@ def test_saved_model_serves_the_keras_logits_and_scores_in_evaluate(
     import tensorflow as tf
 
     out = tmp_path / "sm"
-    result = run_enet("export", str(fitted_run), "--out", str(out), "--data", str(small_data))
+    result = invoke("export", str(fitted_run), "--out", str(out), "--data", str(small_data))
     assert result.returncode == 0, result.stderr[-2000:]
     said = re.search(r"pixel agreement ([\d.]+)%", result.stdout)
     assert said and float(said.group(1)) >= 100 * CLASS_AGREEMENT_FLOOR, result.stdout
@@ -99,7 +97,7 @@ def test_saved_model_serves_the_keras_logits_and_scores_in_evaluate(
     expected = model(pixels.astype(np.float32) / 255.0, training=False).numpy()
     assert_same_logits(served["logits"].numpy(), expected)
     np.testing.assert_array_equal(served["classes"].numpy(), served["logits"].numpy().argmax(-1))
-    scored = run_enet("evaluate", str(out), str(small_data), "--split", "val")
+    scored = invoke("evaluate", str(out), str(small_data), "--split", "val")
     assert scored.returncode == 0, scored.stderr[-2000:]
 
 
@@ -190,7 +188,7 @@ def test_int8_agrees_above_the_floor_and_runs_in_evaluate(
     from enet_cli.serving.tflite import TFLiteRunner
 
     out = tmp_path / "int8"
-    result = run_enet(
+    result = invoke(
         "export", str(fitted_run), "--format", "tflite", "--quantize", "int8",
         "--data", str(small_data), "--calibration-images", "8", "--out", str(out),
     )  # fmt: skip
@@ -209,7 +207,7 @@ def test_int8_agrees_above_the_floor_and_runs_in_evaluate(
     assert "operators (all TFLite builtins)" in result.stdout
     size_line = next(x for x in result.stdout.splitlines() if x.startswith("wrote TFLite int8"))
     assert float(size_line.split(": ")[1].split(" MiB")[0]) < 0.7  # float32 is 1.4 MiB
-    scored = run_enet(
+    scored = invoke(
         "evaluate", str(out / "model.tflite"), str(small_data), "--split", "val",
         "--json", str(tmp_path / "m.json"),
     )  # fmt: skip
@@ -238,7 +236,7 @@ def test_bad_export_requests_fail_in_one_line_and_write_nothing(
     fitted_run, tmp_path, args, message
 ):
     out = tmp_path / "out"
-    result = run_enet("export", str(fitted_run), "--out", str(out), *args)
+    result = invoke("export", str(fitted_run), "--out", str(out), *args)
     assert result.returncode != 0
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and message in lines[0], lines
@@ -249,7 +247,7 @@ def test_bad_export_requests_fail_in_one_line_and_write_nothing(
 def test_a_tflite_export_is_not_a_source_for_another_export(tflite_float32, tmp_path):
     _, exported = tflite_float32
     out = tmp_path / "x"
-    result = run_enet("export", str(exported), "--format", "tflite", "--out", str(out))
+    result = invoke("export", str(exported), "--format", "tflite", "--out", str(out))
     assert result.returncode == 3
     assert "already a TFLite export" in error_lines(result.stderr)[-1]
     assert not out.exists()
@@ -285,45 +283,12 @@ def test_videos_split_batches_between_runtime_copies_with_the_same_numbers(
     assert parallel_for([Path("a.png"), Path("b.jpg")]) == 1
 
 
-@pytest.mark.slow
-def test_a_video_on_runtime_copies_gives_each_frames_own_classes_at_any_batch(
-    tflite_float32, tmp_path
-):
-    """predict_video keeps the copies busy with batches in flight (a batch of 1 included)
-    and hands them to the writer in order: frame k's class map is frame k's, as one copy on
-    every core segments the frame alone (the lossless clip keeps its pixels exactly)."""
-    from enet_cli.core import ui
-    from enet_cli.serving.inputs import PredictOptions
-    from enet_cli.serving.predict import VIDEO_PARALLEL, predict_video, segment
-    from enet_cli.serving.runtimes import load_predictor
-    from enet_cli.serving.video import VideoFile
-    from test_video import FRAMES, frames_of, make_video
-
-    _, exported = tflite_float32
-    frames = frames_of(FRAMES[:5])
-    clip = make_video(tmp_path / "drive.mkv", frames, rate=10)
-    whole = load_predictor(exported)
-    expected = [segment(whole, frame) for frame in frames]
-    copies = load_predictor(exported, parallel=VIDEO_PARALLEL)
-    for batch in (1, 3):
-        out = tmp_path / f"batch{batch}"
-        out.mkdir()
-        options = PredictOptions(out=out, batch=batch, classes_video="png")
-        done = predict_video(copies, VideoFile(clip), options, ui.StopRequest())
-        assert done.frames == len(frames)
-        maps = sorted((out / "drive_classes").glob("*.png"))
-        assert len(maps) == len(frames)
-        for k, path in enumerate(maps):
-            np.testing.assert_array_equal(np.asarray(Image.open(path)), expected[k], f"{k}")
-    assert len({e.tobytes() for e in expected}) == len(frames)  # order is really tested
-
-
 def test_benchmark_reports_sane_numbers_with_machine_and_versions(fitted_run, tmp_path):
     import tensorflow as tf
 
     report_path = tmp_path / "bench.json"
     started = time.monotonic()
-    result = run_enet(
+    result = invoke(
         "benchmark", str(fitted_run), "--what", "all", "--variants", "keras,tflite_float32",
         "--size", "96x128", "--iterations", "5", "--warmup", "2", "--json", str(report_path),
         timeout=600,
@@ -368,11 +333,11 @@ def test_benchmark_reports_the_cores_it_may_use(tmp_path):
 
 
 def test_benchmark_refuses_unknown_variants():
-    result = run_enet("benchmark", "--what", "infer", "--variants", "keras,tensorrt")
+    result = invoke("benchmark", "--what", "infer", "--variants", "keras,tensorrt")
     assert result.returncode == 2
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "tensorrt" in lines[0] and "tflite_int8" in lines[0], lines
-    video = run_enet("benchmark", "--what", "video", "--variants", "keras_xla")
+    video = invoke("benchmark", "--what", "video", "--variants", "keras_xla")
     lines = error_lines(video.stderr)
     assert video.returncode == 2 and len(lines) == 1, video.stderr
     assert (

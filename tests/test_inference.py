@@ -20,8 +20,8 @@ from enet_testing import (
     assert_same_logits,
     error_lines,
     fit_quietly,
+    invoke,
     preprocess_to,
-    run_enet,
     train_config,
 )
 
@@ -123,7 +123,7 @@ def test_predict_writes_indexed_maps_and_overlays(trained_run, tmp_path):
 
 
 def test_cli_evaluate_and_predict(trained_run, small_data, tmp_path):
-    result = run_enet(
+    result = invoke(
         "evaluate",
         str(trained_run),
         str(small_data),
@@ -142,9 +142,7 @@ def test_cli_evaluate_and_predict(trained_run, small_data, tmp_path):
     assert sum(int(v) for row in rows[1:] for v in row.split(",")[1:]) == saved["pixels"]
 
     image = FIXTURES / "camvid-segnet-mini" / "val"
-    result = run_enet(
-        "predict", str(trained_run / "model"), str(image), "--out", str(tmp_path / "p")
-    )
+    result = invoke("predict", str(trained_run / "model"), str(image), "--out", str(tmp_path / "p"))
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "p").glob("*_overlay.png"))) == 8
 
@@ -152,7 +150,7 @@ def test_cli_evaluate_and_predict(trained_run, small_data, tmp_path):
         (["evaluate", str(tmp_path), str(small_data)], "no trained ENet in"),
         (["predict", str(trained_run), str(tmp_path / "none.png")], "does not exist"),
     ):
-        bad = run_enet(*args)
+        bad = invoke(*args)
         assert bad.returncode == 3
         assert error_lines(bad.stderr)[-1].startswith("error:") and needle in bad.stderr
 

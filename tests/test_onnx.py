@@ -17,8 +17,8 @@ from PIL import Image
 from enet_testing import (
     FIXTURES,
     PIXELS_OFF_AT_A_TIE,
+    invoke,
     one_error_line,
-    run_enet,
 )
 
 ONNX_TOLERANCE = 1e-3  # test_export's TFLite float32 tolerance
@@ -27,7 +27,7 @@ ONNX_TOLERANCE = 1e-3  # test_export's TFLite float32 tolerance
 @pytest.fixture(scope="module")
 def onnx_export(trained_run, small_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "enet-onnx"
-    result = run_enet(
+    result = invoke(
         "export", str(trained_run), "--format", "onnx", "--data", str(small_data), "--out",
         str(out),
     )  # fmt: skip
@@ -84,11 +84,11 @@ def test_onnx_predicts_videos_and_evaluates_and_refuses_what_it_cannot(
 
     out, _ = onnx_export
     clip = make_video(tmp_path / "drive.mkv", frames_of(FRAMES[:4]), rate=10)
-    by_onnx = run_enet("predict", str(out / "model.onnx"), str(clip), "--out",
+    by_onnx = invoke("predict", str(out / "model.onnx"), str(clip), "--out",
                        str(tmp_path / "a"), "--classes-video", "png")  # fmt: skip
     assert by_onnx.returncode == 0, by_onnx.stderr[-2000:]
     assert "(runtime onnx)" in by_onnx.stderr
-    by_keras = run_enet("predict", str(trained_run), str(clip), "--out", str(tmp_path / "b"),
+    by_keras = invoke("predict", str(trained_run), str(clip), "--out", str(tmp_path / "b"),
                         "--classes-video", "png", "--runtime", "keras")  # fmt: skip
     assert by_keras.returncode == 0, by_keras.stderr[-2000:]
     assert "(runtime keras)" in by_keras.stderr
@@ -97,11 +97,11 @@ def test_onnx_predicts_videos_and_evaluates_and_refuses_what_it_cannot(
         b = np.asarray(Image.open(tmp_path / "b" / "drive_classes" / name))
         assert np.mean(a == b) >= 0.995, name
 
-    scored = run_enet("evaluate", str(out), str(small_data), "--split", "val")
+    scored = invoke("evaluate", str(out), str(small_data), "--split", "val")
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert "ONNX" in scored.stdout and "mean IoU" in scored.stdout
 
-    wrong_runtime = run_enet(
+    wrong_runtime = invoke(
         "predict", str(out), str(FRAMES[0]), "--runtime", "tflite", "--out", str(tmp_path / "c")
     )
     one_error_line(
@@ -110,7 +110,7 @@ def test_onnx_predicts_videos_and_evaluates_and_refuses_what_it_cannot(
         r"--runtime tflite: .*model.onnx is an ONNX file, which runs in onnx; export it with "
         r"enet export --format tflite first",
     )
-    quantized = run_enet(
+    quantized = invoke(
         "export", str(trained_run), "--format", "onnx", "--quantize", "int8", "--out",
         str(tmp_path / "d"),
     )  # fmt: skip
@@ -121,13 +121,13 @@ def test_onnx_predicts_videos_and_evaluates_and_refuses_what_it_cannot(
 @pytest.mark.slow
 def test_a_fixed_size_onnx_export_says_which_size_it_takes(trained_run, tmp_path):
     out = tmp_path / "fixed"
-    result = run_enet("export", str(trained_run), "--format", "onnx", "--size", "64x96",
+    result = invoke("export", str(trained_run), "--format", "onnx", "--size", "64x96",
                       "--out", str(out))  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     dims = onnx.load(str(out / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [0, 64, 96, 3]
     photo = sorted((FIXTURES / "camvid-segnet-mini" / "val").glob("*.png"))[0]
-    predicted = run_enet("predict", str(out), str(photo), "--out", str(tmp_path / "p"))
+    predicted = invoke("predict", str(out), str(photo), "--out", str(tmp_path / "p"))
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     classes = np.asarray(Image.open(tmp_path / "p" / f"{photo.stem}_classes.png"))
     assert classes.shape == (360, 480)  # resized to 64x96 for the model, and back

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from enet_testing import one_error_line, run_enet
+from enet_testing import invoke, one_error_line
 
 
 def _softmax(x):
@@ -100,7 +100,7 @@ def test_evaluate_with_flip_scores_the_hand_computed_predictions(trained_run, sm
     from enet_cli.data.manifest import load_manifest
     from enet_cli.serving.runtimes import load_keras_model
 
-    result = run_enet(
+    result = invoke(
         "evaluate", str(trained_run), str(small_data), "--split", "val", "--tta", "flip",
         "--json", str(tmp_path / "m.json"),
     )  # fmt: skip
@@ -132,5 +132,5 @@ def test_evaluate_with_flip_scores_the_hand_computed_predictions(trained_run, sm
     assert moved(tool, by_hand) <= 0.005, moved(tool, by_hand)
     assert moved(tool, without) > 0.02, moved(tool, without)
 
-    refused = run_enet("evaluate", str(trained_run), str(small_data), "--tta", "flop")
+    refused = invoke("evaluate", str(trained_run), str(small_data), "--tta", "flop")
     one_error_line(refused, 2, r"--tta 'flop': 'flop' is not flip or scales=")

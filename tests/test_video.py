@@ -22,9 +22,9 @@ from enet_testing import (
     ctrl_c,
     enet_env,
     error_lines,
+    invoke,
     last_error_line,
     one_error_line,
-    run_enet,
     user_env,
 )
 
@@ -74,7 +74,7 @@ def no_partial_files(directory: Path):
 def test_a_video_gives_the_same_frames_as_predicting_each_png(trained_run, tmp_path):
     clip = make_video(tmp_path / "drive.mkv", frames_of(FRAMES), rate=15)
     out = tmp_path / "out"
-    result = run_enet(
+    result = invoke(
         "predict", str(trained_run), str(clip), "--out", str(out), "--classes-video", "png",
         "--summary", str(out / "shares.json"), "--batch", "3",
     )  # fmt: skip
@@ -86,7 +86,7 @@ def test_a_video_gives_the_same_frames_as_predicting_each_png(trained_run, tmp_p
     classes = sorted((out / "drive_classes").glob("*.png"))
     assert len(classes) == len(FRAMES)
 
-    stills = run_enet("predict", str(trained_run), *map(str, FRAMES), "--out", str(tmp_path / "s"))
+    stills = invoke("predict", str(trained_run), *map(str, FRAMES), "--out", str(tmp_path / "s"))
     assert stills.returncode == 0, stills.stderr[-2000:]
     shares = json.loads((out / "shares.json").read_text())
     names = shares["classes"]
@@ -143,7 +143,7 @@ def test_classes_as_a_lossless_video_and_frames_from_a_pipe(trained_run, tmp_pat
     assert len(overlay) == 5 and rate == Fraction(25, 2)
     maps, _ = decoded(out / "stdin_classes.mkv")
     clip = make_video(tmp_path / "clip.mkv", frames, rate=25)
-    again = run_enet("predict", str(trained_run), str(clip), "--out", str(tmp_path / "o2"),
+    again = invoke("predict", str(trained_run), str(clip), "--out", str(tmp_path / "o2"),
                      "--classes-video", "png")  # fmt: skip
     assert again.returncode == 0, again.stderr[-2000:]
     pngs = sorted((tmp_path / "o2" / "clip_classes").glob("*.png"))
@@ -175,7 +175,7 @@ def test_damaged_and_unreadable_inputs_are_one_warning_each_and_the_rest_goes_on
     (tmp_path / "notes.mp4").write_text("not a video at all\n")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
     out = tmp_path / "out"
-    result = run_enet("predict", str(trained_run), str(tmp_path), "--out", str(out))
+    result = invoke("predict", str(trained_run), str(tmp_path), "--out", str(out))
     lines = error_lines(result.stderr)
     warnings = [x for x in lines if x.startswith("warning:")]
     assert result.returncode == 3, result.stderr[-2000:]
@@ -257,7 +257,7 @@ def test_the_video_benchmark_times_predicts_whole_path_beside_the_model_alone(tr
 
 
 def test_a_stream_without_its_frame_size_is_refused_before_the_model_loads(tmp_path):
-    result = run_enet("predict", str(tmp_path / "no-model"), "-", "--out", str(tmp_path / "o"))
+    result = invoke("predict", str(tmp_path / "no-model"), "-", "--out", str(tmp_path / "o"))
     one_error_line(
         result, 2, r"- reads raw RGB frames from stdin: give their size with --stream-size"
     )
@@ -269,7 +269,7 @@ def test_an_output_that_would_replace_an_input_is_refused_before_the_model_loads
     shutil_copy(FRAMES[0], tmp_path / "a.png")
     shutil_copy(FRAMES[1], tmp_path / "a_overlay.png")
     before = (tmp_path / "a_overlay.png").read_bytes()
-    result = run_enet("predict", str(tmp_path / "no-model"), str(tmp_path), "--out", str(tmp_path))
+    result = invoke("predict", str(tmp_path / "no-model"), str(tmp_path), "--out", str(tmp_path))
     one_error_line(result, 2, r"would overwrite the input .*a_overlay.png; choose another --out")
     assert (tmp_path / "a_overlay.png").read_bytes() == before
 

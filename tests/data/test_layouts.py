@@ -27,11 +27,11 @@ from enet_cli.data.layouts.cityscapes import LABELS, train_classes
 from enet_cli.data.manifest import load_manifest
 from enet_testing import (
     FIXTURES,
+    invoke,
     nothing_written,
     paint_unknown_colour,
     preprocess_to,
     read_records,
-    run_enet,
     shrink_image,
 )
 
@@ -127,7 +127,7 @@ def test_an_unlabeled_split_is_refused_by_evaluate_in_one_line(tmp_path):
     root = make_cityscapes(tmp_path / "cityscapes")
     preprocess_to(root, tmp_path / "out", image_size=SIZE, workers=1)
     model = str(tmp_path / "some-run")
-    result = run_enet("evaluate", model, str(tmp_path / "out"), "--split", "test")
+    result = invoke("evaluate", model, str(tmp_path / "out"), "--split", "test")
     assert result.returncode == 3, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "the test split of" in lines[0] and "no labels" in lines[0]
@@ -365,7 +365,7 @@ def test_bad_classes_files_name_the_file(tmp_path, case):
 
 def test_cli_names_the_layout_and_options_reach_it(tmp_path):
     root = make_folders(tmp_path / "mine", per_split=False)
-    result = run_enet(
+    result = invoke(
         "preprocess", str(root), str(tmp_path / "out"), "--size", SIZE, "--val-fraction",
         "0.5", "--split-seed", "3", "--workers", "1",
     )  # fmt: skip
@@ -373,7 +373,7 @@ def test_cli_names_the_layout_and_options_reach_it(tmp_path):
     assert "folders layout -> mask values (11 classes + void)" in result.stdout.replace("\n", " ")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["splits"]["val"]["records"] == 20
-    bad = run_enet("preprocess", str(root), str(tmp_path / "o2"), "--layout", "coco")
+    bad = invoke("preprocess", str(root), str(tmp_path / "o2"), "--layout", "coco")
     lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert bad.returncode == 2 and len(lines) == 1, bad.stderr
     assert "--layout: 'coco'; use one of camvid-kaggle, camvid-segnet, cityscapes" in lines[0]

@@ -21,11 +21,11 @@ from enet_testing import (
     FIXTURES,
     enet_env,
     error_lines,
+    invoke,
     nothing_written,
     paint_unknown_colour,
     preprocess_to,
     read_records,
-    run_enet,
     shrink_image,
 )
 
@@ -234,7 +234,7 @@ def test_existing_output_needs_force_and_must_be_a_preprocess_output(tmp_path):
 
 
 def test_cli_reports_the_layout_and_a_summary(tmp_path):
-    result = run_enet(
+    result = invoke(
         "preprocess",
         str(FIXTURES / "camvid-kaggle-mini"),
         str(tmp_path / "out"),
@@ -260,7 +260,7 @@ def test_cli_reports_the_layout_and_a_summary(tmp_path):
     ],
 )
 def test_cli_bad_options(tmp_path, args, code, needle):
-    result = run_enet(
+    result = invoke(
         "preprocess", str(FIXTURES / "camvid-kaggle-mini"), str(tmp_path / "out"), *args
     )
     assert result.returncode == code
@@ -271,7 +271,7 @@ def test_cli_bad_options(tmp_path, args, code, needle):
 
 def test_cli_bad_data_exits_3_with_one_line(camvid_kaggle_mini, tmp_path):
     _truncate(camvid_kaggle_mini / "val" / "0016E5_08007.png")
-    result = run_enet("preprocess", str(camvid_kaggle_mini), str(tmp_path / "out"))
+    result = invoke("preprocess", str(camvid_kaggle_mini), str(tmp_path / "out"))
     assert result.returncode == 3
     lines = error_lines(result.stderr)
     assert lines[-1].startswith("error: cannot read image") and "0016E5_08007.png" in lines[-1]

@@ -13,7 +13,7 @@ from PIL import Image
 from tf_serving import Request, serve
 
 from enet_cli.cloud.package import extract_model, pack_model
-from enet_testing import FIXTURES
+from enet_testing import FIXTURES, invoke
 
 PHOTOS = sorted((FIXTURES / "camvid-segnet-mini" / "val").glob("*.png"))[:2]
 
@@ -29,12 +29,11 @@ def packed(trained_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def predicted(trained_run, tmp_path_factory):
     """`enet predict`'s class maps for PHOTOS (as the user would run it)."""
-    from enet_testing import run_enet
 
     out = tmp_path_factory.mktemp("predicted")
     jpeg = out / "photo.jpg"  # a JPEG request is predict on the same JPEG file
     Image.open(PHOTOS[0]).convert("RGB").save(jpeg, format="JPEG", quality=90)
-    result = run_enet("predict", str(trained_run), *map(str, PHOTOS), str(jpeg), "--out", str(out))
+    result = invoke("predict", str(trained_run), *map(str, PHOTOS), str(jpeg), "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     return out
 

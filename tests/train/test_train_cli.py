@@ -12,7 +12,7 @@ from enet_testing import (
     SMALL_SIZE,
     enet_env,
     error_lines,
-    run_enet,
+    invoke,
 )
 
 TRAIN_ARGS = ["--size", SMALL_SIZE, "--batch-size", "4", "--learning-rate", "0.002", "--seed", "1"]
@@ -103,7 +103,7 @@ def test_cli_data_errors(small_data, tmp_path):
             "--engine smp needs smdistributed.modelparallel.tensorflow",
         ),
     ):
-        result = run_enet("train", *args, "--run-dir", str(tmp_path / "r"), "--size", SMALL_SIZE)
+        result = invoke("train", *args, "--run-dir", str(tmp_path / "r"), "--size", SMALL_SIZE)
         assert result.returncode == code, result.stderr
         lines = error_lines(result.stderr)
         assert needle in lines[-1] and "Traceback" not in result.stderr

@@ -30,7 +30,7 @@ def test_a_run_directory_has_one_owner_and_the_lock_dies_with_it(small_data, tmp
         [
             sys.executable,
             "-c",
-            "import sys, time; from enet_cli import outputs; "
+            "import sys, time; from enet_cli.core import outputs; "
             "outputs.lock_run_dir(sys.argv[1]); print('locked', flush=True); time.sleep(600)",
             str(run),
         ],

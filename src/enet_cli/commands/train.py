@@ -24,15 +24,14 @@ def train(**options: Any) -> None:
     Example: enet train data/camvid --run-dir runs/camvid --epochs 300
     """
     from enet_cli.train.launcher import is_worker
-    from enet_cli.train.run import launch_if_requested, train_from_settings
+    from enet_cli.train.run import launch_if_requested, run_training, settings_for_run
 
-    config = options.pop("config")
-    settings = overrides(options)
+    cfg, paths = settings_for_run(options.pop("config"), overrides(options))
     if not is_worker():
-        code = launch_if_requested(config, settings, sys.argv[1:])
+        code = launch_if_requested(cfg, paths, sys.argv[1:])
         if code is not None:
             raise typer.Exit(code)
-    summary, paths = train_from_settings(config, settings)
+    summary = run_training(cfg, paths)
     if "saved_model" not in summary:  # a worker other than the chief: it wrote nothing
         stdout.print(f"worker done: {summary['steps']} steps")
         return

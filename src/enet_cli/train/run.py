@@ -69,28 +69,25 @@ def _reporting_failures(fn, *args):
         raise
 
 
-def train_from_settings(
+def settings_for_run(
     config_file: Optional[Path], overrides: Dict[str, Dict[str, Any]]
-) -> Tuple[Dict[str, object], RunPaths]:
-    """`enet train` in this process: settings -> run."""
-    cfg, paths = _reporting_failures(prepare_run, config_file, overrides)
-    return run_training(cfg, paths), paths
+) -> Tuple[EnetConfig, RunPaths]:
+    """`enet train`'s settings and paths, read and checked once for the whole command (in
+    SageMaker a mistake also goes to the failure file)."""
+    return _reporting_failures(prepare_run, config_file, overrides)
 
 
-def launch_if_requested(
-    config_file: Optional[Path], overrides: Dict[str, Dict[str, Any]], argv: List[str]
-) -> Optional[int]:
+def launch_if_requested(cfg: EnetConfig, paths: RunPaths, argv: List[str]) -> Optional[int]:
     """`--local-workers N` (N > 1): start the workers, each running this same command, and
     return the chief's exit code; None when this process should train by itself."""
-    return _reporting_failures(_launch, config_file, overrides, argv)
+    return _reporting_failures(_launch, cfg, paths, argv)
 
 
-def _launch(config_file, overrides, argv) -> Optional[int]:
+def _launch(cfg: EnetConfig, paths: RunPaths, argv: List[str]) -> Optional[int]:
     from enet_cli.data.manifest import check_batch_size, load_manifest
     from enet_cli.train import launcher
     from enet_cli.train.engines.table import resolve
 
-    cfg, paths = prepare_run(config_file, overrides)
     workers = cfg.runtime.local_workers
     if workers <= 1:
         return None
