@@ -12,7 +12,7 @@ from typing import Callable, Iterator, List, NamedTuple, Optional
 from enet_cli import __version__
 from enet_cli.cloud.settings import AwsConfig
 from enet_cli.core import ui
-from enet_cli.core.errors import ConfigError, EnvironmentProblem, LaunchError
+from enet_cli.core.errors import AwsError, ConfigError, EnvironmentProblem
 
 ROLE_ENV = "SAGEMAKER_ROLE"
 DEFAULT_PREFIX = "enet"
@@ -63,7 +63,7 @@ def aws_errors() -> Iterator[None]:
         yield
     except (BotoCoreError, ClientError) as err:
         first = str(err).strip().splitlines()[0][:300]
-        raise LaunchError(
+        raise AwsError(
             f"AWS refused or could not be reached ({first}); check the network, --region, "
             f"AWS_ENDPOINT_URL and your credentials, then try again"
         ) from None
@@ -231,6 +231,6 @@ def wait_for(where: "Aws", kind: str, name: str) -> dict:
                 return found
             if status in ("Failed", "Stopped", "OutOfService"):
                 reason = found.get("FailureReason", "no reason given")
-                raise LaunchError(f"{kind} {name} is {status}: {reason}")
+                raise AwsError(f"{kind} {name} is {status}: {reason}")
             time.sleep(delay)
             delay = min(delay * 2, 30.0)

@@ -9,7 +9,6 @@ tarball from S3 is unpacked with every member checked first.
 """
 
 import contextlib
-import re
 import tempfile
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -17,9 +16,15 @@ from typing import List, Optional, Tuple
 from enet_cli.artifacts.model_ref import NAME_PATTERN, ModelRef, RefKind, locate
 from enet_cli.cloud import aws
 from enet_cli.cloud.package import extract_model, pack_model
-from enet_cli.cloud.settings import AwsConfig, DeployConfig, ServeConfig, TransformConfig
+from enet_cli.cloud.settings import (
+    AwsConfig,
+    DeployConfig,
+    ServeConfig,
+    TransformConfig,
+    check_instance_type,
+)
 from enet_cli.core import ui
-from enet_cli.core.errors import ConfigError, DataError, LaunchError
+from enet_cli.core.errors import AwsError, ConfigError, DataError
 
 REPLY_TYPES = ("image/png", "image/jpeg", "application/x-npy")  # what the handler takes
 
@@ -139,13 +144,6 @@ def _device(instance_type: str) -> str:
     return "GPU" if family[:1] in ("g", "p") else "CPU"
 
 
-def _check_instance(option: str, instance_type: str) -> None:
-    if not re.fullmatch(r"ml\.[a-z0-9]+\.[a-z0-9]+", instance_type):
-        raise ConfigError(
-            f"{option} {instance_type!r} is not a SageMaker instance type (like ml.c5.xlarge)"
-        )
-
-
 def _check_name(option: str, name: Optional[str]) -> None:
     if name is not None and not NAME_PATTERN.match(name):
         raise ConfigError(
@@ -159,7 +157,7 @@ def _check_name(option: str, name: Optional[str]) -> None:
 # ---------------------------------------------------------------------------------------
 def deploy(model: str, cfg: DeployConfig) -> Optional[str]:
     """Create the endpoint (or with --dry-run, print what would be); returns its name."""
-    _check_instance("--instance-type", cfg.instance_type)
+    check_instance_type("--instance-type", cfg.instance_type, "ml.c5.xlarge")
     _check_name("--endpoint-name", cfg.endpoint_name)
     source = model_source(model)
     prefix = aws.check_prefix(cfg.s3_prefix)
@@ -289,7 +287,7 @@ def invoke(endpoint: str, images: List[Path], out_dir: Path, cfg: AwsConfig) -> 
                 said = err.response.get("OriginalMessage", "")
                 with contextlib.suppress(ValueError, AttributeError):
                     said = json.loads(said).get("error", said)
-                raise LaunchError(
+                raise AwsError(
                     f"endpoint {endpoint} could not segment {path}: {said or err}"
                 ) from None
             try:
@@ -298,12 +296,12 @@ def invoke(endpoint: str, images: List[Path], out_dir: Path, cfg: AwsConfig) -> 
                 colours = palette(found["class_colors"], found["void_color"])
                 names = found["class_names"]
             except (ValueError, KeyError, TypeError):
-                raise LaunchError(
+                raise AwsError(
                     f"endpoint {endpoint} did not answer like an enet endpoint for {path}; "
                     f"was it deployed with enet deploy?"
                 ) from None
             if classes.shape != rgb.shape[:2]:
-                raise LaunchError(
+                raise AwsError(
                     f"endpoint {endpoint} answered {path} with a {classes.shape} map for a "
                     f"{rgb.shape[:2]} image"
                 )
@@ -354,7 +352,7 @@ def check_transform_uris(source: str, target: str) -> Tuple[str, str]:
 
 def transform(model: str, source: str, target: str, cfg: TransformConfig) -> Optional[str]:
     """A batch transform job over every object under `source`; returns its name."""
-    _check_instance("--instance-type", cfg.instance_type)
+    check_instance_type("--instance-type", cfg.instance_type, "ml.c5.xlarge")
     _check_name("--job-name", cfg.job_name)
     source, target = check_transform_uris(source, target)
     found = model_source(model)
@@ -397,7 +395,7 @@ def transform(model: str, source: str, target: str, cfg: TransformConfig) -> Opt
                 logs=False,
             )
         except sagemaker.exceptions.UnexpectedStatusException as err:
-            raise LaunchError(f"batch transform {name} failed: {err}") from None
+            raise AwsError(f"batch transform {name} failed: {err}") from None
         if cfg.wait:
             aws.wait_for(where, "batch transform", name)
             count, size = _listing(where.client("s3"), target)

@@ -18,7 +18,7 @@ from enet_cli.cloud.settings import LaunchConfig
 from enet_cli.cloud.source import ENTRY_SCRIPT, stage_source
 from enet_cli.core import ui
 from enet_cli.core.config import EnetConfig
-from enet_cli.core.errors import LaunchError
+from enet_cli.core.errors import AwsError
 from enet_cli.data.manifest import MANIFEST_NAME, load_manifest
 
 
@@ -122,7 +122,7 @@ def _submit(plan: LaunchPlan, launch_cfg: LaunchConfig, data: str) -> str:
         try:
             job.fit({"train": channel}, job_name=job_name, wait=launch_cfg.wait)
         except sagemaker.exceptions.UnexpectedStatusException as err:
-            raise LaunchError(f"training job {job_name} failed: {err}") from None
+            raise AwsError(f"training job {job_name} failed: {err}") from None
     ui.info(
         f"job {job_name} submitted; follow it with: enet jobs logs {job_name} --follow"
         if not launch_cfg.wait
@@ -144,7 +144,7 @@ def upload_list(directory: Path) -> List[Path]:
     root = directory.resolve()
     for path in files:
         if root not in path.resolve().parents:
-            raise LaunchError(
+            raise AwsError(
                 f"{path} points outside {directory} (to {path.resolve()}); enet launch uploads "
                 f"only files inside DATA: copy the file in instead of linking it"
             )

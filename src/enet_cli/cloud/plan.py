@@ -7,10 +7,9 @@ where AWS's libraries still exist: SMDDP's last TensorFlow container is 2.11 (Py
 SMP v1's is 2.6 (Python 3.8); TensorFlow's own engines take the newest TensorFlow container.
 """
 
-import re
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from enet_cli.cloud.settings import LaunchConfig
+from enet_cli.cloud.settings import LaunchConfig, check_instance_type
 from enet_cli.core.config import LOCAL_SETTINGS, EnetConfig, EngineChoice, Mode
 from enet_cli.core.errors import ConfigError
 from enet_cli.core.metrics import metric_definitions
@@ -124,11 +123,7 @@ def make_plan(cfg: EnetConfig, launch: LaunchConfig) -> LaunchPlan:
 
 
 def _check_instance(spec: EngineSpec, instance_type: str, count: int, gpus: Optional[int]):
-    if not re.fullmatch(r"ml\.[a-z0-9]+\.[a-z0-9]+", instance_type):
-        raise ConfigError(
-            f"--instance-type {instance_type!r} is not a SageMaker instance type "
-            f"(like ml.g5.xlarge)"
-        )
+    check_instance_type("--instance-type", instance_type, "ml.g5.xlarge")
     engine, mode = spec.engine.value, spec.mode
     if spec.instance_types is not None and instance_type not in spec.instance_types:
         family = instance_type.split(".")[1]

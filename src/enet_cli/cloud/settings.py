@@ -4,12 +4,24 @@ jobs), with their defaults: the same pydantic machinery as the training settings
 """
 
 import enum
+import re
 from pathlib import Path
 from typing import Optional, Tuple
 
 from pydantic import Field, field_validator
 
 from enet_cli.core.config import Section
+from enet_cli.core.errors import ConfigError
+
+# SageMaker's instance type names: ml.<family>.<size>.
+INSTANCE_TYPE = re.compile(r"ml\.[a-z0-9]+\.[a-z0-9]+")
+
+
+def check_instance_type(option: str, instance_type: str, example: str) -> None:
+    if not INSTANCE_TYPE.fullmatch(instance_type):
+        raise ConfigError(
+            f"{option} {instance_type!r} is not a SageMaker instance type (like {example})"
+        )
 
 
 class AwsConfig(Section):

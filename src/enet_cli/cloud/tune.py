@@ -19,7 +19,7 @@ from enet_cli.cloud.settings import LaunchConfig, TuneConfig, TuneStrategy
 from enet_cli.cloud.source import stage_source
 from enet_cli.core import ui
 from enet_cli.core.config import EnetConfig
-from enet_cli.core.errors import ConfigError, EnetError, LaunchError
+from enet_cli.core.errors import AwsError, ConfigError, EnetError
 from enet_cli.core.metrics import metric_definitions
 
 OBJECTIVE_KEY = "val_mean_iou"  # the metrics line's key; its SageMaker name comes from metrics
@@ -253,7 +253,7 @@ def _print_best(where: aws.Aws, name: str, tuned: List[str]) -> None:
     status = found["HyperParameterTuningJobStatus"]
     best = found.get("BestTrainingJob")
     if not best:
-        raise LaunchError(f"tuning job {name} ended {status} without a best training job")
+        raise AwsError(f"tuning job {name} ended {status} without a best training job")
     value = best.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value")
     settings = best.get("TunedHyperParameters", {})
     shown = ", ".join(f"{k}={settings[k]}" for k in tuned if k in settings) or "(not reported)"

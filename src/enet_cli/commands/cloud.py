@@ -30,8 +30,6 @@ from enet_cli.commands.options import (
 )
 from enet_cli.core.config import LOCAL_SETTINGS, make_options
 
-# Training options that describe this machine, not the job (the container decides them).
-NOT_LAUNCHED = (*LOCAL_SETTINGS, "resume")
 DATA_ARGUMENT = ("data", "s3:// URI or a local preprocessed directory.")
 MODEL_ARGUMENT = (
     "model",
@@ -45,7 +43,7 @@ def _job_options() -> List:
     """What a training job takes: train's options but the local ones, and the job's own."""
     return [
         keyword("config", CONFIG_OPTION, Optional[Path]),
-        *training_parameters(leave_out=NOT_LAUNCHED),
+        *training_parameters(leave_out=LOCAL_SETTINGS),
         *settings_parameters(LaunchConfig, "launch", PANEL_LAUNCH),
     ]
 

@@ -86,6 +86,12 @@ def model_size(height: int, width: int) -> Tuple[int, int]:
     return up(height), up(width)
 
 
+def global_batch(batch_size: int, replicas: int) -> int:
+    """Images per optimizer step over the whole job: `--batch-size` is per replica (the
+    table in train/engines/table.py says what a replica is in each mode)."""
+    return batch_size * replicas
+
+
 MAX_SIDE = 16384
 
 
@@ -308,8 +314,9 @@ class EnetConfig(Section):
 
 
 # Settings that describe this machine, not a SageMaker job: `enet launch` neither offers nor
-# passes them (the container decides: its channel, /opt/ml, its processes, its log format).
-LOCAL_SETTINGS = ("data_dir", "run_dir", "local_workers", "log_format")
+# passes them (the container decides: its channel, /opt/ml, its processes, its log format,
+# and it always resumes from /opt/ml/checkpoints). `enet tune` does not vary them either.
+LOCAL_SETTINGS = ("data_dir", "run_dir", "local_workers", "log_format", "resume")
 
 # Fields whose CLI option is not simply their kebab-case name (shorter, as users expect).
 OPTION_ALIASES = {"num_classes": "--classes", "image_size": "--size"}

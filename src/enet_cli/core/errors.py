@@ -25,7 +25,9 @@ class DataError(EnetError):
     exit_code = 3
 
 
-class LaunchError(EnetError):
+class AwsError(EnetError):
+    """AWS refused or failed a request (a job, an endpoint, an upload), said in one line."""
+
     exit_code = 4
 
 

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from enet_cli.core.config import global_batch
 from enet_cli.core.errors import DataError
 
 FORMAT_VERSION = 1
@@ -156,11 +157,11 @@ def load_manifest(
 def check_batch_size(manifest: Manifest, split: str, batch_size: int, replicas: int = 1) -> None:
     """A step larger than the split would yield no batch at all: say so up front."""
     records = manifest.splits[split].records
-    if batch_size * replicas <= records:
+    if global_batch(batch_size, replicas) <= records:
         return
     what = f"--batch-size {batch_size}"
     if replicas > 1:
-        what += f" x {replicas} replicas = {batch_size * replicas} images per step"
+        what += f" x {replicas} replicas = {global_batch(batch_size, replicas)} images per step"
     fix = (
         f"use --batch-size {records // replicas} or less"
         if records >= replicas

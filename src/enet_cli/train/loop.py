@@ -18,7 +18,7 @@ from enet_cli.artifacts.checkpoints import find_checkpoint
 from enet_cli.artifacts.run import RunMeta, RunPaths
 from enet_cli.core import outputs, ui
 from enet_cli.core.backend import keras, tf
-from enet_cli.core.config import EnetConfig, Precision, model_size
+from enet_cli.core.config import EnetConfig, Precision, global_batch, model_size
 from enet_cli.core.errors import Interrupted, PeerLost, TrainingError
 from enet_cli.core.metrics import segmentation_metrics
 from enet_cli.data.dataset import check_data, make_dataset, reading_shards
@@ -85,7 +85,7 @@ class _Training:
         )  # fmt: skip
         tcfg = cfg.train
         self.batch = tcfg.batch_size  # per replica (engines/table.py)
-        self.global_batch = self.batch * engine.num_replicas
+        self.global_batch = global_batch(self.batch, engine.num_replicas)
         self.task = build_task(manifest, tcfg.class_weighting)
         self.model_cfg = cfg.model.model_copy(update={"num_classes": manifest.num_classes})
         self.meta = RunMeta.from_manifest(self.model_cfg, manifest)

@@ -19,7 +19,7 @@ the global batch; `--scale-lr` scales the learning rate with the replicas.
 import importlib.util
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
-from enet_cli.core.config import EngineChoice, Mode, RuntimeConfig
+from enet_cli.core.config import EngineChoice, Mode, RuntimeConfig, global_batch
 from enet_cli.core.errors import ConfigError
 
 NEWEST_TF = ("2.19.0", "py312")
@@ -174,11 +174,6 @@ def resolve(
 
 def resolve_for_job(runtime: RuntimeConfig, batch_size: int) -> EngineSpec:
     return resolve(runtime, batch_size, _in_container)
-
-
-def global_batch(batch_size: int, replicas: int) -> int:
-    """Images per optimizer step over the whole job (the module doc's table)."""
-    return batch_size * replicas
 
 
 def describe_batch(batch_size: int, replicas: int) -> str:
