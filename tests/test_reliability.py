@@ -19,7 +19,15 @@ from typing import List
 
 import pytest
 
-from enet_testing import FIXTURES, SMALL_SIZE, last_error_line, one_error_line, tree, user_env
+from enet_testing import (
+    FIXTURES,
+    SMALL_SIZE,
+    invoke,
+    last_error_line,
+    one_error_line,
+    tree,
+    user_env,
+)
 from enet_testing import enet_user as enet
 
 
@@ -92,6 +100,108 @@ def test_export_never_replaces_the_run_or_other_files(trained_run, small_data, t
     assert result.returncode == 0, result.stderr
     assert (out / "model.tflite").is_file() and not (out / "saved_model.pb").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_no_output_file_replaces_an_input(trained_run, small_data, tmp_path):
+    """Files a user names (--json, --confusion-csv, --summary) and predict's --out are held to
+    the rule directories are: never one of the command's inputs, nor inside one (a dataset's
+    manifest or shard, a model's enet.json). Refused in one line before any model loads, and
+    the disk is as it was. In-process: the refusal, not the process, is what is tested."""
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    data = Path(shutil.copytree(small_data, tmp_path / "data"))
+    image = FIXTURES / "camvid-segnet-mini" / "test" / "0001TP_007590.png"
+    shard = next(data.glob("val-*.tfrecord"))
+    cases = [
+        (("evaluate", run, data, "--split", "val", "--json", data / "manifest.json"),
+         rf"--json {data}/manifest.json is inside the input {data}; write it outside"),
+        (("evaluate", run, data, "--split", "val", "--confusion-csv", shard),
+         rf"--confusion-csv {shard} is inside the input {data}"),
+        (("evaluate", run, data, "--split", "val", "--json", run / "model" / "enet.json"),
+         rf"--json {run}/model/enet.json is inside the input {run}"),
+        (("evaluate", run / "model", data, "--json", run / "model" / "enet.json"),
+         rf"--json {run}/model/enet.json is inside the input {run}/model"),
+        (("predict", run, image, "--out", tmp_path / "p", "--summary", run / "model" / "enet.json"),
+         rf"--summary {run}/model/enet.json is inside the input {run}"),
+        (("predict", run, image, "--out", run / "model"), rf"--out {run}/model is inside the"),
+        (("benchmark", run, "--json", run / "metrics.json"), r"--json .*/metrics.json is inside"),
+        (("train", data, "--run-dir", data, "--steps", "1"), rf"--run-dir {data} is the input"),
+        (("train", data, "--run-dir", data / "r", "--steps", "1"), r"--run-dir .* is inside the"),
+        (("train", data, "--run-dir", tmp_path, "--steps", "1"), r"--run-dir .* contains the"),
+    ]  # fmt: skip
+    before = tree(tmp_path)
+    for args, message in cases:
+        one_error_line(invoke(*args), 2, message)
+    assert tree(tmp_path) == before
+
+
+def test_a_file_model_keeps_its_metadata(tmp_path):
+    """A TFLite or ONNX file is the model together with the enet.json and marker its export
+    wrote beside it: outputs may not replace those either (no TensorFlow needed to say so)."""
+    from enet_cli.artifacts.model_ref import model_inputs
+    from enet_cli.core import outputs
+    from enet_cli.core.errors import OutputError
+
+    export = tmp_path / "e"
+    export.mkdir()
+    (export / "model.tflite").write_bytes(b"x")
+    kept = model_inputs(export / "model.tflite")
+    for name in ("enet.json", "model.tflite", outputs.MARKER):
+        with pytest.raises(OutputError, match=f"--json {export}/{name} is the input"):
+            outputs.check_file_target(export / name, "--json", kept)
+    outputs.check_file_target(export / "metrics.json", "--json", kept)  # beside it: allowed
+    assert model_inputs("my-training-job-7") == []  # a job's model: a download, not the user's
+
+
+def test_force_replaces_only_what_enet_recorded_writing(tmp_path):
+    """`--force` (jobs download, export, preprocess) decides ownership from the marker the
+    command wrote, never from names: a user's `test_eval.json` or `2/README` in an output
+    that looks like a download stays, and an output whose marker lists nothing is refused."""
+    from enet_cli.core import outputs
+    from enet_cli.core.errors import OutputError
+
+    out = tmp_path / "download"
+    with outputs.claim(out, "download", True) as staged:
+        (staged.path / "1").mkdir()
+        (staged.path / "1" / "saved_model.pb").write_bytes(b"pb")
+        (staged.path / "metrics.json").write_text("{}")
+        staged.publish()
+    assert outputs.recorded_files(out) == ["1", "metrics.json"]
+    (out / "test_eval.json").write_text("mine")  # named like ours, written by the user
+    (out / "2").mkdir()
+    (out / "2" / "README").write_text("mine too")
+    before = tree(out)
+    foreign = r"holds files enet jobs download did not write \(2, test_eval.json\)"
+    with pytest.raises(OutputError, match=foreign), outputs.claim(out, "download", True):
+        pass
+    assert tree(out) == before
+    (out / "test_eval.json").unlink()
+    shutil.rmtree(out / "2")
+    with outputs.claim(out, "download", True) as staged:  # only its own files: replaced
+        (staged.path / "1").mkdir()
+        staged.publish()
+    assert sorted(p.name for p in out.iterdir()) == [outputs.MARKER, "1"]
+
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / "saved_model.pb").write_bytes(b"pb")
+    (older / outputs.MARKER).write_text('{"kind": "export", "created_by": "enet-cli 0.9"}')
+    with pytest.raises(OutputError, match="written by an older enet export that did not record"):
+        outputs.check_replaceable(older, "export", True, "--out")
+
+
+def test_a_refused_run_leaves_the_disk_as_it_found_it(small_data, tmp_path):
+    """Refusals come before the run directory is touched: no lock file, no empty
+    checkpoints/ or logs/, no run directory created; an existing one stays as it was."""
+    new = tmp_path / "runs" / "new"
+    result = invoke("train", small_data, "--run-dir", new, "--batch-size", "100", "--steps", "1")
+    one_error_line(result, 3, r"--batch-size 100 is larger than the train split")
+    assert list(tmp_path.iterdir()) == []
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("kept")
+    result = invoke("train", small_data, "--run-dir", mine, "--batch-size", "100", "--steps", "1")
+    one_error_line(result, 3, r"--batch-size 100 is larger than the train split")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 # ---------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ compared within the codec's tolerance.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 from fractions import Fraction
@@ -265,9 +266,8 @@ def test_a_stream_without_its_frame_size_is_refused_before_the_model_loads(tmp_p
 
 
 def test_an_output_that_would_replace_an_input_is_refused_before_the_model_loads(tmp_path):
-    shutil_copy = __import__("shutil").copy
-    shutil_copy(FRAMES[0], tmp_path / "a.png")
-    shutil_copy(FRAMES[1], tmp_path / "a_overlay.png")
+    shutil.copy(FRAMES[0], tmp_path / "a.png")
+    shutil.copy(FRAMES[1], tmp_path / "a_overlay.png")
     before = (tmp_path / "a_overlay.png").read_bytes()
     result = invoke("predict", str(tmp_path / "no-model"), str(tmp_path), "--out", str(tmp_path))
     one_error_line(result, 2, r"would overwrite the input .*a_overlay.png; choose another --out")
@@ -329,3 +329,35 @@ def test_runtime_copies_hand_each_frames_classes_to_the_writer_in_order(
         assert len(maps) == len(frames)
         for k, path in enumerate(maps):
             np.testing.assert_array_equal(np.asarray(Image.open(path)), expected[k], f"{k}")
+
+
+def test_a_damaged_video_with_two_problems_counts_as_one_input(untrained_exports, tmp_path):
+    """A damaged packet cuts a clip short: two warnings for one input, and the verdict counts
+    inputs ("1 of 2", never "2 of 1"); alone, the input's own reason is the error."""
+    import random
+
+    clip = bytearray(
+        make_video(tmp_path / "whole.mkv", frames_of(FRAMES) * 2, rate=10).read_bytes()
+    )
+    middle = len(clip) // 2
+    random.seed(1)  # these bytes, there: one undecodable packet, 11 of 16 frames (measured)
+    clip[middle : middle + 20000] = bytes(random.randrange(256) for _ in range(20000))
+    (tmp_path / "clips").mkdir()
+    damaged = tmp_path / "clips" / "damaged.mkv"
+    damaged.write_bytes(bytes(clip))
+    model = untrained_exports["onnx"]
+    result = invoke("predict", model, damaged, "--out", tmp_path / "one")
+    lines = error_lines(result.stderr)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert [x for x in lines if x.startswith("warning:")] == [
+        f"warning: {damaged}: 1 damaged packet(s) could not be decoded",
+        f"warning: {damaged}: ended after 11 of 16 frames; the file is truncated or damaged",
+    ]
+    assert lines[-1] == f"error: {damaged}: 1 damaged packet(s) could not be decoded"
+    shutil.copy(FRAMES[0], tmp_path / "clips" / "street.png")
+    result = invoke("predict", model, tmp_path / "clips", "--out", tmp_path / "two")
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert error_lines(result.stderr)[-1] == (
+        f"error: 1 of 2 inputs skipped or incomplete (see the warnings above); the others are "
+        f"in {tmp_path / 'two'}"
+    )

@@ -11,11 +11,12 @@ found instead of searching again.
 import enum
 import re
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, List, NamedTuple, Optional, Union
 
-from enet_cli.artifacts.run import RunMeta
+from enet_cli.artifacts.run import META_NAME, RunMeta
 from enet_cli.core.errors import DataError
 from enet_cli.core.formats import FORMATS, ModelFormat, single_file_formats
+from enet_cli.core.outputs import MARKER
 
 # SageMaker's rule for a training job's (and endpoint's, model's) name.
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
@@ -104,3 +105,15 @@ def locate(path: Union[str, Path]) -> FoundModel:
         f"no trained ENet in {path}: expected a SavedModel, TFLite or ONNX export, or "
         f"checkpoints with enet.json (the output of enet train or enet export)"
     )
+
+
+def model_inputs(path: Union[str, Path]) -> List[Path]:
+    """What a local MODEL is made of, for the rule that no output replaces an input: a
+    directory (run, SavedModel, checkpoints, export) as a whole; a TFLite or ONNX file with
+    the enet.json and marker its export wrote beside it. No TensorFlow: checked first."""
+    if ModelRef.parse(path).kind is not RefKind.local:
+        return []  # downloaded into enet's own cache, which no option names
+    path = Path(path)
+    if path.is_file():
+        return [path, path.parent / META_NAME, path.parent / MARKER]
+    return [path]

@@ -6,6 +6,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from enet_cli.artifacts.model_ref import model_inputs
 from enet_cli.commands.options import MODEL_HELP, check_size, model_path, size_of
 from enet_cli.core import ui
 from enet_cli.core.errors import DataError, Interrupted
@@ -133,9 +134,10 @@ def predict(
         stream_rate=fps,
         fps_counter=fps_counter,
     )
-    options.check()
+    kept = model_inputs(model)  # the model's files: no output may replace them
+    options.check(kept)
     found = collect_inputs(inputs, glob)
-    check_out_dir(out)
+    check_out_dir(out, kept)
     check_inputs_kept(found, out)
     require_video_support(found, options.stream_size)
     from enet_cli.serving.predict import Prediction, parallel_for, run_predict
@@ -162,11 +164,12 @@ def predict(
             f"stopped: {cut.overlay_png} holds the first {cut.frames}{total} frames of "
             f"{cut.source} (playable, shorter); inputs after it were not predicted"
         )
-    if len(report.skipped) == 1 and len(found) == 1:
+    troubled = {item.source for item in report.skipped}  # an input may have two problems
+    if len(troubled) == 1 and len(found) == 1:
         raise DataError(report.skipped[0].reason)
-    if report.skipped:
+    if troubled:
         raise DataError(
-            f"{len(report.skipped)} of {len(found)} inputs skipped or incomplete (see the "
+            f"{len(troubled)} of {len(found)} inputs skipped or incomplete (see the "
             f"warnings above); the others are in {out}"
         )
 
@@ -304,7 +307,8 @@ def benchmark(
     if json_path is not None:
         from enet_cli.core import outputs
 
-        outputs.check_file_target(json_path, "--json")
+        kept = [*(model_inputs(model) if model is not None else ()), data_dir]
+        outputs.check_file_target(json_path, "--json", kept)
     request = BenchmarkRequest(
         model=model,
         what=what,
@@ -333,7 +337,7 @@ def benchmark(
         )  # fmt: skip
     stdout.print(table)
     if json_path is not None:
-        outputs.write_file(json_path, report.model_dump_json(indent=2) + "\n", "--json")
+        outputs.write_file(json_path, report.model_dump_json(indent=2) + "\n", "--json", kept)
         stdout.print(f"report written to {json_path}", soft_wrap=True)
 
 

@@ -1,7 +1,8 @@
-"""The kinds of model enet writes and reads, in one table: what each is called, which files
-make it, which runtimes run it (the default first) and which files an `enet export` of it
-writes. Finding a model (artifacts/model_ref.py), loading it (serving/runtimes.py), exporting
-it (serving/export.py) and deciding what `--force` may replace (core/outputs.py) read it.
+"""The kinds of model enet writes and reads, in one table: what each is called, which file
+is the model and which runtimes run it (the default first). Finding a model
+(artifacts/model_ref.py), loading it (serving/runtimes.py) and exporting it
+(serving/export.py) read it. What `--force` may replace is not a list of names: each
+output's marker records the files its command wrote (core/outputs.py).
 
 The choices here are enums, so Typer validates `--format`, `--runtime` and `--quantize` and
 lists their values in `--help`. No TensorFlow: the CLI imports this module to build options.
@@ -46,37 +47,22 @@ class FormatSpec(NamedTuple):
     title: str  # in a report: "wrote SavedModel to ..."
     model_file: Optional[str]  # the one file that is the model (None: a directory of them)
     runtimes: Tuple[InferenceRuntime, ...]  # default (fastest, benchmarks/video.py) first
-    export_entries: Tuple[str, ...]  # top-level names an `enet export` of it writes
 
 
 FORMATS: Dict[ModelFormat, FormatSpec] = {
     ModelFormat.saved_model: FormatSpec(
-        "a SavedModel", "SavedModel", None,
-        (InferenceRuntime.saved_model, InferenceRuntime.keras),
-        ("saved_model.pb", "fingerprint.pb", "variables", "assets", META_NAME),
+        "a SavedModel", "SavedModel", None, (InferenceRuntime.saved_model, InferenceRuntime.keras)
     ),
     ModelFormat.tflite: FormatSpec(
-        "a TFLite file", "TFLite", TFLITE_NAME, (InferenceRuntime.tflite,),
-        (TFLITE_NAME, META_NAME),
+        "a TFLite file", "TFLite", TFLITE_NAME, (InferenceRuntime.tflite,)
     ),
-    ModelFormat.onnx: FormatSpec(
-        "an ONNX file", "ONNX", ONNX_NAME, (InferenceRuntime.onnx,), (ONNX_NAME, META_NAME),
-    ),
+    ModelFormat.onnx: FormatSpec("an ONNX file", "ONNX", ONNX_NAME, (InferenceRuntime.onnx,)),
     ModelFormat.checkpoint: FormatSpec(
-        "a checkpoint", "checkpoints", None, (InferenceRuntime.keras,),
-        ("checkpoint", "best", "history.json", META_NAME),  # + ckpt-<step>.* (see owns_entry)
+        "a checkpoint", "checkpoints", None, (InferenceRuntime.keras,)
     ),
-}  # fmt: skip
+}
 
 
 def single_file_formats() -> Dict[str, ModelFormat]:
     """File name -> format, for the formats whose model is one file."""
     return {spec.model_file: f for f, spec in FORMATS.items() if spec.model_file}
-
-
-def export_owns(name: str) -> bool:
-    """Is `name` something an `enet export` writes (any format)? For outputs written before
-    the marker listed its files (core/outputs.py)."""
-    if name.startswith("ckpt-"):
-        return True
-    return any(name in spec.export_entries for spec in FORMATS.values())

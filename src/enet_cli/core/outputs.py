@@ -5,16 +5,18 @@ Every command that writes a directory goes through `claim()`:
 - it never writes into, over, or around its own inputs (the output may not be an input, a
   parent of one, or inside one);
 - an existing non-empty directory is replaced only with `--force`, and only when it is
-  itself the output of the same kind of command (a marker file, or for older outputs the
-  files that command writes, says so) and holds nothing else;
+  itself the output of the same kind of command and holds nothing but what that command
+  recorded writing there (its marker file lists them; names are never guessed);
 - one process at a time writes an output: an OS lock (`fcntl.flock`) that dies with its
   process; a second writer is refused with a line naming the owner's PID;
 - the new output is built in a hidden sibling and renamed into place when complete; the old
   one goes only after that. Leftovers of a process that died (its staging directory, or an
   old output set aside just before the rename) are cleaned up, or put back, by the next run.
 
-Files are written with `write_atomic()` (temp name, then rename). OS errors on the way out
-become one line naming the path (`OutputError`).
+A file a user names (`--json`, `--summary`, `--confusion-csv`) follows the same first rule
+(`check_file_target`): it may not be one of the command's inputs nor lie inside one. Files
+are written with `write_atomic()` (temp name, then rename). OS errors on the way out become
+one line naming the path (`OutputError`).
 """
 
 import contextlib
@@ -25,26 +27,16 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
 from enet_cli import __version__
 from enet_cli.core.errors import OutputError
-from enet_cli.core.formats import export_owns
 
 # {"kind": ..., "created_by": ..., "files": [...]} in every directory we make: "files" lists
 # what the command wrote there, which is what a later --force may replace.
 MARKER = ".enet-output.json"
 LOCK = ".enet.lock"  # inside a run directory; outputs being built lock `.<name>.lock` beside them
 
-# For outputs whose marker lists no files (written before it did, or built in place by
-# enet demo): the names each kind's command writes. Anything else is not ours.
-KIND_FILES: Dict[str, Callable[[str], bool]] = {
-    "preprocess": lambda name: name == "manifest.json" or name.endswith(".tfrecord"),
-    "export": export_owns,
-    "demo": lambda name: name in ("data", "run", "predictions", "test_metrics.json"),
-    # a training job's model.tar.gz: the SavedModel's version directory and the run's files
-    "download": lambda name: name.isdigit() or name == "code" or name.endswith(".json"),
-}
 COMMAND = {
     "preprocess": "enet preprocess",
     "export": "enet export",
@@ -85,17 +77,17 @@ def kind_of(directory: Path) -> Optional[str]:
     return _legacy_kind(directory)
 
 
-def foreign_entries(directory: Path, kind: str) -> list:
-    """Entries of `directory` that its `kind` command did not write: those its marker does
-    not list, or for a marker without a list, those `kind` never writes (KIND_FILES)."""
-    marker = _read_marker(directory) or {}
-    listed = marker.get("files")
-    if isinstance(listed, list):
-        owned: Callable[[str], bool] = set(map(str, listed)).__contains__
-    else:
-        owned = KIND_FILES[kind]
+def recorded_files(directory: Path) -> Optional[List[str]]:
+    """The entries of `directory` its command recorded writing (None: no record, as in an
+    output of an enet-cli older than the list)."""
+    listed = (_read_marker(directory) or {}).get("files")
+    return [str(name) for name in listed] if isinstance(listed, list) else None
+
+
+def foreign_entries(directory: Path, owned: Sequence[str]) -> list:
+    """Entries of `directory` that are not in `owned` (what enet recorded writing there)."""
     return sorted(
-        p.name for p in Path(directory).iterdir() if p.name != MARKER and not owned(p.name)
+        p.name for p in Path(directory).iterdir() if p.name != MARKER and p.name not in owned
     )
 
 
@@ -175,7 +167,13 @@ def check_replaceable(out: Path, kind: str, force: bool, option: str) -> None:
             f"{option} {out} exists and is not the output of {command}; it is never replaced: "
             f"choose a new directory"
         )
-    foreign = foreign_entries(out, kind)
+    owned = recorded_files(out)
+    if owned is None:  # ownership is what enet recorded, never guessed from names
+        raise OutputError(
+            f"{option} {out} was written by an older {command} that did not record its files; "
+            f"it is never replaced: remove it yourself or choose a new directory"
+        )
+    foreign = foreign_entries(out, owned)
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise OutputError(
@@ -253,16 +251,42 @@ def _read_pid(fd: int) -> Optional[int]:
         return None
 
 
-def lock_run_dir(run_dir: Path) -> Lock:
-    """The training process owns its run directory for as long as it lives."""
+class RunDirLock(Lock):
+    """The lock of a run directory, which knows whether this process created it."""
+
+    created: Optional[Path] = None  # the topmost directory lock_run_dir made
+
+    def release(self, remove: bool = False) -> None:
+        undo = remove and self._fd is not None
+        super().release(remove)
+        if undo:
+            remove_empty(self.created)
+
+
+def lock_run_dir(run_dir: Path, inputs: Sequence[Optional[Path]] = ()) -> RunDirLock:
+    """The training process owns its run directory for as long as it lives; the run
+    directory is never one of the inputs (the dataset), inside one, or around one."""
     run_dir = Path(run_dir)
+    check_apart(run_dir, inputs, "--run-dir")
     if run_dir.exists() and not run_dir.is_dir():
         raise OutputError(f"--run-dir {run_dir} exists and is not a directory; choose another")
+    created = _make_parent(run_dir / LOCK, "--run-dir")
+    lock = RunDirLock(run_dir / LOCK, f"run directory {run_dir}")
+    lock.created = created
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"cannot create --run-dir {run_dir}: {err.strerror}") from None
-    return Lock(run_dir / LOCK, f"run directory {run_dir}").acquire()
+        return lock.acquire()
+    except BaseException:
+        remove_empty(created)
+        raise
+
+
+def remove_untouched(made: Sequence[Path]) -> None:
+    """After a refusal: remove the directories in `made` (which this run created) if they
+    are still empty, so that a refused run leaves the disk as it found it; the caller's
+    `release(remove=True)` then removes the lock and a run directory it created."""
+    for directory in sorted(map(Path, made), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 # ---------------------------------------------------------------------------------------
@@ -324,7 +348,7 @@ def claim(
     try:
         lock = Lock(out.parent / f".{out.name}.lock", f"{option} {out}").acquire()
     except BaseException:
-        _remove_empty(created)
+        remove_empty(created)
         raise
     staged = Staged(out, kind, lock)
     published = False
@@ -343,21 +367,27 @@ def claim(
     finally:
         lock.release(remove=True)
         if not published:
-            _remove_empty(created)
+            remove_empty(created)
 
 
-def _make_parent(out: Path, option: str) -> Optional[Path]:
-    """Create out's parent; returns the topmost directory this created (None: it existed)."""
-    missing = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
+def make_dirs(directory: Path, option: str) -> Optional[Path]:
+    """Create `directory` and its parents; returns the topmost one this created (None: it
+    existed), for remove_empty to undo."""
+    directory = Path(directory)
+    missing = [p for p in [directory, *directory.parents] if not p.exists()]
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OutputError(f"cannot create {out.parent} for {option}: {err.strerror}") from None
+        raise OutputError(f"cannot create {directory} for {option}: {err.strerror}") from None
     return missing[-1] if missing else None
 
 
-def _remove_empty(top: Optional[Path]) -> None:
-    """Undo _make_parent after a failure: the directories it made, if still empty."""
+def _make_parent(out: Path, option: str) -> Optional[Path]:
+    return make_dirs(out.parent, option)
+
+
+def remove_empty(top: Optional[Path]) -> None:
+    """Undo make_dirs after a failure: the directories it made, if still empty."""
     if top is None:
         return
     for directory in sorted((p for p in top.rglob("*") if p.is_dir()), reverse=True):
@@ -369,10 +399,17 @@ def _remove_empty(top: Optional[Path]) -> None:
 
 @contextlib.contextmanager
 def claim_in_place(
-    out: Path, kind: str, force: bool, inputs: Sequence[Optional[Path]] = (), option: str = "--out"
+    out: Path,
+    kind: str,
+    force: bool,
+    files: Sequence[str],
+    inputs: Sequence[Optional[Path]] = (),
+    option: str = "--out",
 ) -> Iterator[Path]:
     """Like claim(), for an output whose parts other commands read while it is being made
-    (enet demo): checked and locked the same way, then emptied and written where it is."""
+    (enet demo): checked and locked the same way, then emptied and written where it is.
+    `files`: the entries the command will write, recorded first (a later --force may replace
+    them even when this run dies half-way)."""
     out = Path(out)
     check_apart(out, inputs, option)
     check_replaceable(out, kind, force, option)
@@ -389,15 +426,26 @@ def claim_in_place(
             out.mkdir()
         except OSError as err:
             raise OutputError(f"cannot create {option} {out}: {err.strerror}") from None
-        write_marker(out, kind)
+        write_marker(out, kind, files)
         yield out
     finally:
         lock.release(remove=True)
 
 
-def check_file_target(path: Path, option: str) -> None:
-    """Refuse, before any work, a file output that could not be written at the end."""
+def check_file_target(path: Path, option: str, inputs: Sequence[Optional[Path]] = ()) -> None:
+    """Refuse, before any work, a file output that could not be written at the end, or
+    that would replace one of `inputs` (a file given as input, or anything inside an input
+    directory: a dataset's manifest or shard, a model's enet.json)."""
     path = Path(path)
+    resolved = path.resolve()
+    for item in inputs:
+        if item is None:
+            continue
+        relation = _overlap(resolved, Path(item).resolve())
+        if relation in ("is", "is inside"):
+            raise OutputError(
+                f"{option} {path} {relation} the input {item}; write it outside the inputs"
+            )
     if path.is_dir():
         raise OutputError(f"{option} {path} is a directory; give a file name")
     parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
@@ -407,10 +455,12 @@ def check_file_target(path: Path, option: str) -> None:
         raise OutputError(f"{option} {path}: {parent} is not writable; choose another path")
 
 
-def write_file(path: Path, data: Union[str, bytes], option: str) -> None:
+def write_file(
+    path: Path, data: Union[str, bytes], option: str, inputs: Sequence[Optional[Path]] = ()
+) -> None:
     """A user-named output file: its folder created, written atomically, errors one line."""
     path = Path(path)
-    check_file_target(path, option)
+    check_file_target(path, option, inputs)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -7,6 +7,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from enet_cli.artifacts.model_ref import model_inputs
 from enet_cli.core import outputs
 from enet_cli.core.config import DataConfig
 from enet_cli.core.errors import ConfigError, DataError
@@ -28,9 +29,13 @@ def evaluate(
 ) -> Dict[str, object]:
     """Confusion matrix over `split`, then IoU/accuracies; optionally written as JSON and CSV.
     The metrics also say how long the predictions took (`seconds`, `ms_per_image`)."""
+    kept = [*model_inputs(model_path), data_dir]  # no output may replace these
     for path, option in ((json_path, "--json"), (confusion_csv, "--confusion-csv")):
         if path is not None:
-            outputs.check_file_target(Path(path), option)
+            outputs.check_file_target(Path(path), option, kept)
+    both = json_path is not None and confusion_csv is not None
+    if both and Path(json_path).resolve() == Path(confusion_csv).resolve():
+        raise ConfigError(f"--json and --confusion-csv both name {json_path}; give two file names")
     manifest = load_manifest(data_dir, True, [split], "--split")  # refusals before loading
     predictor = load_predictor(model_path)
     if manifest.class_names != predictor.meta.class_names:
@@ -76,10 +81,10 @@ def evaluate(
         confusion=matrix.tolist(),
     )
     if json_path is not None:
-        outputs.write_file(Path(json_path), outputs.json_text(metrics), "--json")
+        outputs.write_file(Path(json_path), outputs.json_text(metrics), "--json", kept)
     if confusion_csv is not None:
         rows = [["truth \\ predicted", *manifest.class_names]]
         rows += [[name, *map(str, row)] for name, row in zip(manifest.class_names, matrix)]
         text = "".join(",".join(r) + "\n" for r in rows)
-        outputs.write_file(Path(confusion_csv), text, "--confusion-csv")
+        outputs.write_file(Path(confusion_csv), text, "--confusion-csv", kept)
     return metrics

@@ -5,7 +5,7 @@ TensorFlow here: a mistake is reported in a fraction of a second.
 """
 
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from pydantic import BaseModel
 
@@ -29,7 +29,8 @@ class PredictOptions(BaseModel):
     stream_rate: float = 30.0  # their frames per second
     fps_counter: bool = True  # draw the processing rate into video overlays
 
-    def check(self) -> None:
+    def check(self, kept: Sequence[Path] = ()) -> None:
+        """`kept`: the model's files, which no output may replace."""
         if self.classes_video is not None and self.classes_video not in ClassesVideo:
             raise ConfigError(
                 f"--classes-video {self.classes_video!r} is not one of {', '.join(ClassesVideo)}"
@@ -37,7 +38,7 @@ class PredictOptions(BaseModel):
         if self.summary is not None:
             if Path(self.summary).suffix.lower() not in (".csv", ".json"):
                 raise ConfigError(f"--summary {self.summary}: name a .csv or .json file")
-            outputs.check_file_target(Path(self.summary), "--summary")
+            outputs.check_file_target(Path(self.summary), "--summary", kept)
         if self.stream_rate <= 0:
             raise ConfigError(f"--fps {self.stream_rate} must be above 0")
 
@@ -110,9 +111,11 @@ def output_stem(path: Path) -> str:
     return "stdin" if path == STDIN else path.stem
 
 
-def check_out_dir(out_dir: Path) -> None:
-    """--out must be (or become) a directory we can write into: checked before any work."""
+def check_out_dir(out_dir: Path, kept: Sequence[Path] = ()) -> None:
+    """--out must be (or become) a directory we can write into, outside the model (`kept`):
+    checked before any work."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"--out {out_dir} is a file; give a directory")
+    outputs.check_apart(out_dir, kept, "--out")
     outputs.check_file_target(out_dir / "x_classes.png", "--out")

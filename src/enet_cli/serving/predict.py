@@ -427,10 +427,7 @@ def run_predict(
     out_dir = Path(options.out)
     check_out_dir(out_dir)
     require_video_support(inputs, options.stream_size)  # before any work, not after the images
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"cannot create --out {out_dir}: {err.strerror}") from None
+    created = outputs.make_dirs(out_dir, "--out")
     names = predictor.meta.class_names
     summary = ClassSharesLog(options.summary, names) if options.summary is not None else None
     images = [p for p in inputs if p != STDIN and not video.is_video(p)]
@@ -440,6 +437,8 @@ def run_predict(
         if summary is not None:
             summary.discard()
         raise
+    finally:
+        outputs.remove_empty(created)  # nothing predicted: no empty --out left behind
     if summary is not None:
         summary.close()
     return report

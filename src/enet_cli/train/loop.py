@@ -40,14 +40,24 @@ from enet_cli.train.task import build_task
 TRAIN_SCALARS = ("loss", "mean_iou", "pixel_accuracy", "lr", "images_per_sec")
 
 
-def fit(cfg: EnetConfig, paths: RunPaths, engine: Engine) -> Dict[str, object]:
-    """Train according to `cfg`, writing under `paths`; returns the final metrics."""
+def check_training(cfg: EnetConfig, paths: RunPaths, engine: Engine) -> Manifest:
+    """The refusals that need no model, made before anything is written to the run."""
     manifest = load_manifest(cfg.data.data_dir, True, splits=["train", "val"])
     check_data(cfg.data, manifest)
     check_batch_size(manifest, "train", cfg.train.batch_size, engine.num_replicas)
     check_microbatches(cfg.train.batch_size, engine.microbatches)
     if engine.is_chief:  # refused now, not after hours of training
         outputs.check_replaceable(paths.export, "export", True, "the run's model directory")
+    return manifest
+
+
+def fit(
+    cfg: EnetConfig, paths: RunPaths, engine: Engine, manifest: Optional[Manifest] = None
+) -> Dict[str, object]:
+    """Train according to `cfg`, writing under `paths`; returns the final metrics.
+    `manifest`: what check_training returned (checked again when not given)."""
+    if manifest is None:
+        manifest = check_training(cfg, paths, engine)
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(cfg.train.precision.value)
     try:

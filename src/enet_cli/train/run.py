@@ -33,18 +33,26 @@ def prepare_run(
 def run_training(cfg: EnetConfig, paths: RunPaths) -> Dict[str, object]:
     """Pick the engine for the mode and train; in SageMaker, report failures as it reads them."""
     from enet_cli.train.engines import get_engine
-    from enet_cli.train.loop import fit
+    from enet_cli.train.loop import check_training, fit
 
     def run():
         engine = get_engine(cfg.runtime)
+        manifest = check_training(cfg, paths, engine)  # refusals before the run is touched
         lock = _own_run_dir(cfg, engine)
+        made = [d for d in (paths.checkpoints, paths.logs, paths.outputs) if not d.exists()]
+        refused = False
         try:
-            for directory in (paths.checkpoints, paths.logs, paths.outputs):
+            for directory in made:
                 directory.mkdir(parents=True, exist_ok=True)
-            return fit(cfg, paths, engine)
+            return fit(cfg, paths, engine, manifest)
+        except EnetError:
+            refused = lock is not None  # a refusal leaves the disk as it found it
+            if refused:
+                outputs.remove_untouched(made)
+            raise
         finally:
             if lock is not None:
-                lock.release()
+                lock.release(remove=refused)
 
     return _reporting_failures(run)
 
@@ -56,7 +64,7 @@ def _own_run_dir(cfg: EnetConfig, engine) -> Optional["outputs.Lock"]:
 
     if contract.in_sagemaker() or is_worker() or not engine.is_chief:
         return None
-    return outputs.lock_run_dir(cfg.runtime.run_dir)
+    return outputs.lock_run_dir(cfg.runtime.run_dir, [cfg.data.data_dir])
 
 
 def _reporting_failures(fn, *args):
@@ -96,5 +104,5 @@ def _launch(cfg: EnetConfig, paths: RunPaths, argv: List[str]) -> Optional[int]:
         raise ConfigError("no data directory given; pass DATA_DIR (the output of enet preprocess)")
     manifest = load_manifest(cfg.data.data_dir, splits=["train", "val"])
     check_batch_size(manifest, "train", cfg.train.batch_size, workers)
-    with outputs.lock_run_dir(cfg.runtime.run_dir):
+    with outputs.lock_run_dir(cfg.runtime.run_dir, [cfg.data.data_dir]):
         return launcher.launch_local_workers([*argv, "--engine", "tf"], workers, paths.logs)

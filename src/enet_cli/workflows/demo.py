@@ -15,6 +15,7 @@ from enet_cli.train.settings import load_config
 
 DEMO_DATA = Path(__file__).resolve().parents[1] / "demo_data" / "camvid"
 DEMO_SIZE = "240x320"
+DATA, RUN, PREDICTIONS, TEST_METRICS = "data", "run", "predictions", "test_metrics.json"
 
 
 class DemoResult(NamedTuple):
@@ -28,7 +29,8 @@ class DemoResult(NamedTuple):
 
 def run_demo(out: Path, epochs: int = 40, seed: int = 0) -> DemoResult:
     """Everything under `out`, which must be new, empty, or an earlier demo's (replaced)."""
-    with outputs.claim_in_place(Path(out), "demo", True, [DEMO_DATA], "--out") as claimed:
+    entries = (DATA, RUN, PREDICTIONS, TEST_METRICS)
+    with outputs.claim_in_place(Path(out), "demo", True, entries, [DEMO_DATA]) as claimed:
         return _run(claimed, epochs, seed)
 
 
@@ -39,7 +41,7 @@ def _run(out: Path, epochs: int, seed: int) -> DemoResult:
     from enet_cli.serving.runtimes import load_predictor
     from enet_cli.train.run import run_training
 
-    data_dir, run_dir, predictions = out / "data", out / "run", out / "predictions"
+    data_dir, run_dir, predictions = out / DATA, out / RUN, out / PREDICTIONS
 
     ui.info(f"[1/4] preprocess {DEMO_DATA} -> {data_dir}")
     preprocess(
@@ -67,7 +69,7 @@ def _run(out: Path, epochs: int, seed: int) -> DemoResult:
     summary = run_training(cfg, paths)
 
     ui.info(f"[3/4] evaluate {paths.export} on the test split")
-    metrics = evaluate(paths.export, data_dir, "test", json_path=out / "test_metrics.json")
+    metrics = evaluate(paths.export, data_dir, "test", json_path=out / TEST_METRICS)
 
     ui.info(f"[4/4] predict the test images -> {predictions}")
     predict(load_predictor(paths.export), [DEMO_DATA / "test"], predictions)
