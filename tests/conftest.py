@@ -78,6 +78,18 @@ def trained_run(small_data, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 MB tmpfs (CI and these machines run as root), unmounted afterwards: a disk that
+    fills up (enet_testing.fill_disk) for every writing command's full-disk case."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)])
+    assert done.returncode == 0, "mounting a tmpfs needs root, as CI has"
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
 # Guard: tests write only into temporary directories, never into the working tree
 _TOOL_DEBRIS = ("__pycache__/", ".pytest_cache/", ".egg-info/", ".ruff_cache/")
 

@@ -6,6 +6,7 @@ stand-ins, small deterministic inputs, and the comparisons the suites agree on. 
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -214,6 +215,15 @@ def paint_unknown_colour(path: Path, count: int) -> None:
     rgb = np.array(Image.open(path).convert("RGB"))
     rgb.reshape(-1, 3)[:count] = (1, 2, 3)
     Image.fromarray(rgb).save(path)
+
+
+def fill_disk(disk: Path, leave_bytes: int) -> Path:
+    """Fill the small_disk fixture's file system up to `leave_bytes` free; delete the file
+    returned to free it again."""
+    filler = disk / "filler"
+    free = shutil.disk_usage(disk).free
+    filler.write_bytes(b"\0" * max(free - leave_bytes, 0))
+    return filler
 
 
 def nothing_written(parent, name="out"):

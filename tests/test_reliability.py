@@ -9,6 +9,7 @@ every input tree hashed before and after.
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -202,6 +203,35 @@ def test_a_refused_run_leaves_the_disk_as_it_found_it(small_data, tmp_path):
     result = invoke("train", small_data, "--run-dir", mine, "--batch-size", "100", "--steps", "1")
     one_error_line(result, 3, r"--batch-size 100 is larger than the train split")
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_sigterm_while_exporting_keeps_the_earlier_export_and_leaves_nothing_else(
+    trained_run, tmp_path
+):
+    """`kill` (SIGTERM) of `enet export --force` while it writes: the staged export and its
+    lock go, the earlier export stays as it was, and the process says so in one line."""
+    out = tmp_path / "e"
+    assert invoke("export", trained_run, "--format", "checkpoint", "--out", out).returncode == 0
+    before = tree(out)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "enet_cli", "export", str(trained_run), "--out", str(out),
+         "--force"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=user_env(),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not list(tmp_path.glob(".e.partial-*")):
+            time.sleep(0.05)
+        assert list(tmp_path.glob(".e.partial-*")), "the export never started writing"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+    last_error_line(result, 130, r"stopped by SIGTERM; what it was writing was removed")
+    assert tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
 
 
 # ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from rich.markup import escape
 from enet_cli import __version__
 from enet_cli.commands import cloud, data, serve, train
 from enet_cli.core.errors import EnetError, PeerLost
-from enet_cli.core.ui import stderr, stdout
+from enet_cli.core.ui import Interrupts, stderr, stdout
 
 app = typer.Typer(
     name="enet",
@@ -72,8 +72,10 @@ def _fail(message: str, code: int) -> "None":
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Run `enet`: one line on stderr and an exit code for every user mistake, never a traceback."""
+    interrupts = Interrupts()  # SIGTERM as Ctrl-C: every command's clean-ups run
     try:
-        result = app(args=argv, prog_name="enet", standalone_mode=False)
+        with interrupts.raising():  # train and predict install their own handlers inside
+            result = app(args=argv, prog_name="enet", standalone_mode=False)
     except PeerLost as err:
         from enet_cli.train.launcher import is_worker
 
@@ -94,4 +96,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         _fail(message + hint, err.exit_code)
     except typer.Abort:
         _fail("aborted", 130)
+    if interrupts.signal_name:  # Typer turns the KeyboardInterrupt into exit code 130
+        _fail(
+            f"stopped by {interrupts.signal_name}; what it was writing was removed, nothing "
+            f"half-written is left: run the command again",
+            130,
+        )
     sys.exit(result if isinstance(result, int) else 0)

@@ -3,6 +3,7 @@ loses nothing, corrupt data, a full disk, Ctrl-C pressed twice. Each case is a r
 subprocess; stderr must be our one line (enet_testing.one_error_line / last_error_line)."""
 
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -12,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from enet_testing import ctrl_c, last_error_line, one_error_line, tree
+from enet_testing import (
+    ctrl_c,
+    fill_disk,
+    invoke,
+    last_error_line,
+    one_error_line,
+    tree,
+)
 from enet_testing import enet_user as enet
 
 
@@ -67,33 +75,107 @@ def test_a_corrupt_shard_is_named(trained_run, small_data, tmp_path):
     one_error_line(enet("evaluate", trained_run, data, "--split", "train"), 3, pattern)
 
 
+def test_a_corrupt_record_whose_checksum_matches_names_its_shard(trained_run, small_data, tmp_path):
+    """A shard damaged after preprocess wrote its checksum into the manifest (or by a copy
+    that rewrote both): TensorFlow says only "corrupted record at N" inside its graph
+    function's name; the line names the shard and carries none of that."""
+    from enet_cli.data.manifest import file_sha256
+
+    data = Path(shutil.copytree(small_data, tmp_path / "data"))
+    shard = sorted(data.glob("val-*.tfrecord"))[0]
+    blob = bytearray(shard.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    shard.write_bytes(bytes(blob))
+    manifest = data / "manifest.json"
+    manifest.write_text(manifest.read_text().replace(
+        json.dumps(file_sha256(small_data / shard.name)), json.dumps(file_sha256(shard))
+    ))  # fmt: skip
+    result = invoke("evaluate", trained_run, data, "--split", "val")
+    line = last_error_line(
+        result, 3, rf"cannot read shard {shard} \(corrupted record at \d+\); the data is corrupt"
+    )
+    assert "function_node" not in line and "Op:" not in line
+
+
 # ---------------------------------------------------------------------------------------
-# A full disk: the last good checkpoint is kept and a rerun resumes
+# A full disk: one line naming the path, nothing half-written, for every command that writes
 # ---------------------------------------------------------------------------------------
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 24 MB tmpfs (CI and these machines run as root), unmounted afterwards."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)])
-    assert done.returncode == 0, "mounting a tmpfs needs root, as CI has"
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
+def test_a_full_disk_is_recognised_in_every_library_s_words():
+    """The one rule (core/errors.py) that tells a full disk from other failures, whether it
+    comes as an OSError (Python, PyAV, ONNX) or as TensorFlow's text."""
+    import errno
+
+    from enet_cli.core.errors import disk_full, reason
+
+    tf_text = RuntimeError(
+        "{{function_node __wrapped__SaveV2_dtypes_1079_device_/job:localhost/replica:0/task:0/"
+        "device:CPU:0}} /x/ckpt-2_temp/part-00000-of-00001.data-00000-of-00001.tempstate; No "
+        "space left on device [Op:SaveV2]"
+    )
+    assert disk_full(tf_text) and reason(tf_text) == "no space left on device"
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert disk_full(full) and reason(full) == "no space left on device"
+    other = RuntimeError(
+        "{{function_node __wrapped__IteratorGetNext}} corrupted record at 7 [Op:X] name: "
+    )
+    assert not disk_full(other) and reason(other) == "corrupted record at 7"
+    assert not disk_full(OSError(errno.EACCES, "Permission denied"))
 
 
-def _fill(disk: Path, leave_bytes: int) -> Path:
-    filler = disk / "filler"
-    free = shutil.disk_usage(disk).free
-    filler.write_bytes(b"\0" * max(free - leave_bytes, 0))
-    return filler
+def test_a_full_disk_while_exporting_or_predicting_a_video(trained_run, small_disk, tmp_path):
+    clip = tmp_path / "drive.mkv"
+    _write_clip(clip, trained_run)
+    filler = fill_disk(small_disk, 60_000)
+    for args in (
+        ("export", trained_run, "--out", small_disk / "e"),
+        ("export", trained_run, "--format", "checkpoint", "--out", small_disk / "e"),
+    ):
+        result = invoke(*args)
+        last_error_line(
+            result, 2, rf"cannot write --out {small_disk}/e: no space left on device; free space"
+        )
+        assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+    filler.unlink()
+    filler = fill_disk(small_disk, 0)  # a video's first frames fit in a few kB
+    result = invoke("predict", trained_run, clip, "--out", small_disk / "p")
+    last_error_line(
+        result, 2, rf"cannot write {small_disk}/p/drive_overlay.mp4: no space left on device"
+    )
+    assert [p.name for p in small_disk.rglob("*") if "partial" in p.name] == []
+    filler.unlink()
+    assert invoke("predict", trained_run, clip, "--out", small_disk / "p").returncode == 0
+    assert sorted(p.name for p in (small_disk / "p").iterdir()) == ["drive_overlay.mp4"]
 
 
+def _write_clip(path: Path, run: Path) -> None:
+    """A 12-frame lossless clip of the run's own validation images (PyAV, the [video] extra)."""
+    import av
+    import numpy as np
+
+    from enet_cli.artifacts.run import RunMeta
+
+    height, width = RunMeta.of_checkpoints(run / "model").image_size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=10)
+        stream.height, stream.width, stream.pix_fmt = height, width, "yuv444p"
+        rng = np.random.default_rng(0)
+        for _ in range(12):
+            picture = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+# ---------------------------------------------------------------------------------------
+# A full disk during training: the last good checkpoint is kept and a rerun resumes
+# ---------------------------------------------------------------------------------------
 def test_full_disk_during_training_and_preprocess(small_data, camvid_segnet_mini, small_disk):
     run = small_disk / "run"
     args = ("train", small_data, "--run-dir", run, "--batch-size", "4", "--epochs", "1",
             "--steps", "2", "--checkpoint-every-steps", "1", "--keep-checkpoints", "1")  # fmt: skip
     # Room for one checkpoint (~4.3 MB: weights and Adam's moments) and the logs, not two.
-    filler = _fill(small_disk, 6_500_000)
+    filler = fill_disk(small_disk, 6_500_000)
     result = enet(*args)
     last_error_line(
         result, 5, r"cannot write a checkpoint in .*run/checkpoints .*resume from .*ckpt-1"
@@ -106,9 +188,9 @@ def test_full_disk_during_training_and_preprocess(small_data, camvid_segnet_mini
     assert "ckpt-1 (epoch 1, step 1)" in again.stderr  # resumed, not started over
 
     shutil.rmtree(run)
-    filler = _fill(small_disk, 200_000)
+    filler = fill_disk(small_disk, 200_000)
     result = enet("preprocess", camvid_segnet_mini, small_disk / "data")
-    last_error_line(result, 2, r"cannot write OUTPUT_DIR .*No space left on device")
+    last_error_line(result, 2, r"cannot write OUTPUT_DIR .*: no space left on device; free space")
     filler.unlink()
     assert sorted(p.name for p in small_disk.iterdir()) == []
 

@@ -18,7 +18,7 @@ from enet_cli.cloud.plan import make_plan
 from enet_cli.cloud.settings import LaunchConfig, TuneConfig, TuneStrategy
 from enet_cli.cloud.source import stage_source
 from enet_cli.core import ui
-from enet_cli.core.config import EnetConfig
+from enet_cli.core.config import EnetConfig, read_text_file
 from enet_cli.core.errors import AwsError, ConfigError, EnetError
 from enet_cli.core.metrics import metric_definitions
 
@@ -61,10 +61,9 @@ def load_ranges(path: Optional[Path]) -> Dict[str, Range]:
         return dict(DEFAULT_RANGES)
     import yaml
 
+    text = read_text_file(path, "--ranges")
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise ConfigError(f"--ranges {path}: {err.strerror}") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"--ranges {path} is not YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict) or not data:

@@ -10,16 +10,19 @@ This module must not import TensorFlow: `enet --help` and config errors stay fas
 
 import enum
 import json
-import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Type, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from enet_cli.core.errors import ConfigError
+from enet_cli.core.processes import usable_cores
 
 SIZE_MULTIPLE = 8  # ENet halves H and W three times, and unpools back exactly (model_size)
 DEFAULT_IMAGE_SIZE = (360, 480)  # CamVid as SegNet and the ENet paper use it
+# NumPy takes seeds below 2**32 and the pipeline adds the epoch to it: 2**31 - 1 leaves room,
+# so a seed too large fails here, in one line, not after the model is built (or in a job).
+MAX_SEED = 2**31 - 1
 
 
 class Mode(str, enum.Enum):
@@ -204,7 +207,9 @@ class TrainConfig(Section):
         description="mixed_float16 (GPUs with tensor cores) or mixed_bfloat16 computes in "
         "16 bits, keeps weights in float32.",
     )
-    seed: int = Field(0, ge=0, description="Seeds initial weights, data order and augmentation.")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Seeds initial weights, data order and augmentation."
+    )
     val_every_steps: Optional[int] = Field(
         None, gt=0, description="Also validate every N steps (always at each epoch's end)."
     )
@@ -238,7 +243,21 @@ class RuntimeConfig(Section):
         PipelineSchedule.interleaved,
         description="mp: interleaved (backward as soon as possible) or simple (GPipe).",
     )
-    local_workers: int = Field(1, ge=1, description="ddp: worker processes on this machine.")
+    local_workers: int = Field(
+        1, ge=1, description="ddp: worker processes on this machine (at most one per core)."
+    )
+
+    @field_validator("local_workers")
+    @classmethod
+    def _one_per_core(cls, value: int) -> int:
+        # Each worker is a whole TensorFlow process with its own threads; more than the
+        # cores only slows every step, and the global batch grows with the workers, so the
+        # count is refused rather than quietly lowered.
+        cores = usable_cores()
+        if value > cores:
+            raise ValueError(f"{value} workers on {cores} CPU core(s); use {cores} or fewer")
+        return value
+
     run_dir: Path = Field(
         Path("runs/enet"),
         description="Checkpoints, logs, model and metrics; rerunning with it resumes.",
@@ -281,7 +300,7 @@ class PreprocessConfig(Section):
         lt=1,
         description="Share of images held out for val when a folders dataset has no split folders.",
     )
-    split_seed: int = Field(0, description="Seed of the --val-fraction split.")
+    split_seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the --val-fraction split.")
     image_size: Tuple[int, int] = Field(
         DEFAULT_IMAGE_SIZE, description="HEIGHTxWIDTH the images are resized to."
     )
@@ -292,7 +311,7 @@ class PreprocessConfig(Section):
         None, gt=0, description="Shards per split (default: about 32 records per shard)."
     )
     workers: int = Field(
-        default_factory=lambda: min(4, os.cpu_count() or 1),
+        default_factory=lambda: min(4, usable_cores()),
         gt=0,
         description="Processes that decode and convert images.",
     )
@@ -327,14 +346,24 @@ def option_name(field: str) -> str:
     return OPTION_ALIASES.get(field, "--" + field.replace("_", "-"))
 
 
+def read_text_file(path: Path, what: str) -> str:
+    """A settings file a user wrote (config, ranges), as UTF-8 text, or one line saying why
+    it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (byte {err.start}); save it as UTF-8"
+        ) from None
+
+
 def read_config_file(path: Path) -> Dict[str, Any]:
     """Load a YAML or JSON config file into a plain dict, with one-line errors."""
     import yaml  # JSON is YAML, so one parser reads both
 
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+    text = read_text_file(path, "config file")
     try:
         data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as err:

@@ -3,6 +3,15 @@
 Anything that is not an `EnetError` is a bug and keeps its traceback.
 """
 
+import errno
+import re
+
+# TensorFlow wraps an op's error in the name of the graph function that ran it:
+# "{{function_node __wrapped__SaveV2_dtypes_1079_device_/job:localhost/...}} <message>
+# [Op:SaveV2] name: ". A user needs the message.
+_TF_WRAPPING = re.compile(r"\{\{function_node [^}]*\}\}|\[Op:[^\]]*\]|\s+name:\s*\S*\s*$")
+NO_SPACE = "no space left on device"
+
 
 class EnetError(Exception):
     """A mistake the user can fix; the message says what, where, and what to do."""
@@ -50,3 +59,21 @@ class Interrupted(EnetError):
     """SIGINT or SIGTERM stopped the work; the message says what was kept or cleaned up."""
 
     exit_code = 130
+
+
+def disk_full(err: BaseException) -> bool:
+    """Did `err` come from a full disk? OSError's errno, or the text TensorFlow, PyAV and
+    protobuf carry it in (their exceptions do not keep the errno)."""
+    if getattr(err, "errno", None) == errno.ENOSPC:
+        return True
+    return "no space left on device" in str(getattr(err, "message", err)).lower()
+
+
+def reason(err: BaseException, limit: int = 160) -> str:
+    """One line a user can read for a library's exception: its first line, without
+    TensorFlow's function wrapping; a full disk is said as such."""
+    if disk_full(err):
+        return NO_SPACE
+    text = getattr(err, "strerror", None) or str(getattr(err, "message", err))
+    lines = [line for line in _TF_WRAPPING.sub("", str(text)).splitlines() if line.strip()]
+    return lines[0].strip()[:limit] if lines else type(err).__name__

@@ -24,13 +24,14 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
 from enet_cli import __version__
-from enet_cli.core.errors import OutputError
+from enet_cli.core.errors import NO_SPACE, OutputError, disk_full, reason
 
 # {"kind": ..., "created_by": ..., "files": [...]} in every directory we make: "files" lists
 # what the command wrote there, which is what a later --force may replace.
@@ -132,6 +133,41 @@ def _overlap(out: Path, other: Path) -> Optional[str]:
     return None
 
 
+# A staged output is written as `.NAME.partial-<pid>` (or `.NAME.lock`) beside NAME.
+STAGING_ROOM = len(".") + len(".partial-") + 10
+
+
+def check_path_length(path: Path, option: str) -> None:
+    """Refuse, before any work, a path the file system cannot hold: a name longer than its
+    NAME_MAX (with room for the staging name beside it), or the whole over PATH_MAX."""
+    absolute = Path(os.path.abspath(path))
+    existing = next((p for p in absolute.parents if _exists(p)), Path("/"))
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+        path_max = os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for index, part in enumerate(absolute.parts[1:]):
+        room = STAGING_ROOM if index == len(absolute.parts) - 2 else 0
+        if len(os.fsencode(part)) + room > name_max:
+            raise OutputError(
+                f"{option}: the name {part[:24]}... is {len(os.fsencode(part))} bytes, more than "
+                f"this file system takes ({name_max - room}); choose a shorter name"
+            )
+    if len(os.fsencode(str(absolute))) + STAGING_ROOM > path_max:
+        raise OutputError(
+            f"{option}: the path is {len(os.fsencode(str(absolute)))} bytes long, more than the "
+            f"system takes ({path_max - STAGING_ROOM}); choose a shorter path"
+        )
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long to even look up
+        return False
+
+
 def check_apart(out: Path, inputs: Iterable[Path], option: str) -> None:
     """Refuse an output that is, contains, or lies inside one of `inputs`."""
     resolved = Path(out).resolve()
@@ -150,6 +186,7 @@ def check_replaceable(out: Path, kind: str, force: bool, option: str) -> None:
     """May `out` be replaced by a `kind` output? Missing or empty: yes; else only with force,
     and only if it is a `kind` output holding nothing else."""
     out = Path(out)
+    check_path_length(out, option)
     if not out.exists() and not out.is_symlink():
         return
     if out.is_symlink() or not out.is_dir():
@@ -267,6 +304,7 @@ def lock_run_dir(run_dir: Path, inputs: Sequence[Optional[Path]] = ()) -> RunDir
     """The training process owns its run directory for as long as it lives; the run
     directory is never one of the inputs (the dataset), inside one, or around one."""
     run_dir = Path(run_dir)
+    check_path_length(run_dir, "--run-dir")
     check_apart(run_dir, inputs, "--run-dir")
     if run_dir.exists() and not run_dir.is_dir():
         raise OutputError(f"--run-dir {run_dir} exists and is not a directory; choose another")
@@ -362,6 +400,13 @@ def claim(
         try:
             yield staged
             published = out.exists()
+        except Exception as err:
+            if disk_full(err) and not isinstance(err, OutputError):
+                raise OutputError(
+                    f"cannot write {option} {out}: {NO_SPACE}; free space or choose another "
+                    f"path (nothing was written)"
+                ) from None
+            raise
         finally:
             shutil.rmtree(staged.path, ignore_errors=True)
     finally:
@@ -437,6 +482,7 @@ def check_file_target(path: Path, option: str, inputs: Sequence[Optional[Path]] 
     that would replace one of `inputs` (a file given as input, or anything inside an input
     directory: a dataset's manifest or shard, a model's enet.json)."""
     path = Path(path)
+    check_path_length(path, option)
     resolved = path.resolve()
     for item in inputs:
         if item is None:
@@ -493,6 +539,37 @@ class StagedFile:
                 self.temp.unlink()
 
 
+_PARTIAL = re.compile(r"^\..+\.partial-(\d+)$")
+
+
+def sweep_partials(directory: Path) -> None:
+    """Remove what writers that died left in `directory` (`.NAME.partial-<pid>` of a PID no
+    longer running): a killed predict's half video, say. A live writer's are left alone."""
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        found = _PARTIAL.match(entry.name)
+        if found is None or _running(int(found.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 def write_atomic(path: Path, data: Union[str, bytes]) -> None:
     """Write a whole file under a temporary name, then rename it over `path`."""
     staged = StagedFile(path)
@@ -505,7 +582,12 @@ def write_atomic(path: Path, data: Union[str, bytes]) -> None:
     except OSError as err:
         with contextlib.suppress(OSError):
             staged.discard()
-        raise OutputError(f"cannot write {path}: {err.strerror}; choose a writable path") from None
+        raise OutputError(f"cannot write {path}: {reason(err)}; {remedy(err)}") from None
+
+
+def remedy(err: BaseException) -> str:
+    """What to do when writing failed with `err`."""
+    return "free space or choose another path" if disk_full(err) else "choose a writable path"
 
 
 def set_aside(directory: Path) -> Optional[Path]:

@@ -1,5 +1,7 @@
-"""Child processes that cannot outlive the `enet` process that started them."""
+"""Child processes: how many this machine can run, and that none outlives the `enet`
+process that started them."""
 
+import os
 import signal
 import sys
 
@@ -15,3 +17,11 @@ def die_with_parent() -> None:
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, as a container or `taskset`
+    sets it), the bound for worker processes."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(len(os.sched_getaffinity(0)), 1)
+    return os.cpu_count() or 1

@@ -11,13 +11,13 @@ Element conventions: images float32 (N, H, W, 3) in [0, 1]; labels int32 (N, H, 
 
 import contextlib
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
 from enet_cli.core.backend import tf
 from enet_cli.core.config import DataConfig
-from enet_cli.core.errors import DataError
+from enet_cli.core.errors import DataError, reason
 from enet_cli.data.manifest import Manifest
 from enet_cli.pixels.preprocessor import pad_to_model, to_unit
 
@@ -128,18 +128,31 @@ def _example_fn(
 @contextlib.contextmanager
 def reading_shards(data_dir) -> Iterator[None]:
     """A shard that fails to read or decode (corrupted after its checksum was checked, or
-    checks skipped) is one line naming the data, not a TensorFlow traceback."""
+    checks skipped) is one line naming the shard, not a TensorFlow traceback."""
     try:
         yield
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
-        first = str(getattr(err, "message", err)).strip().splitlines()[0]
+        first = reason(err)
         decoding = any(word in first for word in ("PNG", "png", "Feature", "record"))
         if isinstance(err, tf.errors.InvalidArgumentError) and not decoding:
             raise  # not the data's fault: a bug, keep its traceback
+        shard = _unreadable_shard(Path(data_dir))
+        where = f"shard {shard}" if shard is not None else f"the shards of {data_dir}"
         raise DataError(
-            f"cannot read the shards of {data_dir} ({first[:160]}); the data is corrupt: "
-            f"re-run enet preprocess"
+            f"cannot read {where} ({first}); the data is corrupt: re-run enet preprocess"
         ) from None
+
+
+def _unreadable_shard(data_dir: Path) -> Optional[Path]:
+    """Which shard breaks TFRecord's framing (TensorFlow's error gives only an offset):
+    each is read on its own, on this failure path only."""
+    for shard in sorted(data_dir.glob("*.tfrecord")):
+        try:
+            for _ in tf.data.TFRecordDataset(str(shard)):
+                pass
+        except tf.errors.DataLossError:
+            return shard
+    return None
 
 
 def check_data(data: DataConfig, manifest: Manifest) -> None:

@@ -30,8 +30,8 @@ from PIL import Image
 from enet_cli import __version__
 from enet_cli.core import outputs
 from enet_cli.core.config import PreprocessConfig
-from enet_cli.core.errors import DataError, Interrupted
-from enet_cli.core.processes import die_with_parent
+from enet_cli.core.errors import DataError, Interrupted, reason
+from enet_cli.core.processes import die_with_parent, usable_cores
 from enet_cli.core.ui import Interrupts, info, track, warn
 from enet_cli.data.classes import (
     ClassScheme,
@@ -433,7 +433,7 @@ def preprocess(cfg: PreprocessConfig) -> Tuple[Manifest, Layout, List[SplitRepor
             for split, labeled in plan.labeled.items():
                 if not labeled:
                     info(f"{split}: no labels, kept for enet predict only")
-            with worker_pool(cfg.workers) as pool, _writing(cfg.output_dir):
+            with worker_pool(_workers(cfg.workers)) as pool, _writing(cfg.output_dir):
                 results = {
                     split: _write_split(
                         split,
@@ -456,6 +456,14 @@ def preprocess(cfg: PreprocessConfig) -> Tuple[Manifest, Layout, List[SplitRepor
     return manifest, layout, [result.report for result in results.values()]
 
 
+def _workers(asked: int) -> int:
+    """Conversion processes: as many as asked, up to one per core (more only compete)."""
+    cores = usable_cores()
+    if asked > cores:
+        info(f"--workers {asked}: this machine has {cores} CPU core(s); using {cores}")
+    return min(asked, cores)
+
+
 @contextlib.contextmanager
 def _writing(out: Path) -> Iterator[None]:
     """A full disk or a vanished directory while shards are written: one line."""
@@ -464,12 +472,9 @@ def _writing(out: Path) -> Iterator[None]:
     try:
         yield
     except (OSError, tf.errors.OpError) as err:
-        reason = getattr(err, "strerror", None) or str(getattr(err, "message", err))
-        if "No space left" in str(err):
-            reason = "No space left on device"
         raise outputs.OutputError(
-            f"cannot write OUTPUT_DIR {out}: {reason.strip().splitlines()[0][:160]}; free "
-            f"space or choose another directory (nothing was written)"
+            f"cannot write OUTPUT_DIR {out}: {reason(err)}; free space or choose another "
+            f"directory (nothing was written)"
         ) from None
 
 

@@ -34,7 +34,7 @@ from PIL import Image
 
 from enet_cli.core import outputs, ui
 from enet_cli.core.backend import tf
-from enet_cli.core.errors import DataError, OutputError
+from enet_cli.core.errors import DataError, OutputError, disk_full, reason
 from enet_cli.pixels.drawing import (
     PictureError,
     PictureTooLarge,
@@ -382,11 +382,19 @@ def predict_video(
         source.close()
         keep = finished and not failure
         for each in writers:
-            each.close(keep=keep)
+            try:
+                each.close(keep=keep)
+            except Exception as err:  # flushing the end of the file: a full disk, mostly
+                failure.append(err)
+                keep = False
     if failure:
         error = failure[0]
-        if isinstance(error, OSError):
-            raise OutputError(f"cannot write {overlay_path}: {error.strerror or error}") from None
+        if isinstance(error, OSError) or disk_full(error):
+            for each in writers:  # nothing half-written stays
+                each.close(keep=False)
+            raise OutputError(
+                f"cannot write {overlay_path}: {reason(error)}; {outputs.remedy(error)}"
+            ) from None
         raise error
     if written[0] == 0:
         raise DataError(f"{source.name}: no frame could be decoded")
@@ -428,6 +436,7 @@ def run_predict(
     check_out_dir(out_dir)
     require_video_support(inputs, options.stream_size)  # before any work, not after the images
     created = outputs.make_dirs(out_dir, "--out")
+    outputs.sweep_partials(out_dir)  # a killed earlier run's half-written files
     names = predictor.meta.class_names
     summary = ClassSharesLog(options.summary, names) if options.summary is not None else None
     images = [p for p in inputs if p != STDIN and not video.is_video(p)]

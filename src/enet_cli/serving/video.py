@@ -9,6 +9,7 @@ Outputs are written under a temporary name and renamed when closed, so a file na
 an output is always playable: at the end, or shorter after a Ctrl-C.
 """
 
+import contextlib
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -211,17 +212,23 @@ class VideoWriter:
         self.frames += 1
 
     def close(self, keep: bool = True) -> None:
-        """Flush and close; keep it (renamed into place) if asked and any frame was written."""
+        """Flush and close; keep it (renamed into place) if asked and any frame was written.
+        Whatever fails on the way (a full disk while flushing), the partial file goes."""
+        if not (keep and self.frames):
+            with contextlib.suppress(Exception):  # being thrown away: its errors do not matter
+                self.container.close()
+            self.file.discard()
+            return
         try:
-            if keep and self.frames:
+            try:
                 for packet in self.stream.encode():
                     self.container.mux(packet)
-        finally:
-            self.container.close()
-        if keep and self.frames:
-            self.file.publish()
-        else:
+            finally:
+                self.container.close()
+        except BaseException:
             self.file.discard()
+            raise
+        self.file.publish()
 
 
 def _container_format(path: Path) -> str:

@@ -10,6 +10,7 @@ cleanly on SIGTERM/SIGINT after saving. Only the chief engine process writes int
 
 import math
 import time
+from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
@@ -19,7 +20,7 @@ from enet_cli.artifacts.run import RunMeta, RunPaths
 from enet_cli.core import outputs, ui
 from enet_cli.core.backend import keras, tf
 from enet_cli.core.config import EnetConfig, Precision, global_batch, model_size
-from enet_cli.core.errors import Interrupted, PeerLost, TrainingError
+from enet_cli.core.errors import Interrupted, OutputError, PeerLost, TrainingError, reason
 from enet_cli.core.metrics import segmentation_metrics
 from enet_cli.data.dataset import check_data, make_dataset, reading_shards
 from enet_cli.data.manifest import Manifest, check_batch_size, load_manifest
@@ -72,7 +73,7 @@ def fit(
             f"run the same command again to resume from it"
         ) from None
     except (tf.errors.UnavailableError, tf.errors.CancelledError) as err:
-        first = str(getattr(err, "message", err)).strip().splitlines()[0][:160]
+        first = reason(err)
         raise PeerLost(
             f"lost contact with another worker ({first}); run the same command again to "
             f"resume from the last checkpoint"
@@ -343,9 +344,7 @@ def _evaluate(eval_step, dataset, task, engine: Engine) -> Dict[str, object]:
 def _finish(run: _Training) -> Dict[str, object]:
     """The end of training: export the best weights as a SavedModel, write metrics.json and
     classes.json."""
-    from enet_cli.serving.export import export_saved_model
-
-    state, engine, paths, meta = run.state, run.engine, run.paths, run.meta
+    state, engine, paths = run.state, run.engine, run.paths
     summary: Dict[str, object] = {
         "epochs_completed": int(state.epoch.numpy()),
         "steps": int(state.checkpoint.optimizer.iterations.numpy()),
@@ -359,9 +358,24 @@ def _finish(run: _Training) -> Dict[str, object]:
     if export_dir is None:
         return summary
     best = state.load_best_weights()
-    export_saved_model(state.model, meta, export_dir, option="the run's model directory")
+    try:
+        _write_model(run, summary, export_dir, best)
+    except OutputError as err:  # a full disk at the very end: the checkpoints hold it all
+        raise TrainingError(
+            f"training finished, but {err}; the checkpoints are kept: run the same command "
+            f"again to write the model"
+        ) from None
+    return summary
+
+
+def _write_model(run: "_Training", summary: Dict[str, object], export_dir: Path, best) -> None:
+    """The SavedModel of the best weights, then metrics.json and classes.json (chief)."""
+    from enet_cli.serving.export import export_saved_model
+
+    engine, paths, meta = run.engine, run.paths, run.meta
+    export_saved_model(run.state.model, meta, export_dir, option="the run's model directory")
     if not engine.is_chief:  # a worker whose export is part of a collective: to scratch
-        return summary
+        return
     summary["exported_weights"] = str(best) if best else "final"
     summary["saved_model"] = str(paths.export)
     paths.outputs.mkdir(parents=True, exist_ok=True)
@@ -376,4 +390,3 @@ def _finish(run: _Training) -> Dict[str, object]:
     for name, data in (("metrics.json", summary), ("classes.json", classes)):
         outputs.write_atomic(paths.outputs / name, outputs.json_text(data))
     meta.write(paths.outputs)
-    return summary

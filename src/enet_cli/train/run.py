@@ -27,7 +27,10 @@ def prepare_run(
             cfg.data.data_dir = contract.channel_dir()
         return cfg, contract.sagemaker_paths()
     cfg = load_config(config_file, overrides)
-    return cfg, local_paths(cfg.runtime.run_dir)
+    run_dir = cfg.runtime.run_dir  # its refusals before TensorFlow loads (again when locked)
+    outputs.check_path_length(run_dir, "--run-dir")
+    outputs.check_apart(run_dir, [cfg.data.data_dir], "--run-dir")
+    return cfg, local_paths(run_dir)
 
 
 def run_training(cfg: EnetConfig, paths: RunPaths) -> Dict[str, object]:

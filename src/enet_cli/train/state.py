@@ -22,7 +22,7 @@ from enet_cli.artifacts.checkpoints import restore as restore_found
 from enet_cli.artifacts.run import RunMeta
 from enet_cli.core import outputs
 from enet_cli.core.backend import tf
-from enet_cli.core.errors import ConfigError, DataError, TrainingError
+from enet_cli.core.errors import ConfigError, DataError, TrainingError, reason
 from enet_cli.serving.export import ExportReport, ExportRequest, size_on_disk
 
 # The loop's own variables: a resume reads them from the checkpoint file before the first
@@ -179,7 +179,7 @@ class TrainState:
             return self.backend.save(manager, self.checkpoint.optimizer.iterations)
         except (tf.errors.OpError, OSError) as err:
             self.remove_partial_writes()
-            first = str(getattr(err, "message", err)).strip().splitlines()[0][:160]
+            first = reason(err)
             raise TrainingError(
                 f"cannot write a checkpoint in {self._write_directory} ({first}); free space "
                 f"or fix the directory, then run the same command again to resume from "
