@@ -195,6 +195,28 @@ def test_full_disk_during_training_and_preprocess(small_data, camvid_segnet_mini
     assert sorted(p.name for p in small_disk.iterdir()) == []
 
 
+def test_a_full_disk_at_the_end_keeps_the_checkpoints_and_a_rerun_writes_the_model(
+    small_data, small_disk
+):
+    """Room for the checkpoint (4.5 MB) but not the SavedModel (3.3 MB): training's work is
+    in the checkpoint, so the line says so (exit 5, a training failure) and the same command
+    writes the model once there is space. In-process: the disk, not the process, is tested."""
+    run = small_disk / "run"
+    args = ("train", small_data, "--run-dir", run, "--batch-size", "4", "--steps", "1")
+    filler = fill_disk(small_disk, 6_000_000)
+    result = invoke(*args)
+    last_error_line(
+        result, 5, r"training finished, but cannot write the run's model directory .*/run/model: "
+        r"no space left on device; .*the checkpoints are kept: run the same command again",
+    )  # fmt: skip
+    assert (run / "checkpoints" / "ckpt-1.index").is_file() and not (run / "model").exists()
+    assert [p.name for p in run.iterdir() if "partial" in p.name] == []
+    filler.unlink()
+    again = invoke(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (run / "model" / "saved_model.pb").is_file() and (run / "metrics.json").is_file()
+
+
 # ---------------------------------------------------------------------------------------
 # Training interrupted twice
 # ---------------------------------------------------------------------------------------
