@@ -19,7 +19,7 @@ from PIL import Image
 from enet_cli.container import contract
 from enet_cli.container.contract import ROOT_ENV
 from enet_cli.core.metrics import metric_regex
-from enet_testing import FIXTURES, enet_env, error_lines, invoke, last_error_line, run_enet
+from enet_testing import FIXTURES, enet_env, error_lines, invoke, last_error_line
 from moto_aws import (  # noqa: F401 (aws, outbound: fixtures)
     PREFIX,
     REGION,
@@ -216,7 +216,7 @@ def test_invoke_writes_the_pngs_predict_writes_from_the_endpoints_reply(aws, tra
     finally:
         endpoint.close()
     expected = tmp_path / "predicted"
-    predicted = run_enet("predict", str(trained_run), str(PHOTO), str(jpeg), "--out", str(expected))
+    predicted = invoke("predict", str(trained_run), str(PHOTO), str(jpeg), "--out", str(expected))
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     for stem in (PHOTO.stem, "photo"):
         for suffix in ("_classes.png", "_overlay.png"):
@@ -487,7 +487,7 @@ def test_jobs_download_brings_a_containers_model_back_for_evaluate(aws, small_da
     scores = {}
     for label, model in (("downloaded", out), ("container", model_dir)):
         target = tmp_path / f"eval-{label}.json"
-        evaluated = run_enet("evaluate", str(model), str(small_data), "--json", str(target))
+        evaluated = invoke("evaluate", str(model), str(small_data), "--json", str(target))
         assert evaluated.returncode == 0, evaluated.stderr[-3000:]
         scores[label] = json.loads(target.read_text())
     assert scores["downloaded"]["mean_iou"] == scores["container"]["mean_iou"]

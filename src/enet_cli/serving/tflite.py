@@ -64,7 +64,15 @@ def convert(
     prepare_for_export(model)
     dtype = tf.float32 if quantize == Quantize.int8 else tf.uint8
     function = _fixed_size_function(model, size, dtype).get_concrete_function()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    # The converter saves what it is given to a SavedModel first: given the Keras model, it
+    # would trace every layer's call for Keras reloading (most of the conversion's time); a
+    # module holding only the variables is what the function needs.
+    variables = tf.Module()
+    variables.variables_ = list(model.weights)
+    try:
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([function], variables)
+    except TypeError:  # TF < 2.7 takes the functions alone (and saves no SavedModel first)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([function])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantize == Quantize.float16:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
