@@ -1,6 +1,6 @@
 """The package's layers, read off its source: every `enet_cli` import (those inside
 functions too) goes to the importing module's own package or to a layer below, never up
-and never to a package beside it, and no imports close a circle (README, Layout)."""
+and never to a package beside it, and no imports close a circle (docs/design.md, Layout)."""
 
 import ast
 from pathlib import Path

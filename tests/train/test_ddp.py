@@ -255,8 +255,11 @@ def _run_with_env(args, extra_env, timeout=600):
 def test_killing_a_worker_stops_the_whole_run(small_data, tmp_path, victim):
     """SIGKILL worker 1 (or the chief) mid-run: the launcher stops the other one (blocked in
     a collective) and reports the dead worker in one line within a bounded time, with no
-    traceback from the survivor; no worker process survives."""
+    traceback from the survivor and no "SIGTERM received" about a signal nobody sent; no
+    worker process survives, and no worker's temporary files (autograph's, its scratch)."""
     run = tmp_path / "run"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -273,7 +276,7 @@ def test_killing_a_worker_stops_the_whole_run(small_data, tmp_path, victim):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=enet_env(),
+        env={**enet_env(), "TMPDIR": str(scratch)},
     )
     pids = []
     for line in proc.stderr:  # "started 2 workers on ... (pids A, B); ..."
@@ -292,6 +295,8 @@ def test_killing_a_worker_stops_the_whole_run(small_data, tmp_path, victim):
     elapsed = time.monotonic() - killed
     assert proc.returncode == 5, rest
     assert "Traceback" not in rest and "Error:" not in rest, rest
+    assert "SIGTERM received" not in rest, rest
+    assert list(scratch.iterdir()) == []
     errors = [line for line in error_lines(rest) if line.startswith("error:")]
     assert len(errors) == 1, rest
     if victim == 1:

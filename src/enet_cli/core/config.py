@@ -310,10 +310,11 @@ class PreprocessConfig(Section):
     shards: Optional[int] = Field(
         None, gt=0, description="Shards per split (default: about 32 records per shard)."
     )
-    workers: int = Field(
-        default_factory=lambda: min(4, usable_cores()),
+    workers: Optional[int] = Field(
+        None,
         gt=0,
-        description="Processes that decode and convert images.",
+        description="Processes that decode and convert images (default: one per CPU core, "
+        "at most 4).",
     )
     force: bool = Field(False, description="Replace an existing output directory.")
 

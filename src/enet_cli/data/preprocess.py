@@ -51,6 +51,7 @@ from enet_cli.data.manifest import (
 )
 from enet_cli.pixels.preprocessor import resize_classes, resize_image
 
+DEFAULT_WORKERS = 4  # processes when --workers is not given (fewer on fewer cores)
 MAX_UNKNOWN_FRACTION = 0.001  # unexplained label pixels tolerated per split (become void)
 RECORDS_PER_SHARD = 32
 
@@ -456,9 +457,12 @@ def preprocess(cfg: PreprocessConfig) -> Tuple[Manifest, Layout, List[SplitRepor
     return manifest, layout, [result.report for result in results.values()]
 
 
-def _workers(asked: int) -> int:
-    """Conversion processes: as many as asked, up to one per core (more only compete)."""
+def _workers(asked: Optional[int]) -> int:
+    """Conversion processes: as many as asked, up to one per core (more only compete);
+    not asked, one per core up to DEFAULT_WORKERS."""
     cores = usable_cores()
+    if asked is None:
+        return min(DEFAULT_WORKERS, cores)
     if asked > cores:
         info(f"--workers {asked}: this machine has {cores} CPU core(s); using {cores}")
     return min(asked, cores)

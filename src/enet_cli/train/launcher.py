@@ -4,9 +4,11 @@ Like `accelerate launch` / `torchrun`, the launcher starts N copies of the same 
 command, each with a TF_CONFIG naming all N workers on 127.0.0.1 (free ports) and its own
 index, and then only supervises: worker 0 (the chief) writes to this terminal, the others
 to `<run-dir>/logs/worker-<i>.log`. It returns the chief's exit code. If any worker dies,
-the rest are stopped (SIGTERM, then SIGKILL after a grace period: a worker blocked in a
-collective cannot act on SIGTERM) and the launcher reports which worker and where its log
-is. Workers die with the launcher (PR_SET_PDEATHSIG on Linux), so nothing is orphaned.
+the rest are stopped at once (SIGKILL: blocked in a collective, they could save nothing)
+and the launcher reports which worker and where its log is; a stop the user asks for is
+SIGTERM, then SIGKILL after a grace period. Workers die with the launcher
+(PR_SET_PDEATHSIG on Linux), so nothing is orphaned, and their temporary files live in one
+directory the launcher removes.
 
 The launcher itself never imports TensorFlow.
 """
@@ -14,10 +16,12 @@ The launcher itself never imports TensorFlow.
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import IO, List, Optional
@@ -57,8 +61,11 @@ def _die_with_parent() -> None:
     die_with_parent()
 
 
-def _worker_env(cluster: List[str], index: int, threads: int) -> dict:
+def _worker_env(cluster: List[str], index: int, threads: int, scratch: Path) -> dict:
     env = dict(os.environ)
+    # Every temporary file of a worker (autograph's generated code, its scratch copy of the
+    # run) under one directory the launcher removes, however the worker ended.
+    env["TMPDIR"] = str(scratch)
     env["TF_CONFIG"] = json.dumps(
         {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
     )
@@ -76,6 +83,7 @@ class _Workers:
         log_dir.mkdir(parents=True, exist_ok=True)
         cluster = [f"127.0.0.1:{port}" for port in free_ports(workers)]
         threads = max(1, (os.cpu_count() or 1) // workers)
+        self.scratch = Path(tempfile.mkdtemp(prefix="enet-workers-"))
         self.logs: List[Optional[Path]] = []
         self.procs: List[subprocess.Popen] = []
         files: List[IO] = []
@@ -89,7 +97,7 @@ class _Workers:
                 self.procs.append(
                     subprocess.Popen(
                         [sys.executable, "-m", "enet_cli", *argv],
-                        env=_worker_env(cluster, index, threads),
+                        env=_worker_env(cluster, index, threads, self.scratch),
                         stdout=out,
                         stderr=subprocess.STDOUT if out else None,
                         preexec_fn=_die_with_parent,
@@ -110,13 +118,15 @@ class _Workers:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(sig)
 
-    def stop_all(self, asked: bool = False) -> None:
+    def stop_all(self, asked: bool = False, at_once: bool = False) -> None:
         """SIGTERM (unless `asked`: they have had it), wait up to GRACE_SECONDS, then SIGKILL
         whatever is left; reap all. A second SIGTERM would make a worker that is still
-        saving the step it was asked to stop at say so twice."""
-        if not asked:
+        saving the step it was asked to stop at say so twice. `at_once`: a peer died, so
+        the others are blocked in a collective and can save nothing: SIGKILL them now, and
+        none says "SIGTERM received" about a signal nobody sent."""
+        if not (asked or at_once):
             self.signal_all(signal.SIGTERM)
-        deadline = time.monotonic() + GRACE_SECONDS
+        deadline = time.monotonic() + (0 if at_once else GRACE_SECONDS)
         while time.monotonic() < deadline and any(p.poll() is None for p in self.procs):
             time.sleep(POLL_SECONDS)
         self.signal_all(signal.SIGKILL)
@@ -177,6 +187,7 @@ def launch_local_workers(argv: List[str], workers: int, log_dir: Path) -> int:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        shutil.rmtree(group.scratch, ignore_errors=True)
 
 
 def _worker_failed(group: _Workers, index: int, code: int) -> int:
@@ -187,7 +198,7 @@ def _worker_failed(group: _Workers, index: int, code: int) -> int:
         time.sleep(POLL_SECONDS)
     chief = group.procs[0].poll()
     last = group.last_line(index)
-    group.stop_all()
+    group.stop_all(at_once=True)
     if chief not in (None, 0, PeerLost.exit_code):  # its own error (e.g. bad data), said
         return chief
     detail = f" (its last line: {last})" if last else ""
