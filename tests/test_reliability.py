@@ -236,6 +236,51 @@ def test_sigterm_while_exporting_keeps_the_earlier_export_and_leaves_nothing_els
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
 
 
+def test_odd_values_are_one_line_before_any_work(small_data, raw, tmp_path):
+    """Values that used to end in tracebacks deep inside (or in a SageMaker job): a settings
+    file that is not UTF-8, a seed NumPy cannot take, a path longer than the file system
+    takes, more local workers than cores. In-process: each is refused before TensorFlow or
+    AWS is touched, and nothing is written."""
+    from enet_cli.core.processes import usable_cores
+
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("train:\n  epochs: 3  # f\xfcr dich\n".encode("latin-1"))
+    long_name = tmp_path / ("x" * 300)
+    cores = usable_cores()
+    no_aws = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": ""}
+    cases = [
+        (("train", small_data, "--config", latin), 2,
+         rf"config file {latin} is not UTF-8 text \(byte 23\); save it as UTF-8"),
+        (("tune", small_data, "--ranges", latin, "--s3-prefix", "s3://b/p", "--dry-run"), 2,
+         rf"--ranges {latin} is not UTF-8 text"),
+        (("train", small_data, "--seed", "4294967296"), 2,
+         r"invalid value for --seed: Input should be less than or equal to 2147483647"),
+        (("launch", small_data, "--seed", "4294967296", "--s3-prefix", "s3://b/p",
+          "--dry-run"), 2, r"--seed: Input should be less than or equal to 2147483647"),
+        (("preprocess", raw, long_name), 2,
+         r"OUTPUT_DIR: the name x{24}\.\.\. is 300 bytes, more than this file system takes"),
+        (("train", small_data, "--run-dir", long_name), 2, r"--run-dir: the name x{24}"),
+        (("evaluate", small_data, small_data, "--json", f"{long_name}.json"), 2,
+         r"--json: the name x{24}\.\.\. is 305 bytes"),
+        (("train", small_data, "--mode", "ddp", "--local-workers", str(cores + 1)), 2,
+         rf"--local-workers: {cores + 1} workers on {cores} CPU core\(s\); use {cores} or fewer"),
+    ]  # fmt: skip
+    before = tree(tmp_path)
+    for args, code, message in cases:
+        one_error_line(invoke(*args, env=no_aws), code, message)
+    assert tree(tmp_path) == before
+
+
+def test_preprocess_workers_above_the_cores_are_lowered_with_a_note(raw, tmp_path):
+    from enet_cli.core.processes import usable_cores
+
+    cores = usable_cores()
+    result = invoke("preprocess", raw, tmp_path / "d", "--size", "48x64", "--workers", "64")
+    assert result.returncode == 0, result.stderr[-2000:]
+    note = f"--workers 64: this machine has {cores} CPU core(s); using {cores}"
+    assert note in result.stderr
+
+
 # ---------------------------------------------------------------------------------------
 # One owner per output
 # ---------------------------------------------------------------------------------------
