@@ -168,13 +168,16 @@ def _exists(path: Path) -> bool:
         return False
 
 
-def check_apart(out: Path, inputs: Iterable[Path], option: str) -> None:
-    """Refuse an output that is, contains, or lies inside one of `inputs`."""
+def check_apart(out: Path, inputs: Iterable[Path], option: str, may_contain: bool = False) -> None:
+    """Refuse an output that is, contains, or lies inside one of `inputs`. `may_contain`:
+    for a folder that only receives new files (predict's --out), around an input is fine."""
     resolved = Path(out).resolve()
     for item in inputs:
         if item is None:
             continue
         relation = _overlap(resolved, Path(item).resolve())
+        if relation == "contains" and may_contain:
+            continue
         if relation:
             raise OutputError(
                 f"{option} {out} {relation} the input {item}; write the output somewhere "

@@ -117,5 +117,5 @@ def check_out_dir(out_dir: Path, kept: Sequence[Path] = ()) -> None:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"--out {out_dir} is a file; give a directory")
-    outputs.check_apart(out_dir, kept, "--out")
+    outputs.check_apart(out_dir, kept, "--out", may_contain=True)  # new files only
     outputs.check_file_target(out_dir / "x_classes.png", "--out")
