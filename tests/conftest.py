@@ -2,9 +2,13 @@
 keeps tests out of the working tree. Helpers live in enet_testing.py: tests import them
 from there, never from this file."""
 
+import fcntl
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -40,42 +44,71 @@ def camvid_kaggle_mini(tmp_path) -> Path:
     return copy_fixture("camvid-kaggle-mini", tmp_path)
 
 
+def _made_once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
+    """`root/name`, made by the first pytest-xdist worker that asks (under an OS lock) and
+    reused by the others: a trained run costs a minute, and two workers on two cores would
+    each pay it. Without xdist it is an ordinary session directory."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # one per run
+    target, done = root / "shared" / name, root / "shared" / f"{name}.done"
+    target.parent.mkdir(exist_ok=True)
+    with open(root / "shared" / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            make(target)
+            done.touch()
+    return target
+
+
 @pytest.fixture(scope="session")
 def segnet_data(tmp_path_factory) -> Path:
     """The SegNet sample preprocessed once at its native 360x480 (read-only for tests)."""
-    out = tmp_path_factory.mktemp("segnet") / "data"
-    preprocess_to(FIXTURES / "camvid-segnet-mini", out, workers=2, shards=4)
-    return out
+
+    def make(root: Path) -> None:
+        preprocess_to(FIXTURES / "camvid-segnet-mini", root / "data", workers=2, shards=4)
+
+    return _made_once(tmp_path_factory, "segnet", make) / "data"
 
 
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory) -> Path:
     """The SegNet sample preprocessed at 96x128: real images, fast training steps."""
-    out = tmp_path_factory.mktemp("small") / "data"
-    preprocess_to(FIXTURES / "camvid-segnet-mini", out, image_size=SMALL_SIZE, workers=1)
-    return out
+
+    def make(root: Path) -> None:
+        preprocess_to(
+            FIXTURES / "camvid-segnet-mini", root / "data", image_size=SMALL_SIZE, workers=1
+        )
+
+    return _made_once(tmp_path_factory, "small", make) / "data"
 
 
 @pytest.fixture(scope="session")
 def single_step_run(small_data, tmp_path_factory) -> Path:
     """One single-mode step at batch 4 (seed 3, no dropout): the reference the distributed
     engines' first steps are compared with. Read-only: copy it to continue it."""
-    run = tmp_path_factory.mktemp("single-step") / "run"
-    result = run_enet(
-        "train", str(small_data), "--batch-size", "4", "--steps", "1", "--seed", "3",
-        "--dropout", "0", "--stage1-dropout", "0", "--run-dir", str(run),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run
+
+    def make(root: Path) -> None:
+        result = run_enet(
+            "train", str(small_data), "--batch-size", "4", "--steps", "1", "--seed", "3",
+            "--dropout", "0", "--stage1-dropout", "0", "--run-dir", str(root / "run"),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return _made_once(tmp_path_factory, "single-step", make) / "run"
 
 
 @pytest.fixture(scope="session")
 def trained_run(small_data, tmp_path_factory) -> Path:
     """A short real training run (SavedModel + checkpoints) for evaluate/predict tests,
-    with random flips (so its weights are those the export tests' tolerances were set on)."""
-    run = tmp_path_factory.mktemp("trained") / "run"
-    fit_quietly(train_config(small_data, run, epochs=2, augment=True))
-    return run
+    with random flips (so its weights are those the export tests' tolerances were set on).
+    Read-only: copy it to change it."""
+
+    def make(root: Path) -> None:
+        fit_quietly(train_config(small_data, root / "run", epochs=2, augment=True))
+
+    return _made_once(tmp_path_factory, "trained", make) / "run"
 
 
 @pytest.fixture
