@@ -1,14 +1,18 @@
 """Helpers for the benchmark scripts: the bundled CamVid sample and honest timing."""
 # Run as scripts: python puts this folder on sys.path, so `_common` imports directly.
 
+import datetime
+import json
 import os
+import platform
 import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"  # what the results page includes
 FIXTURES = ROOT / "tests" / "fixtures"
 COPIES = 4  # each sample image 4 times: start-up costs stop dominating
 
@@ -46,3 +50,41 @@ def segnet_copies(dest: Path) -> Path:
                 for k in range(COPIES):
                     shutil.copy(png, dest / sub / f"{png.stem}x{k}.png")
     return dest
+
+
+def publish(
+    name: str,
+    command: str,
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    note: str,
+    machine_at_start: str,
+) -> Path:
+    """Write `docs/results/<name>.json` and `.md` (the table the results page includes):
+    the rows, the command that measured them, the machine, the versions and the date, so a
+    figure on the site always says where it came from."""
+    import tensorflow as tf
+
+    from enet_cli import __version__
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    where = (
+        f"{machine_at_start} at the start; Python {platform.python_version()}, TensorFlow "
+        f"{tf.__version__}, "
+        f"enet-cli {__version__}; {stamp}"
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    record = {"command": command, "machine": where, "header": list(header), "rows": rows}
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [
+        f"`{command}` ({where}):",
+        "",
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join("---" for _ in header) + " |",
+        *("| " + " | ".join(map(str, row)) + " |" for row in rows),
+        "",
+        note,
+    ]
+    path = RESULTS / f"{name}.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path

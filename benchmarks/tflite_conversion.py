@@ -6,7 +6,8 @@ traces every layer's call for Keras reloading, which is most of the conversion; 
 module holding only the variables (what serving/tflite.py passes), it does not. This
 converts the same ENet both ways, alternating, each in a fresh process (a process keeps
 what it traced), and checks that the two files are byte for byte the same.
-Run: python benchmarks/tflite_conversion.py [--rounds 3] [--size 360x480]
+Run: python benchmarks/tflite_conversion.py [--rounds 3] [--size 360x480] [--write]
+(--write: also docs/results/tflite_conversion.{json,md}, the table the results page shows)
 """
 
 import argparse
@@ -18,7 +19,7 @@ import sys
 import time
 
 import numpy as np
-from _common import machine
+from _common import machine, publish
 
 VARIANTS = ("variables module (enet)", "Keras model")
 
@@ -51,12 +52,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", default="360x480")
     parser.add_argument("--child", choices=VARIANTS)
+    parser.add_argument("--write", action="store_true", help="update the docs' table")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     if args.child:
         child(args.child, size)
         return
-    print(f"machine: {machine()}; ENet at {args.size}, float32, {args.rounds} rounds")
+    at_start = machine()
+    print(f"machine: {at_start}; ENet at {args.size}, float32, {args.rounds} rounds")
     seconds = {v: [] for v in VARIANTS}
     digests = {v: set() for v in VARIANTS}
     for _ in range(args.rounds):
@@ -73,7 +76,18 @@ def main() -> None:
         print(f"{variant:26} median {statistics.median(seconds[variant]):6.1f} s  ({times})")
     ratio = statistics.median(seconds[VARIANTS[1]]) / statistics.median(seconds[VARIANTS[0]])
     same = len(digests[VARIANTS[0]] | digests[VARIANTS[1]]) == 1
-    print(f"the Keras model takes {ratio:.1f}x as long; same .tflite bytes: {same}")
+    verdict = f"the Keras model takes {ratio:.1f}x as long; same .tflite bytes: {same}"
+    print(verdict)
+    if args.write:
+        rows = [
+            (variant, f"{statistics.median(seconds[variant]):.1f}",
+             ", ".join(f"{s:.1f}" for s in seconds[variant]))
+            for variant in VARIANTS
+        ]  # fmt: skip
+        command = f"python benchmarks/tflite_conversion.py --rounds {args.rounds} --write"
+        header = ("converter given", "median seconds", "each run")
+        table = publish("tflite_conversion", command, header, rows, verdict + ".", at_start)
+        print(f"wrote {table}")
 
 
 if __name__ == "__main__":
