@@ -16,7 +16,7 @@ from rich.markup import escape
 from enet_cli import __version__
 from enet_cli.commands import cloud, data, serve, train
 from enet_cli.core.errors import EnetError, PeerLost
-from enet_cli.core.ui import Interrupts, stderr, stdout
+from enet_cli.core.ui import LOG_LEVEL_ENV, Interrupts, stderr, stdout
 
 app = typer.Typer(
     name="enet",
@@ -50,7 +50,7 @@ def root(
     if verbose:  # read when TensorFlow is first imported, which no command has done yet
         import os
 
-        os.environ["ENET_LOG_LEVEL"] = "debug"
+        os.environ[LOG_LEVEL_ENV] = "debug"
 
 
 for side in (data, train, serve, cloud):  # --help lists the commands in this order

@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 
 from enet_cli.container.contract import ROOT_ENV
-from enet_testing import STAND_INS, checkpoint_values, enet_env, error_lines, run_enet
+from enet_testing import (
+    STAND_INS,
+    checkpoint_values,
+    enet_env,
+    error_lines,
+    run_enet,
+    user_env,
+)
 
 NO_DROPOUT = ("--dropout", "0", "--stage1-dropout", "0")
 LONG_RUN = ("--local-workers", "2", "--batch-size", "2", "--epochs", "50")  # 2 x 2 images
@@ -276,7 +283,7 @@ def test_killing_a_worker_stops_the_whole_run(small_data, tmp_path, victim):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**enet_env(), "TMPDIR": str(scratch)},
+        env={**user_env(), "TMPDIR": str(scratch)},  # as a user's shell: no log level set
     )
     pids = []
     for line in proc.stderr:  # "started 2 workers on ... (pids A, B); ..."

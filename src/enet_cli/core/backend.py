@@ -14,9 +14,10 @@ import sys
 import tempfile
 from typing import Iterator
 
+from enet_cli.core.ui import verbose
+
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-# ENET_LOG_LEVEL=debug (or `enet --verbose`): every line TensorFlow prints, start-up included.
-VERBOSE = os.environ.get("ENET_LOG_LEVEL", "").lower() == "debug"
+VERBOSE = verbose()  # every line TensorFlow prints, start-up included
 if VERBOSE:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
 else:

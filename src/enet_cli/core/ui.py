@@ -5,6 +5,7 @@ carriage returns, so we print a few plain lines instead.
 """
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -27,6 +28,14 @@ T = TypeVar("T")
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
+
+# ENET_LOG_LEVEL=debug (what `enet --verbose` sets): every line TensorFlow prints, start-up
+# and its C++ runtime's included, for a bug report; otherwise our lines only.
+LOG_LEVEL_ENV = "ENET_LOG_LEVEL"
+
+
+def verbose() -> bool:
+    return os.environ.get(LOG_LEVEL_ENV, "").lower() == "debug"
 
 
 def warn(message: str) -> None:

@@ -66,6 +66,10 @@ def _worker_env(cluster: List[str], index: int, threads: int, scratch: Path) -> 
     # Every temporary file of a worker (autograph's generated code, its scratch copy of the
     # run) under one directory the launcher removes, however the worker ended.
     env["TMPDIR"] = str(scratch)
+    if not ui.verbose():
+        # When a peer dies, TensorFlow's C++ runtime logs the aborted collectives at ERROR
+        # level in each survivor; the launcher's one line says what happened instead.
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     env["TF_CONFIG"] = json.dumps(
         {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
     )
