@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from enet_testing import (
+    FIXTURES,
     ctrl_c,
     fill_disk,
     invoke,
@@ -122,7 +123,9 @@ def test_a_full_disk_is_recognised_in_every_library_s_words():
     assert not disk_full(OSError(errno.EACCES, "Permission denied"))
 
 
-def test_a_full_disk_while_exporting_or_predicting_a_video(trained_run, small_disk, tmp_path):
+def test_a_full_disk_while_exporting_predicting_or_evaluating(
+    trained_run, small_data, small_disk, tmp_path
+):
     clip = tmp_path / "drive.mkv"
     _write_clip(clip, trained_run)
     filler = fill_disk(small_disk, 60_000)
@@ -142,6 +145,14 @@ def test_a_full_disk_while_exporting_or_predicting_a_video(trained_run, small_di
         result, 2, rf"cannot write {small_disk}/p/drive_overlay.mp4: no space left on device"
     )
     assert [p.name for p in small_disk.rglob("*") if "partial" in p.name] == []
+    image = FIXTURES / "camvid-segnet-mini" / "test" / "0001TP_007590.png"
+    result = invoke("predict", trained_run, image, "--out", small_disk / "q")
+    last_error_line(
+        result, 2, rf"cannot write {small_disk}/q/0001TP_007590_classes.png: no space left"
+    )
+    result = invoke("evaluate", trained_run, small_data, "--json", small_disk / "m.json")
+    last_error_line(result, 2, rf"cannot write {small_disk}/m.json: no space left on device")
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no empty --out
     filler.unlink()
     assert invoke("predict", trained_run, clip, "--out", small_disk / "p").returncode == 0
     assert sorted(p.name for p in (small_disk / "p").iterdir()) == ["drive_overlay.mp4"]
