@@ -175,5 +175,10 @@ def build_enet(
         )
     blocks = enet_blocks(cfg, sync_batchnorm)
     images = keras.Input(shape=(height, width, 3), name=INPUT)
-    outputs = run_blocks(blocks, {INPUT: images}, placement=placement)
+    # Keras runs a custom layer's call through autograph while it builds the model unless
+    # the caller has autograph off. ENet's blocks have no tensor-dependent Python control
+    # flow (the train steps trace them with autograph off too), and converting their code
+    # is a third of the build: every process that trains, serves or exports pays it.
+    run = tf.autograph.experimental.do_not_convert(run_blocks)
+    outputs = run(blocks, {INPUT: images}, placement=placement)
     return keras.Model(images, outputs[blocks[-1].layer.name], name=name)
