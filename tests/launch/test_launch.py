@@ -7,15 +7,14 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from enet_cli.container.contract import FOREIGN_HYPERPARAMETERS, ROOT_ENV
+from enet_cli.container.contract import FOREIGN_HYPERPARAMETERS
 from enet_cli.core.metrics import METRICS_PREFIX, metric_definitions
-from enet_testing import FIXTURES, REPO, STAND_INS, enet_env, error_lines, preprocess_to
+from enet_testing import FIXTURES, REPO, STAND_INS, error_lines, preprocess_to
 from moto_aws import (  # noqa: F401 (aws, outbound: fixtures)
     PREFIX,
     REGION,
@@ -26,14 +25,9 @@ from moto_aws import (  # noqa: F401 (aws, outbound: fixtures)
     recorded,
     run_enet_aws,
 )
+from sagemaker_jobs import created, run_container, submitted_code
 
 ECR = "763104351884.dkr.ecr.us-east-1.amazonaws.com/tensorflow-training:"
-
-
-def created(env, job: str) -> dict:
-    """The CreateTrainingJob request exactly as the SDK sent it."""
-    (found,) = recorded(env, "CreateTrainingJob", TrainingJobName=job)
-    return found
 
 
 def launch(env, *args, timeout=300, outbound_allowed=False):
@@ -367,43 +361,6 @@ def test_missing_region_credentials_and_role_say_how(small_data, tmp_path):
 # ---------------------------------------------------------------------------------------
 # The container contract, end to end
 # ---------------------------------------------------------------------------------------
-def _toolkit_arguments(hyperparameters):
-    """What the training toolkit passes the entry point: every hyperparameter as
-    `--key value` (SDK-encoded), --model_dir, and under SMP --mp_parameters k=v,..."""
-    args = ["--model_dir", "s3://enet-test-bucket/jobs/output/model"]
-    for key, value in hyperparameters.items():
-        if key == "mp_parameters":
-            params = json.loads(value)
-            args += ["--mp_parameters", ",".join(f"{k}={v}" for k, v in params.items())]
-        elif not key.startswith("sagemaker_"):
-            args += [f"--{key}", value]
-    return args
-
-
-def run_container(code_dir: Path, hyperparameters, data: Path, root: Path, env=None):
-    """The job as SageMaker runs it, in a temporary /opt/ml: the entry script in the code
-    directory with the toolkit's arguments, hyperparameters.json and resourceconfig.json.
-    `mp_parameters`, if any, reach the script only as the toolkit's --mp_parameters."""
-    import shutil
-
-    config = root / "input" / "config"
-    config.mkdir(parents=True)
-    written = {k: v for k, v in hyperparameters.items() if k != "mp_parameters"}
-    (config / "hyperparameters.json").write_text(json.dumps(written))
-    (config / "resourceconfig.json").write_text(
-        json.dumps(
-            {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}
-        )
-    )
-    shutil.copytree(data, root / "input" / "data" / "train")
-    env = {**enet_env(), ROOT_ENV: str(root), **(env or {})}
-    env.pop("SM_HP_MP_PARAMETERS", None)
-    command = [sys.executable, "enet_entry.py", *_toolkit_arguments(hyperparameters)]
-    return subprocess.run(
-        command, cwd=code_dir, capture_output=True, text=True, timeout=600, env=env
-    )
-
-
 def _check_trained(result, root: Path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (root / "model" / "1" / "saved_model.pb").is_file()  # what SageMaker collects
@@ -426,20 +383,12 @@ def _check_trained(result, root: Path):
 
 def _uploaded_job(env, clients, small_data, tmp_path):
     """The source and hyperparameters `enet launch` sent (to the moto server)."""
-    import io
-
     job = "enet-test-contract"
     args = ("--epochs", "1", "--batch-size", "4", "--job-name", job, "--s3-prefix", PREFIX)
     result = launch(env, str(small_data), *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    hyperparameters = created(env, job)["HyperParameters"]
-    bucket, _, key = json.loads(hyperparameters["sagemaker_submit_directory"])[5:].partition("/")
     code = tmp_path / "ml" / "code"
-    code.mkdir(parents=True)
-    body = clients["s3"].get_object(Bucket=bucket, Key=key)["Body"].read()
-    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
-        tar.extractall(code)
-    return code, hyperparameters
+    return code, submitted_code(env, clients, job, code)
 
 
 def _staged_job(tmp_path, train=None, runtime=None, launch=None):
