@@ -27,7 +27,7 @@ from enet_testing import (
 # >= 3.10 (pyproject's dev extra): the compatibility jobs, on the containers' Python 3.8
 # and 3.9, run none of these modules' tests (none is marked compat) and could not import
 # them to deselect them.
-LAPTOP_ONLY = ["test_video.py", "test_onnx.py", "test_notebooks.py"]
+LAPTOP_ONLY = ["test_video.py", "test_onnx.py", "test_notebooks.py", "test_quickstart.py"]
 collect_ignore = LAPTOP_ONLY if sys.version_info < (3, 10) else []
 
 

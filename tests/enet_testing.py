@@ -226,6 +226,27 @@ def fill_disk(disk: Path, leave_bytes: int) -> Path:
     return filler
 
 
+def make_video(path: Path, frames, rate, codec="ffv1") -> Path:
+    """A real video file: FFV1 (lossless, RGB kept exactly) in .mkv, or H.264 in .mp4
+    (PyAV: the [video] extra, imported here so the compatibility jobs need not have it)."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec if codec == "ffv1" else "libx264", rate=rate)
+        stream.pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
+        stream.height, stream.width = frames[0].shape[:2]
+        for k, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = k, 1 / Fraction(rate)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 def nothing_written(parent, name="out"):
     leftovers = [p.name for p in parent.iterdir() if name in p.name]
     return leftovers == []

@@ -25,6 +25,7 @@ from enet_testing import (
     error_lines,
     invoke,
     last_error_line,
+    make_video,
     one_error_line,
     user_env,
 )
@@ -34,22 +35,6 @@ FRAMES = sorted((FIXTURES / "camvid-segnet-mini" / "val").glob("0016E5_*.png"))
 
 def frames_of(paths):
     return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
-
-
-def make_video(path: Path, frames, rate, codec="ffv1") -> Path:
-    """A real video file: FFV1 (lossless, RGB kept exactly) in .mkv, or H.264 in .mp4."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec if codec == "ffv1" else "libx264", rate=rate)
-        stream.pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
-        stream.height, stream.width = frames[0].shape[:2]
-        for k, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts, frame.time_base = k, 1 / Fraction(rate)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def decoded(path: Path):
