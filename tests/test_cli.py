@@ -82,6 +82,29 @@ def test_model_summary_prints_stages_and_totals():
     assert f"{enet_multiply_adds(360, 480, 12) / 1e9:.2f} G" in out
 
 
+def test_output_to_a_pipe_is_whole():
+    """Piped (not a terminal, no COLUMNS, as `enet ... > file` or `| grep`), nothing is cut
+    to 80 columns: every block name of the summary is whole, and no cell ends in an
+    ellipsis. A real process: whether stdout is a terminal is the process's."""
+    import subprocess
+    import sys
+
+    from enet_cli.core.config import ModelConfig
+    from enet_cli.model.enet import enet_blocks
+
+    env = {k: v for k, v in enet_env().items() if k != "COLUMNS"}
+    result = subprocess.run(
+        [sys.executable, "-m", "enet_cli", "model", "summary"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "\u2026" not in result.stdout, result.stdout
+    names = re.findall(r"^\u2502 (\S+) +\u2502", result.stdout, re.M)
+    expected = [block.layer.name for block in enet_blocks(ModelConfig())]
+    assert names[-1] == "total" and names[:-1] == expected[: len(names) - 1], names
+    assert len(names) > 25, names  # ENet's blocks, not a few of them
+
+
 def test_model_summary_reads_a_config_file(tmp_path):
     path = tmp_path / "m.yaml"
     path.write_text("model:\n  num_classes: 32\ndata:\n  image_size: 720x960\n")

@@ -26,8 +26,21 @@ from rich.progress import (
 
 T = TypeVar("T")
 
-stdout = Console(highlight=False)
-stderr = Console(stderr=True, highlight=False)
+# Rich lays out for 80 columns when it writes to a pipe or a file, so a table there would
+# cut its cells short ("stage2_3_asymmetr...") and long lines would break in two. Without a
+# terminal, and unless COLUMNS says otherwise, lines are as long as what they hold.
+UNBOUNDED_WIDTH = 10_000
+
+
+def _console(to_stderr: bool) -> Console:
+    console = Console(stderr=to_stderr, highlight=False)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console.width = UNBOUNDED_WIDTH
+    return console
+
+
+stdout = _console(to_stderr=False)
+stderr = _console(to_stderr=True)
 
 # ENET_LOG_LEVEL=debug (what `enet --verbose` sets): every line TensorFlow prints, start-up
 # and its C++ runtime's included, for a bug report; otherwise our lines only.
