@@ -23,6 +23,7 @@ import pytest
 from enet_testing import (
     FIXTURES,
     SMALL_SIZE,
+    enet_env,
     invoke,
     last_error_line,
     one_error_line,
@@ -478,3 +479,34 @@ def test_predict_refuses_inputs_that_would_overwrite_each_other(trained_run, tmp
     result = enet("predict", trained_run, tmp_path / "b", "--out", tmp_path / "o")
     last_error_line(result, 3, r"x.png is too large to decode safely")
     assert not (tmp_path / "o" / "x_classes.png").exists()
+
+
+MODULES_PROBE = Path(__file__).with_name("modules_probe.py")
+
+
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["train", "{missing}", "--run-dir", "{tmp}/run"], r"data directory .*missing"),
+        (["train", "{data}", "--run-dir", "{tmp}/run", "--size", "360x480"], r"--size 360x480"),
+        (["train", "{data}", "--run-dir", "{tmp}/run", "--batch-size", "99"], r"--batch-size 99"),
+        (["predict", "{run}", "{tmp}/missing.png"], r"missing\.png"),
+        (["evaluate", "{run}", "{missing}"], r"data directory .*missing does not exist"),
+        (["export", "{run}", "--out", "{run}/model/copy"], r"--out .* inside the input"),
+    ],
+)
+def test_a_mistake_that_needs_no_model_is_reported_before_tensorflow_loads(
+    small_data, trained_run, tmp_path, args, pattern
+):
+    """Seconds, not the tens of seconds TensorFlow and the model take to load: the process
+    never imports TensorFlow (its modules, recorded by tests/modules_probe.py)."""
+    values = {"missing": tmp_path / "missing", "data": small_data, "run": trained_run}
+    argv = [a.format(tmp=tmp_path, **values) for a in args]
+    loaded = tmp_path / "modules.txt"
+    result = subprocess.run(
+        [sys.executable, str(MODULES_PROBE), str(loaded), *argv],
+        capture_output=True, text=True, timeout=120, env=enet_env(),
+    )  # fmt: skip
+    one_error_line(result, result.returncode, pattern)
+    assert result.returncode != 0
+    assert "tensorflow" not in loaded.read_text().split(), argv

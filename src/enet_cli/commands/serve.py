@@ -39,11 +39,14 @@ def evaluate(
 
     Example: enet evaluate runs/camvid data/camvid --split test --json test.json --tta flip
     """
+    from enet_cli.serving.evaluate_request import check_evaluation
+
+    model = model_path(model)
+    check_evaluation(model, data_dir, split, json_path, confusion_csv)  # before TensorFlow
     from enet_cli.serving.evaluate import evaluate as run_evaluate
     from enet_cli.serving.tta import parse_tta
 
     augment = None if tta is None else parse_tta(tta)
-    model = model_path(model)
     metrics = run_evaluate(model, data_dir, split, batch_size, json_path, confusion_csv, augment)
     how = "" if augment is None else f"; {augment.describe()}"
     table = Table(title=f"{metrics['model']} on {split} ({metrics['images']} images{how})")
@@ -216,7 +219,7 @@ def export(
     Example: enet export runs/camvid --format tflite --quantize int8 --data data/camvid
     --out enet-int8
     """
-    from enet_cli.serving.export import ExportRequest, export_model
+    from enet_cli.serving.export_request import ExportRequest
 
     request = ExportRequest(
         source=model_path(model),
@@ -233,6 +236,8 @@ def export(
     request.check()
     if request.format is ModelFormat.checkpoint:
         from enet_cli.train.state import export_checkpoints as export_model
+    else:
+        from enet_cli.serving.export import export_model
     with ui.status(f"exporting {model} as {format.value} ({quantize.value})"):
         report = export_model(request)
     what = FORMATS[format].title

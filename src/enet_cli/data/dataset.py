@@ -18,7 +18,7 @@ import numpy as np
 from enet_cli.core.backend import tf
 from enet_cli.core.config import DataConfig
 from enet_cli.core.errors import DataError, reason
-from enet_cli.data.manifest import Manifest
+from enet_cli.data.manifest import Manifest, check_data
 from enet_cli.pixels.preprocessor import pad_to_model, to_unit
 
 AUTOTUNE = tf.data.experimental.AUTOTUNE
@@ -153,18 +153,6 @@ def _unreadable_shard(data_dir: Path) -> Optional[Path]:
         except tf.errors.DataLossError:
             return shard
     return None
-
-
-def check_data(data: DataConfig, manifest: Manifest) -> None:
-    """The data settings against what was preprocessed; callers check before any work."""
-    if data.data_dir is None:
-        raise DataError("no data directory given; pass DATA_DIR (the output of enet preprocess)")
-    if data.image_size is not None and tuple(data.image_size) != tuple(manifest.image_size):
-        raise DataError(
-            f"--size {data.image_size[0]}x{data.image_size[1]} differs from the preprocessed "
-            f"size {manifest.image_size[0]}x{manifest.image_size[1]} in {data.data_dir}; "
-            f"re-run enet preprocess with --size or drop --size"
-        )
 
 
 def make_examples(

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from enet_cli.core.config import global_batch
+from enet_cli.core.config import DataConfig, global_batch
 from enet_cli.core.errors import DataError
 
 FORMAT_VERSION = 1
@@ -168,3 +168,15 @@ def check_batch_size(manifest: Manifest, split: str, batch_size: int, replicas: 
         else f"use at most {records} replicas"
     )
     raise DataError(f"{what} is larger than the {split} split ({records} images); {fix}")
+
+
+def check_data(data: DataConfig, manifest: Manifest) -> None:
+    """The data settings against what was preprocessed; callers check before any work."""
+    if data.data_dir is None:
+        raise DataError("no data directory given; pass DATA_DIR (the output of enet preprocess)")
+    if data.image_size is not None and tuple(data.image_size) != tuple(manifest.image_size):
+        raise DataError(
+            f"--size {data.image_size[0]}x{data.image_size[1]} differs from the preprocessed "
+            f"size {manifest.image_size[0]}x{manifest.image_size[1]} in {data.data_dir}; "
+            f"re-run enet preprocess with --size or drop --size"
+        )

@@ -7,13 +7,12 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from enet_cli.artifacts.model_ref import model_inputs
 from enet_cli.core import outputs
 from enet_cli.core.config import DataConfig
 from enet_cli.core.errors import ConfigError, DataError
 from enet_cli.core.metrics import confusion_matrix, segmentation_metrics
 from enet_cli.data.dataset import make_dataset, reading_shards
-from enet_cli.data.manifest import load_manifest
+from enet_cli.serving.evaluate_request import check_evaluation, evaluation_inputs
 from enet_cli.serving.runtimes import load_predictor
 from enet_cli.serving.tta import TTA, tta_probabilities
 
@@ -29,14 +28,8 @@ def evaluate(
 ) -> Dict[str, object]:
     """Confusion matrix over `split`, then IoU/accuracies; optionally written as JSON and CSV.
     The metrics also say how long the predictions took (`seconds`, `ms_per_image`)."""
-    kept = [*model_inputs(model_path), data_dir]  # no output may replace these
-    for path, option in ((json_path, "--json"), (confusion_csv, "--confusion-csv")):
-        if path is not None:
-            outputs.check_file_target(Path(path), option, kept)
-    both = json_path is not None and confusion_csv is not None
-    if both and Path(json_path).resolve() == Path(confusion_csv).resolve():
-        raise ConfigError(f"--json and --confusion-csv both name {json_path}; give two file names")
-    manifest = load_manifest(data_dir, True, [split], "--split")  # refusals before loading
+    manifest = check_evaluation(model_path, data_dir, split, json_path, confusion_csv)
+    kept = evaluation_inputs(model_path, data_dir)
     predictor = load_predictor(model_path)
     if manifest.class_names != predictor.meta.class_names:
         raise DataError(

@@ -20,7 +20,7 @@ from enet_cli.artifacts.run import RunMeta
 from enet_cli.core import outputs
 from enet_cli.core.backend import keras, tf
 from enet_cli.core.config import DataConfig, check_image_size
-from enet_cli.core.errors import ConfigError, DataError
+from enet_cli.core.errors import DataError
 from enet_cli.core.formats import ONNX_NAME, TFLITE_NAME, ModelFormat, Quantize
 from enet_cli.core.metrics import confusion_matrix, segmentation_metrics
 from enet_cli.data.dataset import make_dataset
@@ -34,6 +34,7 @@ from enet_cli.pixels.preprocessor import (
     to_pixels,
     to_unit,
 )
+from enet_cli.serving.export_request import ExportRequest
 from enet_cli.serving.tflite import TFLiteRunner, convert
 
 # Signatures for the SageMaker endpoint's handler (container/handler.py), beside
@@ -109,46 +110,6 @@ def write_saved_model(
         signatures.update({SEGMENT: segment, PROBABILITIES: probabilities})
     tf.saved_model.save(module, str(directory), signatures=signatures)
     meta.write(directory)
-
-
-class ExportRequest(BaseModel):
-    """What `enet export` was asked for; one object instead of a row of arguments."""
-
-    source: Path
-    out: Path
-    format: ModelFormat = ModelFormat.saved_model
-    quantize: Quantize = Quantize.none
-    data_dir: Optional[Path] = None
-    split: str = "val"
-    image_size: Optional[Tuple[int, int]] = None
-    calibration_images: int = 16
-    xla: bool = False
-    force: bool = False  # replace an earlier export at `out`
-    measure_agreement: bool = True  # with data_dir: score the export against the float model
-
-    def check(self) -> None:
-        """Refuse combinations that cannot work, before any model is loaded."""
-        if self.format != ModelFormat.tflite and self.quantize != Quantize.none:
-            raise ConfigError(
-                f"--quantize {self.quantize.value} applies to --format tflite; "
-                f"--format {self.format.value} is float32"
-            )
-        if self.quantize == Quantize.int8 and self.data_dir is None:
-            raise ConfigError(
-                "--quantize int8 calibrates on training images: give the preprocessed data "
-                "with --data DATA_DIR"
-            )
-        if self.xla and self.format != ModelFormat.saved_model:
-            raise ConfigError("--xla applies to --format saved_model only")
-        if self.format == ModelFormat.checkpoint and (
-            self.data_dir is not None or self.image_size is not None
-        ):
-            raise ConfigError(
-                "--format checkpoint copies the training state as it is: --data and --size "
-                "do not apply"
-            )
-        outputs.check_apart(self.out, [self.source, self.data_dir], "--out")
-        outputs.check_replaceable(self.out, "export", self.force, "--out")
 
 
 class Agreement(BaseModel):

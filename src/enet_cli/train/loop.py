@@ -22,8 +22,8 @@ from enet_cli.core.backend import keras, tf
 from enet_cli.core.config import EnetConfig, Precision, global_batch, model_size
 from enet_cli.core.errors import Interrupted, OutputError, PeerLost, TrainingError, reason
 from enet_cli.core.metrics import segmentation_metrics
-from enet_cli.data.dataset import check_data, make_dataset, reading_shards
-from enet_cli.data.manifest import Manifest, check_batch_size, load_manifest
+from enet_cli.data.dataset import make_dataset, reading_shards
+from enet_cli.data.manifest import Manifest, check_batch_size, check_data, load_manifest
 from enet_cli.model import fused
 from enet_cli.train.engines.base import Engine
 from enet_cli.train.engines.table import check_microbatches

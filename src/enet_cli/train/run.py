@@ -14,6 +14,7 @@ from enet_cli.container import contract
 from enet_cli.core import outputs
 from enet_cli.core.config import EnetConfig
 from enet_cli.core.errors import ConfigError, EnetError
+from enet_cli.data.manifest import check_batch_size, check_data, load_manifest
 from enet_cli.train.settings import load_config
 
 
@@ -27,10 +28,19 @@ def prepare_run(
             cfg.data.data_dir = contract.channel_dir()
         return cfg, contract.sagemaker_paths()
     cfg = load_config(config_file, overrides)
-    run_dir = cfg.runtime.run_dir  # its refusals before TensorFlow loads (again when locked)
+    # The refusals that need no model, before TensorFlow loads (seconds); training makes
+    # them again, with the engine's replicas, before it touches the run.
+    run_dir = cfg.runtime.run_dir
     outputs.check_path_length(run_dir, "--run-dir")
     outputs.check_apart(run_dir, [cfg.data.data_dir], "--run-dir")
-    return cfg, local_paths(run_dir)
+    if cfg.data.data_dir is not None:  # (None is refused by check_training)
+        manifest = load_manifest(cfg.data.data_dir, splits=["train", "val"])
+        check_data(cfg.data, manifest)
+        workers = max(1, cfg.runtime.local_workers)
+        check_batch_size(manifest, "train", cfg.train.batch_size, workers)
+    paths = local_paths(run_dir)
+    outputs.check_replaceable(paths.export, "export", True, "the run's model directory")
+    return cfg, paths
 
 
 def run_training(cfg: EnetConfig, paths: RunPaths) -> Dict[str, object]:
@@ -95,7 +105,6 @@ def launch_if_requested(cfg: EnetConfig, paths: RunPaths, argv: List[str]) -> Op
 
 
 def _launch(cfg: EnetConfig, paths: RunPaths, argv: List[str]) -> Optional[int]:
-    from enet_cli.data.manifest import check_batch_size, load_manifest
     from enet_cli.train import launcher
     from enet_cli.train.engines.table import resolve
 
@@ -105,7 +114,5 @@ def _launch(cfg: EnetConfig, paths: RunPaths, argv: List[str]) -> Optional[int]:
     resolve(cfg.runtime)  # the table: which engines start local workers
     if cfg.data.data_dir is None:
         raise ConfigError("no data directory given; pass DATA_DIR (the output of enet preprocess)")
-    manifest = load_manifest(cfg.data.data_dir, splits=["train", "val"])
-    check_batch_size(manifest, "train", cfg.train.batch_size, workers)
     with outputs.lock_run_dir(cfg.runtime.run_dir, [cfg.data.data_dir]):
         return launcher.launch_local_workers([*argv, "--engine", "tf"], workers, paths.logs)
