@@ -291,12 +291,14 @@ def test_benchmark_reports_sane_numbers_with_machine_and_versions(fitted_run, tm
     started = time.monotonic()
     result = invoke(
         "benchmark", str(fitted_run), "--what", "all", "--variants", "keras,tflite_float32",
-        "--size", "96x128", "--iterations", "5", "--warmup", "2", "--json", str(report_path),
+        "--iterations", "5", "--warmup", "2", "--json", str(report_path),
         timeout=600,
-    )  # fmt: skip
+    )  # fmt: skip  (no --size: the model's own, 96x128)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(report_path.read_text())
+    assert report["settings"]["image_size"] == [96, 128]
+    assert "96x128 (the model's training size)" in result.stdout
     assert report["machine"]["machine_cores"] == os.cpu_count()
     assert report["versions"]["tensorflow"] == tf.__version__
     assert report["versions"]["fused_prelu"] == "on"  # training timed with the fused kernel

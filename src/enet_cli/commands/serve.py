@@ -271,8 +271,12 @@ def benchmark(
         help="What to time (all: train, infer and pipeline; video: enet predict's whole path "
         "on 360x480 and 720x960 videos, per runtime).",
     ),
-    size: str = typer.Option(
-        "360x480", "--size", callback=check_size, help="HEIGHTxWIDTH of the images."
+    size: Optional[str] = typer.Option(
+        None,
+        "--size",
+        callback=check_size,
+        help="HEIGHTxWIDTH of the images (default: the model's training size; 360x480 "
+        "without a model).",
     ),
     batch: int = typer.Option(4, "--batch", min=1, help="Training and pipeline batch."),
     iterations: int = typer.Option(20, "--iterations", min=2, help="Timed iterations each."),
@@ -297,6 +301,7 @@ def benchmark(
         INFER_VARIANTS,
         VIDEO_VARIANTS,
         BenchmarkRequest,
+        benchmark_size,
         default_variants,
         run_benchmark,
     )
@@ -317,17 +322,19 @@ def benchmark(
     request = BenchmarkRequest(
         model=model,
         what=what,
-        image_size=size_of(size),
+        image_size=size_of(size) if size else None,
         batch=batch,
         iterations=iterations,
         warmup=warmup,
         data_dir=data_dir,
         variants=chosen or default_variants(what.value),
     )
+    (height, width), why = benchmark_size(request)
     report = run_benchmark(request)
     found = report.machine
     table = Table(
-        title=f"{found['cores']} cores, {found['cpu']}; load {found['load_average']}",
+        title=f"{height}x{width} ({why}); {found['cores']} cores, {found['cpu']}; load "
+        f"{found['load_average']}",
         caption=", ".join(f"{k} {v}" for k, v in report.versions.items())
         + f"; CPU flags {' '.join(found['cpu_flags']) or 'none of note'}",
     )

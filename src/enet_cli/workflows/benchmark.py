@@ -57,10 +57,13 @@ class What(str, Enum):
     all = "all"
 
 
+DEFAULT_SIZE = (360, 480)  # CamVid's, the published recipe's
+
+
 class BenchmarkRequest(BaseModel):
     model: Optional[Path] = None  # trained weights; None: a freshly initialised ENet
     what: What = What.all
-    image_size: Tuple[int, int] = (360, 480)
+    image_size: Optional[Tuple[int, int]] = None  # None: the model's own (see benchmark_size)
     batch: int = 4  # training and pipeline batch; inference is one image per call
     iterations: int = 20
     warmup: int = 3
@@ -180,7 +183,21 @@ def _times(call: Callable[[], object], warmup: int, iterations: int) -> List[flo
     return seconds
 
 
+def benchmark_size(request: BenchmarkRequest) -> Tuple[Tuple[int, int], str]:
+    """The size to time at and why: as asked, else the size the model was trained at (a
+    model trained at 180x240 is used at 180x240), else CamVid's."""
+    if request.image_size is not None:
+        return tuple(request.image_size), "--size"
+    if request.model is not None:
+        from enet_cli.artifacts.model_ref import locate
+
+        return tuple(locate(request.model).meta.image_size), "the model's training size"
+    return DEFAULT_SIZE, "CamVid's, the default without a model"
+
+
 def run_benchmark(request: BenchmarkRequest) -> BenchmarkReport:
+    size, _ = benchmark_size(request)
+    request = request.model_copy(update={"image_size": size})
     what = request.what
     report = BenchmarkReport(
         machine=machine(),
