@@ -23,6 +23,7 @@ from enet_testing import (
     PIXELS_OFF_AT_A_TIE,
     assert_same_logits,
     enet_env,
+    enet_user,
     error_lines,
     fit_quietly,
     invoke,
@@ -186,14 +187,20 @@ def _val_split(small_data):
 def test_int8_agrees_above_the_floor_and_runs_in_evaluate(
     fitted_run, keras_model, small_data, tmp_path
 ):
+    from enet_cli.serving.export import AGREEMENT_FLOOR, IOU_LOSS_POINTS
     from enet_cli.serving.tflite import TFLiteRunner
 
     out = tmp_path / "int8"
-    result = invoke(
+    # A real process with a user's environment (no TensorFlow log level set): what reaches
+    # the terminal is ours only, not the converter's quantizer line ("fully_quantize: 0,
+    # inference_type: 6, ...") or the interpreter's XNNPACK line, which bypass Python.
+    result = enet_user(
         "export", str(fitted_run), "--format", "tflite", "--quantize", "int8",
         "--data", str(small_data), "--calibration-images", "8", "--out", str(out),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
+    printed = [x for x in result.stderr.splitlines() if x.strip()]
+    assert all(x.startswith(("exporting ", "warning: ")) for x in printed), result.stderr
     # The agreement, computed here from the two models' outputs on every val pixel.
     model, _ = keras_model
     pixels, labels, void = _val_split(small_data)
@@ -220,6 +227,11 @@ def test_int8_agrees_above_the_floor_and_runs_in_evaluate(
     evaluated = json.loads((tmp_path / "m.json").read_text())["mean_iou"]
     assert abs(evaluated - export_miou) < 5e-4, (evaluated, export_miou)
     assert abs(export_miou - float_miou) <= INT8_MIOU_DELTA_LIMIT, line
+    # Below the floors the export says so, and what helps; above them it says nothing.
+    lost = agreement < AGREEMENT_FLOOR or 100 * (export_miou - float_miou) < -IOU_LOSS_POINTS
+    warned = [x for x in printed if x.startswith("warning: ")]
+    assert len(warned) == int(lost), (agreement, line, warned)
+    assert all("--calibration-images 32" in x and "float16" in x for x in warned), warned
 
 
 @pytest.mark.parametrize(
@@ -290,8 +302,18 @@ def test_benchmark_reports_sane_numbers_with_machine_and_versions(fitted_run, tm
     report_path = tmp_path / "bench.json"
     started = time.monotonic()
     result = invoke(
-        "benchmark", str(fitted_run), "--what", "all", "--variants", "keras,tflite_float32",
-        "--iterations", "5", "--warmup", "2", "--json", str(report_path),
+        "benchmark",
+        str(fitted_run),
+        "--what",
+        "all",
+        "--variants",
+        "keras,tflite_float32",
+        "--iterations",
+        "5",
+        "--warmup",
+        "2",
+        "--json",
+        str(report_path),
         timeout=600,
     )  # fmt: skip  (no --size: the model's own, 96x128)
     elapsed = time.monotonic() - started

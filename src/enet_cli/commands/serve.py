@@ -238,11 +238,11 @@ def export(
         from enet_cli.train.state import export_checkpoints as export_model
     else:
         from enet_cli.serving.export import export_model
-    with ui.status(f"exporting {model} as {format.value} ({quantize.value})"):
-        report = export_model(request)
     what = FORMATS[format].title
     if format is ModelFormat.tflite:
-        what += f" {quantize.value}"
+        what += f" {quantize.label}"
+    with ui.status(f"exporting {model} as {what}"):
+        report = export_model(request)
     stdout.print(f"wrote {what} to {report.path}: {_mib(report.size_bytes)}", soft_wrap=True)
     if report.operators:
         kind = "TFLite builtins" if format is ModelFormat.tflite else "in ONNX's default domain"
@@ -259,6 +259,15 @@ def export(
         f"{100 * found.mean_iou_float:.2f}% (delta {delta:+.2f} points)",
         soft_wrap=True,
     )
+    lost = found.loss()
+    if lost:
+        helps = (
+            f"calibrate on more images (--calibration-images {4 * calibration_images}) or "
+            "export --quantize float16, which keeps the float model's classes"
+            if quantize is Quantize.int8
+            else "check the model and --size"
+        )
+        ui.warn(f"the {what} export {lost} on {found.split}; {helps}")
 
 
 def benchmark(

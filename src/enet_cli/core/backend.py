@@ -32,14 +32,16 @@ _STARTUP_NOISE = re.compile(
     r"|E\d{4} \S+ +\d+ \S+\.cc:\d+\] .*(cuInit|CUDA|cuda|cuDNN|cuFFT|cuBLAS)"
     r"|To enable the following instructions: .* rebuild TensorFlow"
     r"|.*This TensorFlow binary is optimized to use available CPU instructions"
-    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$)"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"
+    # the TFLite converter's quantizer, at each int8 conversion
+    r"|fully_quantize: \d+, inference_type: \d+, input_inference_type: )"
 )
 
 
 @contextlib.contextmanager
 def startup_noise_filtered() -> Iterator[None]:
     """Run the block with fd 2 captured, then replay what it wrote minus the start-up noise
-    (TensorFlow's import, a TFLite interpreter's creation)."""
+    (TensorFlow's import, a TFLite interpreter's creation, the converter's quantizer)."""
     if VERBOSE:
         yield
         return

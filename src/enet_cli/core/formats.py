@@ -41,6 +41,11 @@ class Quantize(str, enum.Enum):
     float16 = "float16"
     int8 = "int8"
 
+    @property
+    def label(self) -> str:
+        """What the numbers are, in a report: none keeps them float32."""
+        return "float32" if self is Quantize.none else self.value
+
 
 class FormatSpec(NamedTuple):
     described: str  # in a sentence: "... is a SavedModel"

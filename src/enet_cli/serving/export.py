@@ -112,6 +112,12 @@ def write_saved_model(
     meta.write(directory)
 
 
+# Where an export's difference from the float model stops being rounding: int8 of a
+# well-trained ENet keeps ~98% of the pixels' classes and its mean IoU within a point.
+AGREEMENT_FLOOR = 0.95
+IOU_LOSS_POINTS = 1.0
+
+
 class Agreement(BaseModel):
     """The exported model against the float Keras model on one split of the data."""
 
@@ -124,6 +130,18 @@ class Agreement(BaseModel):
     @property
     def mean_iou_delta(self) -> float:
         return self.mean_iou_export - self.mean_iou_float
+
+    def loss(self) -> Optional[str]:
+        """What the export lost that a user must hear about (None: within the bounds): its
+        classes differ from the float model's on more than AGREEMENT_FLOOR's share of the
+        pixels, or its mean IoU is more than IOU_LOSS_POINTS lower."""
+        lost = []
+        if self.pixel_agreement < AGREEMENT_FLOOR:
+            lost.append(f"agrees with the float model on {100 * self.pixel_agreement:.1f}% of "
+                        f"the pixels (below {100 * AGREEMENT_FLOOR:.0f}%)")  # fmt: skip
+        if 100 * self.mean_iou_delta < -IOU_LOSS_POINTS:
+            lost.append(f"loses {-100 * self.mean_iou_delta:.1f} points of mean IoU")
+        return " and ".join(lost) or None
 
 
 class ExportReport(BaseModel):

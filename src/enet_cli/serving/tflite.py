@@ -89,7 +89,7 @@ def convert(
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), startup_noise_filtered():
         warnings.simplefilter("ignore")
         return converter.convert()
 
