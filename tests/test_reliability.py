@@ -82,8 +82,8 @@ def test_preprocess_force_replaces_only_its_own_output(raw, tmp_path):
 
 
 def test_export_never_replaces_the_run_or_other_files(trained_run, small_data, tmp_path):
-    """The first refusal through a real `enet` (TensorFlow is imported by then: its start-up
-    lines must not surround ours); the rest in-process, where the rule is what is tested."""
+    """The first refusal through a real `enet` (what a terminal shows: our line and no
+    library's around it); the rest in-process, where the rule is what is tested."""
     run = Path(shutil.copytree(trained_run, tmp_path / "run"))
     before = tree(run)
     one_error_line(enet("export", run, "--out", run), 2, r"--out .*/run is the input")

@@ -186,8 +186,9 @@ def test_two_workers_step_equals_one_process_at_the_global_batch(
     assert "global batch 4 (2 per replica)" in result.stderr
     # The chief writes the metrics lines; the other worker's log has none.
     assert len(metrics_lines(result.stdout)) == 1
+    assert "done: 0 epochs, 1 step; " in result.stdout, result.stdout[-2000:]
     worker_log = (ddp / "logs" / "worker-1.log").read_text()
-    assert metrics_lines(worker_log) == [] and "worker done: 1 steps" in worker_log
+    assert metrics_lines(worker_log) == [] and "worker done: 1 step" in worker_log
     # One set of checkpoints and one model, in the run; the worker's scratch copies are gone.
     assert sorted(p.name for p in (ddp / "checkpoints").glob("ckpt-*.index")) == ["ckpt-1.index"]
     assert (ddp / "model" / "saved_model.pb").is_file()

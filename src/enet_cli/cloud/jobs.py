@@ -102,13 +102,16 @@ def logs(name: str, cfg: AwsConfig, follow: bool = False, poll: float = 5.0) -> 
         sm, cw = where.client("sagemaker"), where.client("logs")
         _describe(sm, name)
         tokens: Dict[str, Optional[str]] = {}
+        ended = False
         while True:
             ended = _describe(sm, name)["TrainingJobStatus"] in ENDED
             printed += _print_new_events(cw, name, tokens)
             if ended or not follow:
                 break
             time.sleep(poll)
-    if printed == 0:
+    if printed == 0 and ended:
+        ui.info(f"no log lines for {name}: the job ended without writing any to CloudWatch")
+    elif printed == 0:
         ui.info(f"no log lines for {name} yet (SageMaker sends them once the job starts)")
     return printed
 

@@ -15,7 +15,7 @@ from enet_cli.commands.options import (
     overrides,
     training_parameters,
 )
-from enet_cli.core.ui import stdout
+from enet_cli.core.ui import plural, stdout
 
 
 def train(**options: Any) -> None:
@@ -33,12 +33,13 @@ def train(**options: Any) -> None:
             raise typer.Exit(code)
     summary = run_training(cfg, paths)
     if "saved_model" not in summary:  # a worker other than the chief: it wrote nothing
-        stdout.print(f"worker done: {summary['steps']} steps")
+        stdout.print(f"worker done: {plural(summary['steps'], 'step')}")
         return
     best = summary.get("best_val_mean_iou", -1.0)
     best_text = f"{best:.4f}" if best >= 0 else "n/a (no full epoch yet)"
+    epochs, steps = plural(summary["epochs_completed"], "epoch"), plural(summary["steps"], "step")
     stdout.print(
-        f"done: {summary['epochs_completed']} epochs, {summary['steps']} steps; best val mean "
+        f"done: {epochs}, {steps}; best val mean "
         f"IoU {best_text}; SavedModel in {paths.export}; metrics in "
         f"{paths.outputs / 'metrics.json'}; TensorBoard: tensorboard --logdir {paths.logs}"
     )

@@ -51,6 +51,11 @@ def verbose() -> bool:
     return os.environ.get(LOG_LEVEL_ENV, "").lower() == "debug"
 
 
+def plural(count: int, word: str) -> str:
+    """'1 epoch', '2 epochs'."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def warn(message: str) -> None:
     stderr.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
