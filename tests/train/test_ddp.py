@@ -182,7 +182,10 @@ def test_two_workers_step_equals_one_process_at_the_global_batch(
 
     result = two_workers(1, ddp, "--sync-batchnorm")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "MultiWorkerMirroredStrategy over 2 workers, 2 CPU replica(s)" in result.stderr
+    assert (
+        "MultiWorkerMirroredStrategy over 2 workers, 2 CPU replica(s), batch norm synchronised"
+        in (result.stderr)
+    )
     assert "global batch 4 (2 per replica)" in result.stderr
     # The chief writes the metrics lines; the other worker's log has none.
     assert len(metrics_lines(result.stdout)) == 1
