@@ -15,6 +15,7 @@ import pytest
 from enet_testing import (
     FIXTURES,
     REPO,
+    SMALL_MODEL,
     SMALL_SIZE,
     copy_fixture,
     fit_quietly,
@@ -94,7 +95,7 @@ def single_step_run(small_data, tmp_path_factory) -> Path:
     def make(root: Path) -> None:
         result = run_enet(
             "train", str(small_data), "--batch-size", "4", "--steps", "1", "--seed", "3",
-            "--dropout", "0", "--stage1-dropout", "0", "--run-dir", str(root / "run"),
+            "--dropout", "0", "--stage1-dropout", "0", "--run-dir", str(root / "run"), *SMALL_MODEL,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
 

@@ -253,14 +253,22 @@ def nothing_written(parent, name="out"):
 
 
 SMALL_SIZE = "96x128"
+# A shallower ENet for tests whose claim is not the architecture itself: one block of every
+# kind (regular, dilated, asymmetric, down- and upsampling, both skips), a third of the
+# paper's blocks, so a third of the tracing, saving and converting every trained test pays.
+# Tests of the architecture (parameters, multiply-adds, layer equivalence) build the paper's.
+SMALL_BOTTLENECKS = (1, 3, 0, 1, 1)
+SMALL_MODEL = ("--bottlenecks", ",".join(map(str, SMALL_BOTTLENECKS)))
 
 
-def enet_multiply_adds(h: int, w: int, classes: int) -> int:
+def enet_multiply_adds(h: int, w: int, classes: int, bottlenecks=(4, 8, 8, 2, 1)) -> int:
     """ENet's multiply-adds at h x w, from the architecture of the reference port
     (davidtvs/PyTorch-ENet, models/enet.py): every convolution's kernel height x width x
     input channels x output channels x the pixels it is applied at (a transposed
     convolution: its input pixels); batch norm, activations, pooling, unpooling not counted.
-    Bottlenecks work at input channels / 4 (internal_ratio=4 of the block's input)."""
+    Bottlenecks work at input channels / 4 (internal_ratio=4 of the block's input). A
+    shallower ENet keeps the first `bottlenecks[k]` bottlenecks of stage k+1."""
+    n1, n2, n3, n4, n5 = bottlenecks
 
     def px(f):
         return (h // f) * (w // f)
@@ -278,13 +286,15 @@ def enet_multiply_adds(h: int, w: int, classes: int) -> int:
         return c_in * c_out + c_in * i + 4 * i * i
 
     total = 9 * 3 * 13 * px(2)  # initial block: 13 3x3/2 filters beside the max pool
-    total += down(16, 64) * px(4) + 4 * bottleneck(64, 9) * px(4)  # stage 1
-    stage = 6 * bottleneck(128, 9) + 2 * bottleneck(128, 5 + 5)  # 2 asymmetric 5x1 + 1x5
-    total += down(64, 128) * px(8) + 2 * stage * px(8)  # stages 2 and 3
+    total += down(16, 64) * px(4) + n1 * bottleneck(64, 9) * px(4)  # stage 1
+    # stages 2 and 3: the 3rd and 7th of the plan are asymmetric (5x1 + 1x5), others 3x3
+    plan = [9, 9, 5 + 5, 9, 9, 9, 5 + 5, 9]
+    total += down(64, 128) * px(8)
+    total += sum(bottleneck(128, taps) for taps in plan[:n2] + plan[:n3]) * px(8)
     total += up_at_input(128, 64) * px(8) + 32 * 64 * px(4)  # 4.0: 1x1 32->64 at 2x size
-    total += 2 * bottleneck(64, 9) * px(4)
+    total += n4 * bottleneck(64, 9) * px(4)
     total += up_at_input(64, 16) * px(4) + 16 * 16 * px(2)  # 5.0
-    total += bottleneck(16, 9) * px(2)
+    total += n5 * bottleneck(16, 9) * px(2)
     total += 9 * 16 * classes * px(2)  # full convolution: 3x3/2 transposed
     return total
 
@@ -325,6 +335,7 @@ def train_config(data_dir: Path, run_dir: Path, **train):
         if key in train:
             runtime[key] = train.pop(key)
     model = {key: train.pop(key) for key in ("dropout", "stage1_dropout") if key in train}
+    model["bottlenecks"] = train.pop("bottlenecks", SMALL_BOTTLENECKS)
     data = {"data_dir": data_dir, "image_size": SMALL_SIZE}
     data.update({key: train.pop(key) for key in ("augment",) if key in train})
     settings = {"batch_size": 4, "epochs": 2, "learning_rate": 2e-3, "seed": 1}

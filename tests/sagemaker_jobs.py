@@ -80,12 +80,17 @@ def submitted_code(env, clients, job: str, code: Path) -> Dict[str, str]:
     return hyperparameters
 
 
-def play_training_job(env, clients, job: str, root: Path, extra_env: Optional[dict] = None):
+def play_training_job(
+    env, clients, job: str, root: Path, extra_env: Optional[dict] = None, bottlenecks=None
+):
     """Run the submitted `job` as SageMaker would (its code, hyperparameters and train
     channel, all read back from the moto server) and put its model where SageMaker puts
-    it; returns the finished process."""
+    it; returns the finished process. `bottlenecks` trains a shallower ENet than the job
+    asked for (what is tested is the job's path, not the model's depth)."""
     request = created(env, job)
     hyperparameters = submitted_code(env, clients, job, root / "code")
+    if bottlenecks is not None:
+        hyperparameters = {**hyperparameters, "bottlenecks": json.dumps(list(bottlenecks))}
     (channel,) = [c for c in request["InputDataConfig"] if c["ChannelName"] == "train"]
     bucket, prefix = _split(channel["DataSource"]["S3DataSource"]["S3Uri"])
     data = root / "channel"

@@ -15,7 +15,7 @@ from enet_cli.data.manifest import load_manifest
 from enet_cli.model import build_enet
 from enet_cli.pixels.preprocessor import pad_to_model, run_padded
 from enet_cli.train.settings import load_config
-from enet_testing import FIXTURES, fit_quietly, invoke, preprocess_to
+from enet_testing import FIXTURES, SMALL_BOTTLENECKS, fit_quietly, invoke, preprocess_to
 
 ODD = (181, 243)
 
@@ -63,6 +63,7 @@ def test_an_odd_size_run_trains_evaluates_predicts_and_exports(odd_data, tmp_pat
         {
             "data": {"data_dir": odd_data, "image_size": "181x243"},
             "train": {"batch_size": 8, "epochs": 1, "learning_rate": 2e-3, "seed": 1},
+            "model": {"bottlenecks": SMALL_BOTTLENECKS},
             "runtime": {"run_dir": run},
         },
     )

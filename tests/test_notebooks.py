@@ -19,7 +19,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from enet_testing import FIXTURES, REPO, STAND_INS, enet_env
+from enet_testing import FIXTURES, REPO, SMALL_BOTTLENECKS, STAND_INS, enet_env
 from moto_aws import (  # noqa: F401 (aws, outbound: fixtures)
     PREFIX,
     aws,
@@ -153,7 +153,8 @@ def test_a_training_notebook_plans_submits_downloads_scores_and_draws(
 
     def sagemaker_runs_the_job():
         root = tmp_path / "sagemaker"
-        played.append(play_training_job(env, clients, job, root, extra if library else None))
+        library_env = extra if library else None
+        played.append(play_training_job(env, clients, job, root, library_env, SMALL_BOTTLENECKS))
 
     executed, codes = run_notebook(
         EXAMPLES / name, overrides, tmp_path, _kernel_env(env), sagemaker_runs_the_job

@@ -22,6 +22,7 @@ import pytest
 
 from enet_testing import (
     FIXTURES,
+    SMALL_MODEL,
     SMALL_SIZE,
     enet_env,
     invoke,
@@ -490,6 +491,11 @@ MODULES_PROBE = Path(__file__).with_name("modules_probe.py")
         (["train", "{missing}", "--run-dir", "{tmp}/run"], r"data directory .*missing"),
         (["train", "{data}", "--run-dir", "{tmp}/run", "--size", "360x480"], r"--size 360x480"),
         (["train", "{data}", "--run-dir", "{tmp}/run", "--batch-size", "99"], r"--batch-size 99"),
+        (  # resuming a run of another depth (the shared run is a shallower ENet)
+            ["train", "{data}", "--run-dir", "{tmp}/old"],
+            rf"checkpoints in .*old/checkpoints are of an ENet with --bottlenecks "
+            rf"{SMALL_MODEL[1]}, not 4,8,8,2,1; give --bottlenecks {SMALL_MODEL[1]} to resume",
+        ),
         (["predict", "{run}", "{tmp}/missing.png"], r"missing\.png"),
         (["evaluate", "{run}", "{missing}"], r"data directory .*missing does not exist"),
         (["export", "{run}", "--out", "{run}/model/copy"], r"--out .* inside the input"),
@@ -501,6 +507,7 @@ def test_a_mistake_that_needs_no_model_is_reported_before_tensorflow_loads(
     """Seconds, not the tens of seconds TensorFlow and the model take to load: the process
     never imports TensorFlow (its modules, recorded by tests/modules_probe.py)."""
     values = {"missing": tmp_path / "missing", "data": small_data, "run": trained_run}
+    shutil.copytree(trained_run / "checkpoints", tmp_path / "old" / "checkpoints")
     argv = [a.format(tmp=tmp_path, **values) for a in args]
     loaded = tmp_path / "modules.txt"
     result = subprocess.run(

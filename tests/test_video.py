@@ -20,6 +20,7 @@ from PIL import Image
 
 from enet_testing import (
     FIXTURES,
+    SMALL_BOTTLENECKS,
     ctrl_c,
     enet_env,
     error_lines,
@@ -274,7 +275,8 @@ def untrained_exports(small_data, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("untrained")
     manifest = load_manifest(small_data)
-    meta = RunMeta.from_manifest(ModelConfig(num_classes=manifest.num_classes), manifest)
+    cfg = ModelConfig(num_classes=manifest.num_classes, bottlenecks=SMALL_BOTTLENECKS)
+    meta = RunMeta.from_manifest(cfg, manifest)
     tf.random.set_seed(7)
     write_saved_model(build_enet(meta.model, None), meta, base / "saved_model")
     exports = {}

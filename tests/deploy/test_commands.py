@@ -19,7 +19,7 @@ from PIL import Image
 from enet_cli.container import contract
 from enet_cli.container.contract import ROOT_ENV
 from enet_cli.core.metrics import metric_regex
-from enet_testing import FIXTURES, enet_env, error_lines, invoke, last_error_line
+from enet_testing import FIXTURES, SMALL_BOTTLENECKS, enet_env, error_lines, invoke, last_error_line
 from moto_aws import (  # noqa: F401 (aws, outbound: fixtures)
     PREFIX,
     REGION,
@@ -449,6 +449,7 @@ def _container_run(small_data: Path, root: Path) -> Path:
     config = root / "input" / "config"
     config.mkdir(parents=True)
     hyper = {"epochs": "1", "batch_size": "4", "seed": "1", "engine": '"tf"'}
+    hyper["bottlenecks"] = json.dumps(list(SMALL_BOTTLENECKS))
     (config / "hyperparameters.json").write_text(json.dumps(hyper))
     shutil.copytree(small_data, root / "input" / "data" / "train")
     env = {**enet_env(), ROOT_ENV: str(root)}

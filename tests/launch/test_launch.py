@@ -14,7 +14,15 @@ import pytest
 
 from enet_cli.container.contract import FOREIGN_HYPERPARAMETERS
 from enet_cli.core.metrics import METRICS_PREFIX, metric_definitions
-from enet_testing import FIXTURES, REPO, STAND_INS, error_lines, preprocess_to
+from enet_testing import (
+    FIXTURES,
+    REPO,
+    SMALL_BOTTLENECKS,
+    SMALL_MODEL,
+    STAND_INS,
+    error_lines,
+    preprocess_to,
+)
 from moto_aws import (  # noqa: F401 (aws, outbound: fixtures)
     PREFIX,
     REGION,
@@ -385,7 +393,7 @@ def _uploaded_job(env, clients, small_data, tmp_path):
     """The source and hyperparameters `enet launch` sent (to the moto server)."""
     job = "enet-test-contract"
     args = ("--epochs", "1", "--batch-size", "4", "--job-name", job, "--s3-prefix", PREFIX)
-    result = launch(env, str(small_data), *args)
+    result = launch(env, str(small_data), *args, *SMALL_MODEL)
     assert result.returncode == 0, result.stderr[-3000:]
     code = tmp_path / "ml" / "code"
     return code, submitted_code(env, clients, job, code)
@@ -398,7 +406,10 @@ def _staged_job(tmp_path, train=None, runtime=None, launch=None):
     from enet_cli.cloud.source import stage_source
     from enet_cli.train.settings import load_config
 
-    settings = {"train": {"epochs": 1, "batch_size": 4, **(train or {})}}
+    settings = {
+        "train": {"epochs": 1, "batch_size": 4, **(train or {})},
+        "model": {"bottlenecks": SMALL_BOTTLENECKS},
+    }
     if runtime:
         settings["runtime"] = runtime
     plan = make_plan(load_config(None, settings), LaunchConfig(**(launch or {})))

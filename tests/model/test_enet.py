@@ -15,12 +15,14 @@ def bn(channels):
     return 2 * channels  # gamma and beta; moving statistics are not trainable
 
 
-def expected_parameters(num_classes: int) -> int:
+def expected_parameters(num_classes: int, bottlenecks=(4, 8, 8, 2, 1)) -> int:
     """Count ENet's trainable parameters from the architecture table (PyTorch-ENet's layers).
 
     Convolutions have no bias. Encoder blocks each share one PReLU slope (+1); the decoder
-    uses ReLU. Regular bottleneck of C channels: 1x1 C->C/4, main conv, 1x1 C/4->C.
+    uses ReLU. Regular bottleneck of C channels: 1x1 C->C/4, main conv, 1x1 C/4->C. A
+    shallower ENet keeps the first `bottlenecks[k]` bottlenecks of stage k+1.
     """
+    n1, n2, n3, n4, n5 = bottlenecks
 
     def regular(c, asymmetric=False, prelu=1):
         m = c // 4
@@ -36,12 +38,12 @@ def expected_parameters(num_classes: int) -> int:
         return cin * cout + bn(cout) + cin * m + bn(m) + 4 * m * m + bn(m) + m * cout + bn(cout)
 
     initial = 9 * 3 * 13 + bn(16) + 1
-    stage1 = down(16, 64) + 4 * regular(64)
+    stage1 = down(16, 64) + n1 * regular(64)
     stage2_pattern = [False, False, True, False, False, False, True, False]
-    stage2 = down(64, 128) + sum(regular(128, a) for a in stage2_pattern)
-    stage3 = sum(regular(128, a) for a in stage2_pattern)
-    stage4 = up(128, 64) + 2 * regular(64, prelu=0)
-    stage5 = up(64, 16) + regular(16, prelu=0)
+    stage2 = down(64, 128) + sum(regular(128, a) for a in stage2_pattern[:n2])
+    stage3 = sum(regular(128, a) for a in stage2_pattern[:n3])
+    stage4 = up(128, 64) + n4 * regular(64, prelu=0)
+    stage5 = up(64, 16) + n5 * regular(16, prelu=0)
     full = 9 * 16 * num_classes
     return initial + stage1 + stage2 + stage3 + stage4 + stage5 + full
 
@@ -189,6 +191,36 @@ def test_summary_rows_add_up_to_the_model():
     assert sum(r.multiply_adds for r in rows) == enet_multiply_adds(360, 480, 12)
     small = summarize(build_enet(ModelConfig(num_classes=5), (96, 128)))
     assert sum(r.multiply_adds for r in small) == enet_multiply_adds(96, 128, 5)
+
+
+@pytest.mark.parametrize("depth", [(1, 3, 0, 1, 1), (0, 0, 0, 0, 0), (4, 8, 2, 2, 0)])
+def test_a_shallower_enet_is_the_papers_graph_with_bottlenecks_left_out(depth):
+    """--bottlenecks: the parameters and multiply-adds of the blocks kept, counted from the
+    architecture; the blocks kept carry the paper's names (and so its checkpoint keys), in
+    order; the skips still join stage 4 to stage 2's input and stage 5 to stage 1's."""
+    full = build_enet(ModelConfig(num_classes=11), (96, 128))
+    model = build_enet(ModelConfig(num_classes=11, bottlenecks=depth), (96, 128))
+    assert trainable_count(model) == expected_parameters(11, depth)
+    rows = summarize(model)
+    assert sum(r.multiply_adds for r in rows) == enet_multiply_adds(96, 128, 11, depth)
+    names, full_names = [r.name for r in rows], [r.name for r in summarize(full)]
+    assert names == [n for n in full_names if n in names]
+    assert len(names) == len(full_names) - sum(np.subtract((4, 8, 8, 2, 1), depth))
+    assert {w.name for w in model.weights} <= {w.name for w in full.weights}
+    stage2_input = model.get_layer("stage2_0_down").input
+    assert model.get_layer("stage4_0_up").input[1] is stage2_input
+    assert model.get_layer("stage5_0_up").input[1] is model.get_layer("initial").output
+    assert model.output_shape == (None, 96, 128, 11)
+
+
+@pytest.mark.parametrize(
+    "value", ["1,3,0,1", "5,8,8,2,1", "1,3,0,1,-1", "a,b,c,d,e", [4, 8, 8, 2, 1.5]]
+)
+def test_bottlenecks_are_five_counts_up_to_the_papers(value):
+    with pytest.raises(ValueError, match=r"five counts, each from 0 to the paper's \(4,8,8,2,1\)"):
+        ModelConfig(bottlenecks=value)
+    assert ModelConfig(bottlenecks="1,3,0,1,1").bottlenecks == (1, 3, 0, 1, 1)
+    assert ModelConfig().bottlenecks == (4, 8, 8, 2, 1)
 
 
 def test_saved_model_round_trip(tmp_path):

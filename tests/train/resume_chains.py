@@ -26,12 +26,13 @@ from typing import List
 import numpy as np
 import pytest
 
-from enet_testing import FIXTURES, enet_env, preprocess_to
+from enet_testing import FIXTURES, SMALL_MODEL, enet_env, preprocess_to
 
 SIZE = "32x48"
 ARGS = [
     "--epochs", "2", "--batch-size", "4", "--checkpoint-every-steps", "1",
     "--keep-checkpoints", "10", "--seed", "1", "--size", SIZE, "--learning-rate", "0.002",
+    *SMALL_MODEL,
 ]  # fmt: skip
 
 

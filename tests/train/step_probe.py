@@ -7,6 +7,7 @@ the update applied (Adam's first step would hide a scale: it moves by lr * sign)
 test_step.py checks the two updates of each engine.
 """
 
+import os
 import sys
 
 import numpy as np
@@ -66,7 +67,10 @@ def two_steps(engine):
         return data.batch(per_replica)
 
     seed_everything(7)
+    depth = os.environ.get("STEP_PROBE_BOTTLENECKS")  # the test's shallower ENet, if given
     cfg = ModelConfig(num_classes=CLASSES, dropout=0, stage1_dropout=0)
+    if depth:
+        cfg.bottlenecks = depth
     with engine.scope():
         model = engine.build_model(cfg, SIZE)
         optimizer = keras.optimizers.SGD(learning_rate=1.0)

@@ -16,6 +16,7 @@ import pytest
 
 from enet_cli.container.contract import ROOT_ENV
 from enet_testing import (
+    SMALL_MODEL,
     STAND_INS,
     checkpoint_values,
     enet_env,
@@ -25,7 +26,8 @@ from enet_testing import (
 )
 
 NO_DROPOUT = ("--dropout", "0", "--stage1-dropout", "0")
-LONG_RUN = ("--local-workers", "2", "--batch-size", "2", "--epochs", "50")  # 2 x 2 images
+# 2 workers x 2 images
+LONG_RUN = ("--local-workers", "2", "--batch-size", "2", "--epochs", "50", *SMALL_MODEL)
 
 
 @pytest.fixture
@@ -177,7 +179,8 @@ def test_two_workers_step_equals_one_process_at_the_global_batch(
         return (str(small_data), "--batch-size", batch, "--steps", str(steps), "--seed", "3")
 
     def two_workers(steps, run, *extra):
-        args = ["train", *common(steps, "2"), *NO_DROPOUT, "--mode", "ddp", "--local-workers", "2"]
+        args = ["train", *common(steps, "2"), *NO_DROPOUT, *SMALL_MODEL, "--mode", "ddp"]
+        args += ["--local-workers", "2"]
         return _run_with_env([*args, *extra, "--run-dir", str(run)], {"TMPDIR": str(env_tmp)})
 
     result = two_workers(1, ddp, "--sync-batchnorm")

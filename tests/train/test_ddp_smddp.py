@@ -20,7 +20,7 @@ from test_ddp import (
     relative_error,
 )
 
-from enet_testing import checkpoint_values, enet_env
+from enet_testing import SMALL_BOTTLENECKS, SMALL_MODEL, checkpoint_values, enet_env
 
 
 def start_smddp_ranks(args, runs, calls: Path, extra_env=None):
@@ -68,7 +68,7 @@ def test_smddp_engine_two_ranks_average_gradients_and_only_rank_0_writes(small_d
     calls = tmp_path / "calls"
     runs = [tmp_path / "rank0", tmp_path / "rank1"]
     args = ["train", str(small_data), "--mode", "ddp", "--batch-size", "2", "--steps", "1"]
-    procs = start_smddp_ranks(args, runs, calls, {"SMDDP_STANDIN_OOB": oob})
+    procs = start_smddp_ranks([*args, *SMALL_MODEL], runs, calls, {"SMDDP_STANDIN_OOB": oob})
     outs = [p.communicate(timeout=600) for p in procs]
     for proc, (_out, err) in zip(procs, outs):
         assert proc.returncode == 0, err[-3000:]
@@ -121,7 +121,12 @@ def _smddp_reference_step(data_dir: Path, seed: int) -> dict:
     manifest = load_manifest(data_dir)
     task = build_task(manifest, ClassWeighting.enet)
     seed_everything(seed)
-    cfg = ModelConfig(num_classes=manifest.num_classes, dropout=0, stage1_dropout=0)
+    cfg = ModelConfig(
+        num_classes=manifest.num_classes,
+        dropout=0,
+        stage1_dropout=0,
+        bottlenecks=SMALL_BOTTLENECKS,
+    )
     model = build_enet(cfg, manifest.image_size)
     data = DataConfig(data_dir=data_dir)
     images, labels = next(iter(make_dataset(data, manifest, "train", 4, True, seed=seed)))
@@ -152,7 +157,7 @@ def test_smddp_rank_stopped_alone_stops_every_rank_at_the_same_step(small_data, 
     makes rank 0 stop after the same step, and rank 0 saves it."""
     runs = [tmp_path / "rank0", tmp_path / "rank1"]
     args = ["train", str(small_data), "--mode", "ddp", "--batch-size", "2", "--epochs", "50",
-            "--checkpoint-every-steps", "1"]  # fmt: skip
+            "--checkpoint-every-steps", "1", *SMALL_MODEL]  # fmt: skip
     procs = start_smddp_ranks(args, runs, tmp_path / "calls")
     _wait_for(runs[0] / "checkpoints" / "ckpt-1.index", procs)
     procs[1].send_signal(signal.SIGTERM)

@@ -8,7 +8,7 @@ import pytest
 from enet_cli.core.errors import ConfigError, DataError, TrainingError
 from enet_cli.core.metrics import parse_metrics_line
 from enet_cli.data.manifest import load_manifest
-from enet_testing import checkpoint_values, fit_quietly, train_config
+from enet_testing import SMALL_BOTTLENECKS, checkpoint_values, fit_quietly, train_config
 
 
 def majority_baseline_miou(data_dir) -> float:
@@ -157,7 +157,12 @@ def _first_batch_cross_entropy(data_dir, seed: int):
     manifest = load_manifest(data_dir)
     seed_everything(seed)
     model = build_enet(
-        ModelConfig(num_classes=manifest.num_classes, dropout=0, stage1_dropout=0),
+        ModelConfig(
+            num_classes=manifest.num_classes,
+            dropout=0,
+            stage1_dropout=0,
+            bottlenecks=SMALL_BOTTLENECKS,
+        ),
         manifest.image_size,
     )
     data = DataConfig(data_dir=data_dir)

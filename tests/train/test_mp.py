@@ -13,13 +13,15 @@ import pytest
 
 from enet_cli.core.metrics import parse_metrics_line
 from enet_testing import (
+    SMALL_BOTTLENECKS,
+    SMALL_MODEL,
     checkpoint_values,
     enet_env,
     error_lines,
     run_enet,
 )
 
-NO_DROPOUT = ("--dropout", "0", "--stage1-dropout", "0")
+NO_DROPOUT = ("--dropout", "0", "--stage1-dropout", "0", *SMALL_MODEL)
 
 
 def brute_force_best(costs, parts):
@@ -146,7 +148,12 @@ def _reference(data_dir, seed):
     task = build_task(manifest, ClassWeighting.enet)
     seed_everything(seed)
     model = build_enet(
-        ModelConfig(num_classes=manifest.num_classes, dropout=0, stage1_dropout=0),
+        ModelConfig(
+            num_classes=manifest.num_classes,
+            dropout=0,
+            stage1_dropout=0,
+            bottlenecks=SMALL_BOTTLENECKS,
+        ),
         manifest.image_size,
     )
     batch = make_dataset(DataConfig(data_dir=data_dir), manifest, "train", 4, True, seed=seed)
@@ -187,7 +194,7 @@ from enet_cli.train.optim import build_update
 from enet_cli.train.task import SegmentationTask
 
 engine = PipelineEngine(RuntimeConfig(mode="mp", partitions=2, microbatches=2))
-model = engine.build_model(ModelConfig(num_classes=11), (96, 128))
+model = engine.build_model(ModelConfig(num_classes=11, bottlenecks=sys.argv[1]), (96, 128))
 task = SegmentationTask(11, 11, [1.0] * 11)
 update = build_update(TrainConfig(), model.trainable_variables)
 optimizer = update.optimizer
@@ -215,7 +222,7 @@ def test_pipeline_stages_run_on_their_devices():
     its variables and Adam's slots for them (one real step on 2 logical CPU devices; the
     backward ops are colocated with their forward ops, TensorFlow's default)."""
     result = subprocess.run(
-        [sys.executable, "-c", PLACEMENT_PROBE], capture_output=True, text=True,
+        [sys.executable, "-c", PLACEMENT_PROBE, SMALL_MODEL[1]], capture_output=True, text=True,
         timeout=300, env=enet_env(),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

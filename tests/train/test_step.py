@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from enet_testing import STAND_INS, enet_env
+from enet_testing import SMALL_MODEL, STAND_INS, enet_env
 
 PROBE = Path(__file__).with_name("step_probe.py")
 
@@ -24,6 +24,7 @@ def _env(**extra):
     env = enet_env()
     paths = [str(STAND_INS), str(PROBE.parent), env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["STEP_PROBE_BOTTLENECKS"] = SMALL_MODEL[1]
     env.update(extra)
     return env
 

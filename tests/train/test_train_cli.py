@@ -9,13 +9,18 @@ import sys
 import pytest
 
 from enet_testing import (
+    SMALL_BOTTLENECKS,
+    SMALL_MODEL,
     SMALL_SIZE,
     enet_env,
     error_lines,
     invoke,
 )
 
-TRAIN_ARGS = ["--size", SMALL_SIZE, "--batch-size", "4", "--learning-rate", "0.002", "--seed", "1"]
+TRAIN_ARGS = [
+    *("--size", SMALL_SIZE, "--batch-size", "4", "--learning-rate", "0.002", "--seed", "1"),
+    *SMALL_MODEL,
+]
 
 
 def _sagemaker_tree(root, data, hyperparameters):
@@ -53,6 +58,7 @@ def test_sagemaker_container_contract(small_data, tmp_path):
             "batch_size": 4,
             "image_size": SMALL_SIZE,
             "learning_rate": 0.002,
+            "bottlenecks": list(SMALL_BOTTLENECKS),
             "model_dir": "s3://bucket/job/model",  # added by SageMaker: accepted, dropped
         },
     )

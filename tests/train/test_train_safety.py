@@ -15,6 +15,7 @@ import pytest
 
 from enet_testing import (
     FIXTURES,
+    SMALL_MODEL,
     ctrl_c,
     fill_disk,
     invoke,
@@ -71,7 +72,7 @@ def test_a_corrupt_shard_is_named(trained_run, small_data, tmp_path):
     blob[len(blob) // 2] ^= 0xFF  # one flipped byte
     shard.write_bytes(bytes(blob))
     pattern = rf"shard .*{shard.name} does not match its checksum .* re-run enet preprocess"
-    result = enet("train", data, "--run-dir", tmp_path / "run", "--steps", "1")
+    result = enet("train", data, "--run-dir", tmp_path / "run", "--steps", "1", *SMALL_MODEL)
     one_error_line(result, 3, pattern)
     one_error_line(enet("evaluate", trained_run, data, "--split", "train"), 3, pattern)
 
@@ -236,7 +237,7 @@ def test_a_second_ctrl_c_stops_at_once_and_says_what_was_kept(small_data, tmp_pa
     run = tmp_path / "run"
     result = ctrl_c(
         ["train", small_data, "--run-dir", run, "--batch-size", "4", "--epochs", "3",
-         "--checkpoint-every-steps", "1"],
+         "--checkpoint-every-steps", "1", *SMALL_MODEL],
         # The state file, not ckpt-1.index: the manager records the checkpoint only after
         # its files are written, and a Ctrl-C in between rightly finds none yet.
         lambda lines: (run / "checkpoints" / "checkpoint").exists(),

@@ -13,7 +13,7 @@ from typing import List, NamedTuple, Optional, Tuple
 from pydantic import BaseModel
 
 from enet_cli.core.config import ModelConfig
-from enet_cli.core.errors import DataError
+from enet_cli.core.errors import ConfigError, DataError
 from enet_cli.data.manifest import Manifest
 
 META_NAME = "enet.json"
@@ -48,8 +48,9 @@ class RunMeta(BaseModel):
 
     @classmethod
     def from_manifest(cls, model: ModelConfig, manifest: Manifest) -> "RunMeta":
+        """The model a run trains on `manifest`'s data: its class count is the data's."""
         return cls(
-            model=model,
+            model=model.model_copy(update={"num_classes": manifest.num_classes}),
             image_size=manifest.image_size,
             class_names=manifest.class_names,
             class_colors=[c.color for c in manifest.classes],
@@ -87,6 +88,26 @@ class RunMeta(BaseModel):
         except (OSError, ValueError) as err:  # pydantic's ValidationError is a ValueError
             first = str(err).strip().splitlines()[0][:120]
             raise DataError(f"{path} is damaged ({first}); export or train again") from None
+
+
+def check_resumable(checkpoints: Path, meta: RunMeta) -> None:
+    """Refuse to resume from checkpoints of another model (other classes, another depth),
+    before TensorFlow fails on shapes: one line naming what differs and the way out."""
+    old = RunMeta.read(checkpoints)
+    if old is None:
+        return
+    if old.class_names != meta.class_names:
+        raise ConfigError(
+            f"checkpoints in {checkpoints} are for {len(old.class_names)} classes but the data "
+            f"has {len(meta.class_names)}; use another --run-dir or --no-resume"
+        )
+    if old.model.bottlenecks != meta.model.bottlenecks:
+        theirs, asked = (",".join(map(str, m.model.bottlenecks)) for m in (old, meta))
+        raise ConfigError(
+            f"checkpoints in {checkpoints} are of an ENet with --bottlenecks {theirs}, not "
+            f"{asked}; give --bottlenecks {theirs} to resume them, or use another --run-dir "
+            f"or --no-resume"
+        )
 
 
 def load_model_from_checkpoint(directory: Path, found=None):

@@ -51,8 +51,8 @@ def config_option(
     default = info.get_default(call_default_factory=True) if not info.is_required() else ""
     if isinstance(default, enum.Enum):
         default = default.value
-    if isinstance(default, tuple) and field == "image_size":
-        default = "x".join(str(v) for v in default)
+    if isinstance(default, tuple):  # as the option takes it: 360x480, 4,8,8,2,1
+        default = ("x" if field == "image_size" else ",").join(str(v) for v in default)
     decls = list(decls or [option_name(field)])
     help_text = escape(info.description or "")
     if default is not None and default != "":
@@ -114,6 +114,7 @@ TRAINING_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
     ("data", "color_jitter", PANEL_DATA),
     ("model", "dropout", PANEL_MODEL),
     ("model", "stage1_dropout", PANEL_MODEL),
+    ("model", "bottlenecks", PANEL_MODEL),
     ("train", "epochs", PANEL_TRAIN),
     ("train", "steps", PANEL_TRAIN),
     ("train", "batch_size", PANEL_TRAIN),

@@ -8,6 +8,7 @@ option or the file key the user has to change.
 This module must not import TensorFlow: `enet --help` and config errors stay fast.
 """
 
+import contextlib
 import enum
 import json
 from pathlib import Path
@@ -133,12 +134,42 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
 
 
+# Bottlenecks in ENet's stages 1 to 5 besides each stage's down- or upsampling block (stage
+# 3 has none of its own): the paper's Table 1.
+PAPER_BOTTLENECKS: Tuple[int, int, int, int, int] = (4, 8, 8, 2, 1)
+
+
 class ModelConfig(Section):
-    """The ENet graph. Architecture is fixed (see model/enet.py); these are its free choices."""
+    """The ENet graph (model/enet.py): its free choices. The blocks, channels, kernels and
+    skips are the paper's; only how many bottlenecks each stage repeats may be fewer, as
+    keras-hub's backbones take their depth per stage: a shallower ENet for a small device
+    or a quick experiment, made of the same blocks."""
 
     num_classes: int = Field(11, ge=2, le=255, description="Output classes, void excluded.")
     stage1_dropout: float = Field(0.01, ge=0, lt=1, description="Spatial dropout in stage 1.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Spatial dropout from stage 2 on.")
+    bottlenecks: Tuple[int, int, int, int, int] = Field(
+        PAPER_BOTTLENECKS,
+        description="Bottlenecks per stage 1-5 besides its down/upsampling block: the "
+        "paper's 4,8,8,2,1; fewer make a shallower, faster ENet (stages 2-3 keep their "
+        "dilation plan's first ones).",
+    )
+
+    @field_validator("bottlenecks", mode="before")
+    @classmethod
+    def _bottlenecks(cls, value: Any) -> Any:
+        counts = list(value) if isinstance(value, (list, tuple)) else []
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                counts = [int(v) for v in value.split(",")]
+        paper = ",".join(map(str, PAPER_BOTTLENECKS))
+        if len(counts) != len(PAPER_BOTTLENECKS) or not all(
+            isinstance(n, int) and 0 <= n <= most for n, most in zip(counts, PAPER_BOTTLENECKS)
+        ):
+            raise ValueError(
+                f"expected five counts, each from 0 to the paper's ({paper}), got {value!r}"
+            )
+        return tuple(counts)
 
 
 class DataConfig(Section):

@@ -60,9 +60,6 @@ def _bottleneck_name(stage: int, index: int, kind: str, dilation: int) -> str:
     return f"stage{stage}_{index}_{suffix}"
 
 
-# Upsampling blocks unpool with the input of their downsampling block, i.e. the output of
-# the block before it: the two skip connections of the graph.
-SKIPS = {"stage4_0_up": "stage1_4_regular", "stage5_0_up": "initial"}
 INPUT = "images"
 
 
@@ -75,17 +72,20 @@ class Block(NamedTuple):
 
 def enet_blocks(cfg: ModelConfig, sync_batchnorm: bool = False) -> List[Block]:
     """ENet as an ordered list of blocks: what `build_enet` wires into a Keras model and what
-    the model-parallel engine splits into pipeline stages."""
+    the model-parallel engine splits into pipeline stages. A shallower ENet
+    (`cfg.bottlenecks` below the paper's) leaves out bottlenecks from the end of each stage;
+    the blocks it keeps have the paper's names."""
+    stage1, stage2, stage3, stage4, stage5 = cfg.bottlenecks
     bn = {"sync_batchnorm": sync_batchnorm}
     layers = [InitialBlock(16, activation="prelu", name="initial", **bn)]
     layers.append(
         DownsamplingBottleneck(64, dropout=cfg.stage1_dropout, name="stage1_0_down", **bn)
     )
-    for i in range(1, 5):
+    for i in range(1, stage1 + 1):
         layers.append(Bottleneck(64, dropout=cfg.stage1_dropout, name=f"stage1_{i}_regular", **bn))
     layers.append(DownsamplingBottleneck(128, dropout=cfg.dropout, name="stage2_0_down", **bn))
-    for stage in (2, 3):
-        for i, (kind, dilation) in enumerate(STAGE2_PLAN, start=1):
+    for stage, count in ((2, stage2), (3, stage3)):
+        for i, (kind, dilation) in enumerate(STAGE2_PLAN[:count], start=1):
             layers.append(
                 Bottleneck(
                     128,
@@ -98,19 +98,25 @@ def enet_blocks(cfg: ModelConfig, sync_batchnorm: bool = False) -> List[Block]:
             )
     decoder = {"dropout": cfg.dropout, "activation": "relu", **bn}
     layers.append(UpsamplingBottleneck(64, name="stage4_0_up", **decoder))
-    layers += [Bottleneck(64, name=f"stage4_{i}_regular", **decoder) for i in (1, 2)]
+    layers += [Bottleneck(64, name=f"stage4_{i}_regular", **decoder) for i in range(1, stage4 + 1)]
     layers.append(UpsamplingBottleneck(16, name="stage5_0_up", **decoder))
-    layers.append(Bottleneck(16, name="stage5_1_regular", **decoder))
+    layers += [Bottleneck(16, name=f"stage5_{i}_regular", **decoder) for i in range(1, stage5 + 1)]
     layers.append(FullConv(cfg.num_classes, name="fullconv"))
     layers.append(keras.layers.Activation("linear", dtype="float32", name="logits"))
     return _wire(layers)
 
 
 def _wire(layers: Sequence[keras.layers.Layer]) -> List[Block]:
-    """Each block consumes the previous block's output, plus its skip connection if any."""
-    blocks, previous = [], INPUT
+    """Each block consumes the previous block's output; an upsampling block also the input
+    of its downsampling block (the last one not yet matched), which it unpools with: the
+    graph's two skip connections (stage 4 <- stage 2's input, stage 5 <- stage 1's)."""
+    blocks, previous, downsampled = [], INPUT, []
     for layer in layers:
-        inputs = (previous, SKIPS[layer.name]) if layer.name in SKIPS else (previous,)
+        inputs: Tuple[str, ...] = (previous,)
+        if isinstance(layer, DownsamplingBottleneck):
+            downsampled.append(previous)
+        elif isinstance(layer, UpsamplingBottleneck):
+            inputs = (previous, downsampled.pop())
         blocks.append(Block(layer, inputs))
         previous = layer.name
     return blocks

@@ -16,7 +16,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from enet_cli.artifacts.checkpoints import find_checkpoint
-from enet_cli.artifacts.run import RunMeta, RunPaths
+from enet_cli.artifacts.run import RunMeta, RunPaths, check_resumable
 from enet_cli.core import outputs, ui
 from enet_cli.core.backend import keras, tf
 from enet_cli.core.config import EnetConfig, Precision, global_batch, model_size
@@ -35,7 +35,7 @@ from enet_cli.train.optim import (
     seed_everything,
 )
 from enet_cli.train.report import History, Reporter
-from enet_cli.train.state import TrainState, check_compatible
+from enet_cli.train.state import TrainState
 from enet_cli.train.task import build_task
 
 TRAIN_SCALARS = ("loss", "mean_iou", "pixel_accuracy", "lr", "images_per_sec")
@@ -98,10 +98,10 @@ class _Training:
         self.batch = tcfg.batch_size  # per replica (engines/table.py)
         self.global_batch = global_batch(self.batch, engine.num_replicas)
         self.task = build_task(manifest, tcfg.class_weighting)
-        self.model_cfg = cfg.model.model_copy(update={"num_classes": manifest.num_classes})
-        self.meta = RunMeta.from_manifest(self.model_cfg, manifest)
+        self.meta = RunMeta.from_manifest(cfg.model, manifest)
+        self.model_cfg = self.meta.model
         if cfg.runtime.resume:
-            check_compatible(paths.checkpoints, self.meta)
+            check_resumable(paths.checkpoints, self.meta)
         self.steps_per_epoch = manifest.splits["train"].records // self.global_batch
         self.total_steps = min(tcfg.steps or 10**12, tcfg.epochs * self.steps_per_epoch)
         self.epochs = min(tcfg.epochs, -(-self.total_steps // self.steps_per_epoch))

@@ -9,7 +9,7 @@ settings layer, and a one-line failure reason in /opt/ml/output/failure.
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from enet_cli.artifacts.run import RunPaths, local_paths
+from enet_cli.artifacts.run import RunMeta, RunPaths, check_resumable, local_paths
 from enet_cli.container import contract
 from enet_cli.core import outputs
 from enet_cli.core.config import EnetConfig
@@ -39,6 +39,8 @@ def prepare_run(
         workers = max(1, cfg.runtime.local_workers)
         check_batch_size(manifest, "train", cfg.train.batch_size, workers)
     paths = local_paths(run_dir)
+    if cfg.runtime.resume and cfg.data.data_dir is not None:
+        check_resumable(paths.checkpoints, RunMeta.from_manifest(cfg.model, manifest))
     outputs.check_replaceable(paths.export, "export", True, "the run's model directory")
     return cfg, paths
 

@@ -73,7 +73,8 @@ class CheckpointBackend:
     def restore(self, checkpoint: tf.train.Checkpoint, found: FoundCheckpoint, manager) -> None:
         # Partial on purpose: the optimizer may own a learning-rate variable in one run and
         # not in the next (a schedule vs a constant); model mismatches are caught by
-        # check_compatible() and by the shape errors the caller turns into a ConfigError.
+        # artifacts.run.check_resumable() and by the shape errors the caller turns into a
+        # ConfigError.
         if found.partitioned:
             create_slots(checkpoint.optimizer, checkpoint.model.trainable_variables)
         restore_found(checkpoint, found)
@@ -212,18 +213,6 @@ class TrainState:
         if found:
             restore_found(tf.train.Checkpoint(model=self.model), found)
         return found
-
-
-def check_compatible(directory: Path, meta: RunMeta) -> None:
-    """Refuse to resume from checkpoints of another model, before TF fails on shapes."""
-    old = RunMeta.read(directory)
-    if old is None:
-        return
-    if len(old.class_names) != len(meta.class_names) or old.class_names != meta.class_names:
-        raise ConfigError(
-            f"checkpoints in {directory} are for {len(old.class_names)} classes but the data "
-            f"has {len(meta.class_names)}; use another --run-dir or --no-resume"
-        )
 
 
 def convert_to_whole(directory: Path, out: Path) -> FoundCheckpoint:
