@@ -80,6 +80,13 @@ def test_model_summary_prints_stages_and_totals():
         assert block in out
     assert "350,582" in out and "360x480x12" in out
     assert f"{enet_multiply_adds(360, 480, 12) / 1e9:.2f} G" in out
+    assert "bottlenecks" not in out  # the paper's depth goes without saying
+    shallow = invoke("model", "summary", "--size", "360x480", "--bottlenecks", "1,3,0,1,1")
+    assert shallow.returncode == 0, shallow.stderr
+    assert "ENet, 11 classes, bottlenecks 1,3,0,1,1, input 360x480x3" in shallow.stdout
+    assert "stage3_" not in shallow.stdout and "stage2_3_asymmetric5" in shallow.stdout
+    macs = enet_multiply_adds(360, 480, 11, (1, 3, 0, 1, 1))
+    assert f"multiply-adds per image: {macs / 1e9:.2f} G" in shallow.stdout
 
 
 def test_output_to_a_pipe_is_whole():

@@ -67,6 +67,7 @@ def preprocess(
 def model_summary(
     num_classes: Optional[int] = config_option("model", "num_classes", PANEL_MODEL),
     image_size: Optional[str] = config_option("data", "image_size", PANEL_MODEL),
+    bottlenecks: Optional[str] = config_option("model", "bottlenecks", PANEL_MODEL),
     config: Optional[Path] = CONFIG_OPTION,
 ) -> None:
     """Print ENet's blocks with output shapes, parameters and multiply-adds.
@@ -76,7 +77,7 @@ def model_summary(
     from enet_cli.train.settings import load_config
 
     cfg = load_config(config, overrides(locals()))  # mistakes first, before TensorFlow loads
-    from enet_cli.core.config import model_size
+    from enet_cli.core.config import PAPER_BOTTLENECKS, model_size
     from enet_cli.model import build_enet
     from enet_cli.model.summary import summarize
 
@@ -85,7 +86,10 @@ def model_summary(
     model = build_enet(cfg.model, inside)
     rows = summarize(model)
     padded = "" if inside == (height, width) else f" (padded to {inside[0]}x{inside[1]})"
-    table = Table(title=f"ENet, {cfg.model.num_classes} classes, input {height}x{width}x3{padded}")
+    depth = ",".join(map(str, cfg.model.bottlenecks))
+    depth = "" if cfg.model.bottlenecks == PAPER_BOTTLENECKS else f", bottlenecks {depth}"
+    title = f"ENet, {cfg.model.num_classes} classes{depth}, input {height}x{width}x3{padded}"
+    table = Table(title=title)
     for column, justify in (
         ("block", "left"),
         ("main op", "left"),
