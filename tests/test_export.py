@@ -21,6 +21,7 @@ import pytest
 from enet_testing import (
     CLASS_AGREEMENT_FLOOR,
     PIXELS_OFF_AT_A_TIE,
+    SMALL_BOTTLENECKS,
     assert_same_logits,
     enet_env,
     enet_user,
@@ -117,11 +118,26 @@ def test_the_saved_model_export_serves_the_keras_logits(trained_run, small_data,
     assert_same_logits(served, model(images, training=False).numpy())
 
 
-# From the architecture (PyTorch-ENet's, model/enet.py): convolutions that are not transposed
-# (initial 1; downsampling 3 each; regular and dilated bottlenecks 3, asymmetric 4;
-# upsampling 3 plus a transposed one) and one residual sum per bottleneck.
-ENET_CONV2D = 1 + 2 * 3 + (4 + 12 + 2 + 1) * 3 + 4 * 4 + 2 * 3
-ENET_RESIDUAL_SUMS = 2 + 4 + 16 + 2 + 2 + 1
+# From the architecture (PyTorch-ENet's, model/enet.py) at a depth (stage 1-5 bottleneck
+# counts): convolutions that are not transposed (initial 1; downsampling 3 each; regular and
+# dilated bottlenecks 3, asymmetric 4; upsampling 3 plus a transposed one) and one residual
+# sum per bottleneck. The paper's depth: 86 and 27.
+STAGE2_ASYMMETRIC = [False, False, True, False, False, False, True, False]
+
+
+def enet_conv2d(bottlenecks) -> int:
+    n1, n2, n3, n4, n5 = bottlenecks
+    middle = STAGE2_ASYMMETRIC[:n2] + STAGE2_ASYMMETRIC[:n3]
+    regular = n1 + middle.count(False) + n4 + n5
+    return 1 + 2 * 3 + regular * 3 + middle.count(True) * 4 + 2 * 3
+
+
+def enet_residual_sums(bottlenecks) -> int:
+    return 2 + sum(bottlenecks) + 2
+
+
+def test_the_architecture_counts_are_the_papers_at_its_depth():
+    assert (enet_conv2d((4, 8, 8, 2, 1)), enet_residual_sums((4, 8, 8, 2, 1))) == (86, 27)
 
 
 def batch_norms(model) -> int:
@@ -150,9 +166,10 @@ def test_tflite_float32_and_float16_match_the_keras_model(
         # unfolded one would cost a MUL and an ADD; the few left scale the input and mask
         # the unpooling).
         counts = {op: runner.ops().count(op) for op in ("CONV_2D", "MUL", "ADD")}
-        assert counts["CONV_2D"] == ENET_CONV2D, counts
-        assert counts["ADD"] >= ENET_RESIDUAL_SUMS, counts
-        assert counts["MUL"] + counts["ADD"] - ENET_RESIDUAL_SUMS < batch_norms(model), counts
+        assert counts["CONV_2D"] == enet_conv2d(SMALL_BOTTLENECKS), counts  # fitted_run's
+        sums = enet_residual_sums(SMALL_BOTTLENECKS)
+        assert counts["ADD"] >= sums, counts
+        assert counts["MUL"] + counts["ADD"] - sums < batch_norms(model), counts
         logits, classes = runner(pixels)
         floor = 0.999 if name == "float32" else 0.99
         if name == "float32":
