@@ -185,9 +185,10 @@ def _write_clip(path: Path, run: Path) -> None:
 def test_full_disk_during_training_and_preprocess(small_data, camvid_segnet_mini, small_disk):
     run = small_disk / "run"
     args = ("train", small_data, "--run-dir", run, "--batch-size", "4", "--epochs", "1",
-            "--steps", "2", "--checkpoint-every-steps", "1", "--keep-checkpoints", "1")  # fmt: skip
-    # Room for one checkpoint (~4.3 MB: weights and Adam's moments) and the logs, not two.
-    filler = fill_disk(small_disk, 6_500_000)
+            "--steps", "2", "--checkpoint-every-steps", "1", "--keep-checkpoints", "1",
+            *SMALL_MODEL)  # fmt: skip
+    # Room for one checkpoint (~1.3 MB: weights and Adam's moments) and the logs, not two.
+    filler = fill_disk(small_disk, 1_900_000)
     result = enet(*args)
     last_error_line(
         result, 5, r"cannot write a checkpoint in .*run/checkpoints .*resume from .*ckpt-1"
@@ -210,12 +211,13 @@ def test_full_disk_during_training_and_preprocess(small_data, camvid_segnet_mini
 def test_a_full_disk_at_the_end_keeps_the_checkpoints_and_a_rerun_writes_the_model(
     small_data, small_disk
 ):
-    """Room for the checkpoint (4.5 MB) but not the SavedModel (3.3 MB): training's work is
+    """Room for the checkpoint (1.3 MB) but not the SavedModel (1.1 MB): training's work is
     in the checkpoint, so the line says so (exit 5, a training failure) and the same command
     writes the model once there is space. In-process: the disk, not the process, is tested."""
     run = small_disk / "run"
     args = ("train", small_data, "--run-dir", run, "--batch-size", "4", "--steps", "1")
-    filler = fill_disk(small_disk, 6_000_000)
+    args += SMALL_MODEL
+    filler = fill_disk(small_disk, 1_800_000)
     result = invoke(*args)
     last_error_line(
         result, 5, r"training finished, but cannot write the run's model directory .*/run/model: "
