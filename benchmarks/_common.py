@@ -17,9 +17,32 @@ FIXTURES = ROOT / "tests" / "fixtures"
 COPIES = 4  # each sample image 4 times: start-up costs stop dominating
 
 
+# The CPU features TensorFlow's and XNNPACK's fast paths depend on (16-bit and 8-bit math).
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu() -> str:
+    """The CPU model and which of CPU_FLAGS it has (Linux's /proc/cpuinfo), e.g. `AMD EPYC
+    (avx2 fma)`: the same script gives other figures on another CPU."""
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    has = " ".join(f for f in CPU_FLAGS if f in flags) or "none of " + "/".join(CPU_FLAGS)
+    return f"{model} ({has})"
+
+
 def machine() -> str:
     load = os.getloadavg()
-    return f"{os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    return (
+        f"{os.cpu_count()} cores, {cpu()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
 
 
 def repeat(fn: Callable[[], float], times: int) -> List[float]:

@@ -6,7 +6,9 @@ the Kaggle sample scaled up to the real Kaggle download's 960x720 (RGB colour la
 resized to 480x360; 64 images); and the SegNet frames scaled up to Cityscapes' 2048x1024 in
 the Cityscapes layout (label ids), preprocessed to 512x1024, at two dataset sizes: memory
 must not grow with the number of images (conversions in flight are bounded).
-Run: python benchmarks/preprocess.py [--cityscapes-only]
+Run: python benchmarks/preprocess.py [--cityscapes-only] [--write]
+(--write: also docs/results/preprocess{,_memory}.{json,md}, the tables the datasets guide
+shows)
 """
 
 import os
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
-from _common import COPIES, FIXTURES, Timer, describe, machine, segnet_copies
+from _common import COPIES, FIXTURES, Timer, describe, machine, publish, segnet_copies
 from PIL import Image
 
 from enet_cli.core.config import PreprocessConfig
@@ -123,34 +125,57 @@ def peak_rss(input_dir: Path, out: Path, workers: int) -> Tuple[float, float]:
     return images / seconds, peak / 1024
 
 
-def cityscapes(work: Path) -> None:
-    rows: List[str] = []
+def cityscapes(work: Path) -> List[Tuple[str, ...]]:
+    rows: List[Tuple[str, ...]] = []
     for images in (48, 144):
         data = cityscapes_2048(work / f"cityscapes-{images}", images)
         for workers in (1, 2):
             rate, peak = peak_rss(data, work / "cs-out", workers)
-            rows.append(
+            rows.append((str(images + 8), str(workers), f"{rate:.1f}", f"{peak:.0f} MiB"))
+            print(
                 f"preprocess cityscapes 2048x1024 -> 512x1024, {images + 8} images, "
-                f"workers={workers}: {rate:.2f} images/s, peak RSS {peak:.0f} MiB (all processes)"
+                f"workers={workers}: {rate:.2f} images/s, peak RSS {peak:.0f} MiB (all processes)",
+                flush=True,
             )
-            print(rows[-1], flush=True)
+    return rows
 
 
 def main() -> None:
-    print(f"machine: {machine()}")
+    write = "--write" in sys.argv
+    at_start = machine()
+    print(f"machine: {at_start}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        cityscapes(work)
+        memory = cityscapes(work)
+        if write:
+            flags = " --cityscapes-only" if "--cityscapes-only" in sys.argv else ""
+            header = ("images", "workers", "images/s", "peak RSS, all processes")
+            note = (
+                "Cityscapes-sized 2048x1024 PNGs in its layout, preprocessed to 512x1024, one "
+                "run each: the peak must not grow with the number of images."
+            )
+            command = f"python benchmarks/preprocess.py{flags} --write"
+            print(f"wrote {publish('preprocess_memory', command, header, memory, note, at_start)}")
         if "--cityscapes-only" in sys.argv:
             return
         inputs = {
-            "segnet 480x360 (no resize)": segnet_copies(work / "segnet"),
-            "kaggle 960x720 -> 480x360": kaggle_960x720(work / "kaggle960"),
+            "SegNet 480x360, no resizing": segnet_copies(work / "segnet"),
+            "Kaggle 960x720 -> 480x360, colour labels": kaggle_960x720(work / "kaggle960"),
         }
+        rows = []
         for name, path in inputs.items():
+            count = sum(1 for _ in path.rglob("*.png")) // 2
+            cells = []
             for workers in (1, 2):
                 rates = [rate(path, workers, work) for _ in range(3)]
                 print(f"preprocess {name}, workers={workers}: images/s {describe(rates)}")
+                cells.append(describe(rates))
+            rows.append((f"{name} ({count} images)", *cells))
+        if write:
+            header = ("input", "workers=1, images/s", "workers=2, images/s")
+            note = "Each figure: three runs of the whole preprocess into a fresh directory."
+            command = "python benchmarks/preprocess.py --write"
+            print(f"wrote {publish('preprocess', command, header, rows, note, at_start)}")
 
 
 if __name__ == "__main__":

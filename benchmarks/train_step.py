@@ -3,16 +3,18 @@
 Training: images/s at 360x480, batch 4 and 10, float32 and mixed precision, through the
 engine's real train step (weighted loss, Adam, weight decay); median over many steps.
 Inference: ms per image at batch 1 through a compiled forward pass.
-DESIGN.md's reference (PyTorch-ENet, torch CPU, 2 threads, batch 4, 360x480): about
-4.2-4.5 training images/s and 48-67 ms per image at batch 1.
-Run: python benchmarks/train_step.py [--steps N]
+For scale (not measured in the same run; benchmarks/versus_pytorch.py does that): the
+project's reference figures for PyTorch-ENet (torch CPU, 2 threads, batch 4, 360x480) on
+this machine type are about 4.2-4.5 training images/s and 48-67 ms per image at batch 1.
+Run: python benchmarks/train_step.py [--steps N] [--write]
+(--write: also docs/results/train_step.{json,md}, the table the training guide shows)
 """
 
 import argparse
 import statistics
 import time
 
-from _common import machine
+from _common import machine, publish
 
 from enet_cli.core.backend import keras, tf
 from enet_cli.core.config import ModelConfig, Precision, TrainConfig
@@ -64,9 +66,13 @@ def inference_ms(runs: int) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--write", action="store_true", help="write docs/results/train_step.*")
     args = parser.parse_args()
-    print(f"machine: {machine()}; TensorFlow {tf.__version__}")
+    at_start = machine()
+    print(f"machine: {at_start}; TensorFlow {tf.__version__}")
+    rows = []
     for precision in ("float32", "mixed_bfloat16", "mixed_float16"):
+        cells = []
         for batch in (4, 10):
             rates = train_rate(batch, precision, args.steps)
             print(
@@ -74,11 +80,27 @@ def main() -> None:
                 f"{statistics.median(rates):.2f} (min {min(rates):.2f}, max {max(rates):.2f}, "
                 f"{len(rates)} steps)"
             )
+            cells.append(f"{statistics.median(rates):.2f} ({min(rates):.2f}-{max(rates):.2f})")
+        rows.append((precision, *cells))
     ms = inference_ms(20)
-    print(
-        f"inference float32 batch 1: ms/image median {statistics.median(ms):.1f} "
-        f"(min {min(ms):.1f}, max {max(ms):.1f}, {len(ms)} runs)"
+    inference = (
+        f"Inference, float32, batch 1: {statistics.median(ms):.1f} ms per image (median of "
+        f"{len(ms)}, range {min(ms):.1f}-{max(ms):.1f})."
     )
+    print(inference)
+    if args.write:
+        command = f"python benchmarks/train_step.py --steps {args.steps} --write"
+        header = (
+            "precision",
+            f"batch 4, images/s (median of {args.steps} steps, range)",
+            f"batch 10, images/s (median of {args.steps} steps, range)",
+        )
+        note = (
+            f"360x480, the engine's real train step after tracing and a warm step. {inference}"
+            " Mixed precision is faster than float32 only on a CPU with fast 16-bit arithmetic"
+            " (bfloat16: AVX512_BF16 or AMX; float16: AMX-FP16); on others it is slower."
+        )
+        print(f"wrote {publish('train_step', command, header, rows, note, at_start)}")
 
 
 if __name__ == "__main__":

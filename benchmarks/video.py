@@ -9,13 +9,14 @@ between runtime copies, predict.VIDEO_PARALLEL), the ceiling of the whole path.
 Every figure comes from one run of this script, so they compare as ratios.
 
 Target (issue 19): the whole path at 360x480 in real time (>= 25 frames/s) with the
-fastest runtime. Run: python benchmarks/video.py [--size 360x480] [--model RUN]
+fastest runtime. Run: python benchmarks/video.py [--size 360x480] [--model RUN] [--write]
+(--write: also docs/results/video.{json,md}, the table the predict guide shows)
 """
 
 import argparse
 from pathlib import Path
 
-from _common import machine
+from _common import machine, publish
 
 from enet_cli.core.config import parse_size
 from enet_cli.workflows.benchmark import BenchmarkRequest, What, default_variants, run_benchmark
@@ -34,9 +35,11 @@ def main() -> None:
     parser.add_argument("--size", default="360x480", help="the model's HEIGHTxWIDTH")
     parser.add_argument("--model", type=Path, default=None, help="a trained run (default: fresh)")
     parser.add_argument("--passes", type=int, default=3, help="timed passes over each video")
+    parser.add_argument("--write", action="store_true", help="write docs/results/video.*")
     args = parser.parse_args()
     size = parse_size(args.size)
-    print(machine())
+    at_start = machine()
+    print(at_start)
     variants = default_variants("video")
     common = dict(model=args.model, image_size=size, warmup=1)
     video = run_benchmark(
@@ -54,26 +57,36 @@ def main() -> None:
     whole = {m.variant: m.median for m in video.results}
     sizes = ["360x480", "720x960"]
     print(f"\nmodel at {size[0]}x{size[1]}; frames/s are medians of {args.passes} passes")
-    print("| runtime | model only, one image (ms) | model only, one image (frames/s) | "
-          "model only, as the video path runs it (frames/s) | "
-          + " | ".join(f"whole path {s} (frames/s)" for s in sizes) + " |")  # fmt: skip
-    print("| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in sizes) + " |")
+    header = (
+        "runtime", "model only, one image (ms)", "model only, one image (frames/s)",
+        "model only, as the video path runs it (frames/s)",
+        *(f"whole path, {s} video (frames/s)" for s in sizes),
+    )  # fmt: skip
+    rows = []
     for variant in variants:
         ms = model_ms[MODEL_ONLY[variant]]
-        cells = [f"{whole[f'{variant} {s}']:.1f}" for s in sizes]
-        print(
-            f"| {variant} | {ms:.1f} | {1000 / ms:.1f} | {whole[f'{variant} model']:.1f} | "
-            + " | ".join(cells) + " |"
+        rows.append(
+            (variant, f"{ms:.1f}", f"{1000 / ms:.1f}", f"{whole[f'{variant} model']:.1f}",
+             *(f"{whole[f'{variant} {s}']:.1f}" for s in sizes))
         )  # fmt: skip
+    print("| " + " | ".join(header) + " |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
     best = max(variants, key=lambda v: whole[f"{v} 360x480"])
     rate = whole[f"{best} 360x480"]
     share = rate / whole[f"{best} model"]
     verdict = "met" if rate >= 25 else "not met"
-    print(
-        f"\nfastest whole path at 360x480: {best}, {rate:.1f} frames/s ({100 * share:.0f}% of "
-        f"its model alone in the same setting); target >= 25 frames/s: {verdict}"
+    weights = "a trained run" if args.model else "freshly initialised: speed does not depend on it"
+    summary = (
+        f"Model at {size[0]}x{size[1]} ({weights}), medians of {args.passes} "
+        f"passes. Fastest whole path at 360x480: {best}, {rate:.1f} frames/s "
+        f"({100 * share:.0f}% of its model alone in the same setting); target >= 25 "
+        f"frames/s: {verdict}. Load average after: {machine().split('load average ')[1]}."
     )
-    print(f"load average after: {machine().split('load average ')[1]}")
+    print("\n" + summary)
+    if args.write:
+        command = f"python benchmarks/video.py --size {args.size} --passes {args.passes} --write"
+        print(f"wrote {publish('video', command, header, rows, summary, at_start)}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ the docs parses against the real CLI (an unknown command or option fails). CI al
 the site in strict mode (.ci/run), so a broken link or a missing page fails there."""
 
 import importlib.util
+import json
 import re
 import shlex
 from typing import Iterator, List, Tuple
@@ -149,3 +150,21 @@ def test_an_unknown_option_or_command_fails_the_parse():
     for wrong in (["train", "d", "--epoch", "3"], ["trian", "d"], ["jobs", "lst"]):
         with pytest.raises(_click_error("ClickException")):
             _parse(wrong)
+
+
+def test_every_results_table_is_a_scripts_output_and_is_shown():
+    """docs/results/NAME.md is written by a benchmark script's publish("NAME", ...) with
+    its JSON twin, names the command that reproduces it (that script, with --write), and
+    is included by a page of the site: a figure cannot be typed in by hand or orphaned."""
+    results = DOCS / "results"
+    tables = sorted(results.glob("*.md"))
+    assert tables, "no results tables"
+    pages = "\n".join(p.read_text() for p in DOCS.rglob("*.md") if p.parent != results)
+    for table in tables:
+        record = json.loads(table.with_suffix(".json").read_text())
+        script = re.match(r"python (benchmarks/\w+\.py)\b.* --write\b", record["command"])
+        assert script, (table.name, record["command"])
+        source = (REPO / script.group(1)).read_text()
+        assert f"publish('{table.stem}'" in source or f'publish("{table.stem}"' in source, table
+        assert table.read_text().startswith(f"`{record['command']}` ("), table.name
+        assert f'--8<-- "results/{table.name}"' in pages, f"{table.name} is on no page"
