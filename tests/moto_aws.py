@@ -56,6 +56,94 @@ class OutboundRecorder:
         }
 
 
+class PriceList:
+    """A stand-in for AWS's Price List Query API on 127.0.0.1 (moto has none), answering
+    `GetProducts` as AWS documents it (API reference: GetProducts; the AWS CLI's example
+    awscli/examples/pricing/get-products.rst): JSON 1.1 over POST, `X-Amz-Target:
+    AWSPriceListService.GetProducts`, TERM_MATCH filters, and `PriceList` as a list of JSON
+    strings, each a product with its attributes and `terms.OnDemand...pricePerUnit.USD`.
+    It prices what a test puts in `prices` ((instanceName, regionCode) -> USD per hour:
+    test data, not AWS's prices) for `platoinstancetype` Training, and remembers each
+    request's filters."""
+
+    PUBLISHED = "2026-11-30T00:00:00Z"
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.prices: dict = {}
+        self.requests: List[dict] = []
+        stand_in = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+                target = self.headers.get("X-Amz-Target", "")
+                filters = {f["Field"]: f["Value"] for f in body.get("Filters", [])}
+                stand_in.requests.append({"target": target, **body, "filters": filters})
+                reply = {"FormatVersion": "aws_v1", "PriceList": stand_in.products(filters)}
+                data = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-amz-json-1.1")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):  # quiet
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def products(self, filters: dict) -> List[str]:
+        key = (filters.get("instanceName"), filters.get("regionCode"))
+        if (
+            filters.get("productFamily") != "ML Instance"
+            or filters.get("platoinstancetype") != "Training"
+            or key not in self.prices
+        ):
+            return []
+        sku = "TESTSKU" + str(abs(hash(key)) % 10**6)
+        product = {
+            "product": {
+                "productFamily": "ML Instance",
+                "attributes": {
+                    "instanceName": key[0],
+                    "regionCode": key[1],
+                    "platoinstancetype": "Training",
+                    "servicecode": "AmazonSageMaker",
+                },
+                "sku": sku,
+            },
+            "serviceCode": "AmazonSageMaker",
+            "terms": {
+                "OnDemand": {
+                    f"{sku}.JRTCKXETXF": {
+                        "priceDimensions": {
+                            f"{sku}.JRTCKXETXF.6YS6EN2CT7": {
+                                "unit": "Hrs",
+                                "pricePerUnit": {"USD": f"{self.prices[key]:.10f}"},
+                            }
+                        },
+                        "sku": sku,
+                    }
+                }
+            },
+            "publicationDate": self.PUBLISHED,
+        }
+        return [json.dumps(product)]
+
+
+@pytest.fixture(scope="module")
+def price_list():
+    stand_in = PriceList()
+    yield stand_in
+    stand_in.server.shutdown()
+
+
 @pytest.fixture(scope="module")
 def outbound():
     recorder = OutboundRecorder()
@@ -64,9 +152,10 @@ def outbound():
 
 
 @pytest.fixture(scope="module")
-def aws(tmp_path_factory, outbound):
+def aws(tmp_path_factory, outbound, price_list):
     """A moto server and the environment a user's shell would have for it; any request
-    that is not for the moto server is caught by `outbound`."""
+    that is not for the moto server (or the Price List stand-in, through botocore's
+    per-service endpoint variable) is caught by `outbound`."""
     # moto's request recorder appends to MOTO_RECORDER_FILEPATH, default ./moto_recording
     # (moto/moto_api/_internal/recorder/models.py reads it when moto.moto_api is imported):
     # a fresh file per module, never the working tree, so a test reads only its own requests.
@@ -82,6 +171,7 @@ def aws(tmp_path_factory, outbound):
     host, port = server.get_host_and_port()
     env = {
         "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ENDPOINT_URL_PRICING": price_list.url,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": REGION,

@@ -20,10 +20,11 @@ import pytest
 from nbclient import NotebookClient
 
 from enet_testing import FIXTURES, REPO, SMALL_BOTTLENECKS, STAND_INS, enet_env
-from moto_aws import (  # noqa: F401 (aws, outbound: fixtures)
+from moto_aws import (  # noqa: F401 (aws, outbound, price_list: fixtures)
     PREFIX,
     aws,
     outbound,
+    price_list,
     recorded,
 )
 from sagemaker_jobs import play_training_job

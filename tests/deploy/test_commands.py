@@ -20,12 +20,13 @@ from enet_cli.container import contract
 from enet_cli.container.contract import ROOT_ENV
 from enet_cli.core.metrics import metric_regex
 from enet_testing import FIXTURES, SMALL_BOTTLENECKS, enet_env, error_lines, invoke, last_error_line
-from moto_aws import (  # noqa: F401 (aws, outbound: fixtures)
+from moto_aws import (  # noqa: F401 (aws, outbound, price_list: fixtures)
     PREFIX,
     REGION,
     ROLE,
     aws,
     outbound,
+    price_list,
     recorded,
     run_enet_aws,
 )

@@ -23,13 +23,14 @@ from enet_testing import (
     error_lines,
     preprocess_to,
 )
-from moto_aws import (  # noqa: F401 (aws, outbound: fixtures)
+from moto_aws import (  # noqa: F401 (aws, outbound, price_list: fixtures)
     PREFIX,
     REGION,
     ROLE,
     OutboundRecorder,
     aws,
     outbound,
+    price_list,
     recorded,
     run_enet_aws,
 )
@@ -91,6 +92,8 @@ def test_launch_creates_the_job_the_mode_needs(aws, small_data, case):
         env, str(small_data), *args, "--epochs", "7", "--job-name", job, "--s3-prefix", PREFIX
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # The Price List stand-in prices nothing here: said so, and the job goes on.
+    assert "cost: not estimated (no list price for ml." in result.stderr
     described = created(env, job)
     assert clients["sagemaker"].describe_training_job(TrainingJobName=job)["TrainingJobName"] == job
 
@@ -607,3 +610,58 @@ def test_sdk_telemetry_is_off_unless_the_user_turns_it_on(aws, small_data, tmp_p
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert any("sm-pysdk-t" in host for host in recorder.seen[before:]), recorder.seen[before:]
+
+
+def test_a_submission_says_its_list_price_and_asks_before_a_costly_one(aws, price_list, small_data):
+    """The Price List stand-in (tests/moto_aws.py) prices ml.g5.xlarge, the single mode's
+    instance, at $1.50/h (test data, not AWS's price): 24 h of it ($36) goes without asking;
+    48 h ($72, over $50) is refused in a script without --yes, before anything is uploaded
+    or created; --yes submits it."""
+    env, clients = aws
+    price_list.prices[("ml.g5.xlarge", REGION)] = 1.5
+    base = (str(small_data), "--s3-prefix", PREFIX, "--epochs", "1", "--batch-size", "4")
+    try:
+        cheap = launch(env, *base, "--job-name", "enet-test-cost-24h")
+        assert cheap.returncode == 0, cheap.stderr[-3000:]
+        assert (
+            "cost: $1.50/h for 1 x ml.g5.xlarge at $1.50/h (spot bills at most this); worst "
+            "case $36.00 for --max-run 24 h (AWS Price List API, published 2026-11-30)"
+        ) in " ".join(cheap.stderr.split())
+        asked = price_list.requests[-1]
+        assert asked["target"] == "AWSPriceListService.GetProducts"
+        assert asked["ServiceCode"] == "AmazonSageMaker"
+        assert asked["filters"] == {
+            "productFamily": "ML Instance",
+            "regionCode": REGION,
+            "instanceName": "ml.g5.xlarge",
+            "platoinstancetype": "Training",
+        }
+
+        costly = ("--max-run", str(48 * 3600), "--job-name", "enet-test-cost-48h")
+        refused = launch(env, *base, *costly)
+        errors = error_lines(refused.stderr)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert [e for e in errors if e.startswith("error:")] == errors[-1:]  # the cost, then it
+        assert errors[-1] == (
+            "error: not submitted: it may cost up to $72.00 at list price (over $50); confirm "
+            "with --yes, or lower --max-run, --instance-count or --instance-type"
+        )
+        assert recorded(env, "CreateTrainingJob", TrainingJobName="enet-test-cost-48h") == []
+        keys = clients["s3"].list_objects_v2(Bucket="enet-test-bucket").get("Contents", [])
+        assert not [k["Key"] for k in keys if "enet-test-cost-48h" in k["Key"]]
+
+        confirmed = launch(env, *base, *costly, "--yes")
+        assert confirmed.returncode == 0, confirmed.stderr[-3000:]
+        assert "worst case $72.00" in " ".join(confirmed.stderr.split())
+        assert recorded(env, "CreateTrainingJob", TrainingJobName="enet-test-cost-48h")
+    finally:
+        price_list.prices.clear()
+
+
+def test_a_tuning_jobs_worst_case_counts_every_training_job():
+    from enet_cli.cloud.pricing import HourlyPrice, JobCost, on_demand_price
+
+    cost = JobCost(HourlyPrice(2.0, "2026-11-30"), "ml.p3.16xlarge", 2, 3 * 3600, jobs=12)
+    assert (cost.per_hour, cost.worst_case) == (4.0, 4.0 * 3 * 12)
+    assert "worst case $144.00 for 12 jobs x --max-run 3 h" in cost.describe(spot=False)
+    assert on_demand_price({"PriceList": []}) is None

@@ -12,13 +12,13 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from enet_cli.cloud import aws
+from enet_cli.cloud import aws, pricing
 from enet_cli.cloud.plan import LaunchPlan, make_plan
 from enet_cli.cloud.settings import LaunchConfig
 from enet_cli.cloud.source import ENTRY_SCRIPT, stage_source
 from enet_cli.core import ui
 from enet_cli.core.config import EnetConfig
-from enet_cli.core.errors import AwsError
+from enet_cli.core.errors import AwsError, ConfigError
 from enet_cli.data.manifest import MANIFEST_NAME, load_manifest
 
 
@@ -63,12 +63,38 @@ def launch(cfg: EnetConfig, launch_cfg: LaunchConfig, data: str) -> Optional[str
                 ("source", f"enet-cli wheel + {ENTRY_SCRIPT} -> {where}/code"),
                 ("checkpoints", f"{where}/<job name>/checkpoints <-> /opt/ml/checkpoints"),
                 ("output", f"{where}/output"),
-                ("cost", "not estimated: no honest price source offline; see AWS pricing"),
+                (
+                    "cost",
+                    "looked up at submission (AWS Price List API), which asks before a worst "
+                    f"case over ${pricing.CONFIRM_ABOVE_USD:.0f} unless --yes; list prices: "
+                    f"{pricing.PRICING_PAGE}",
+                ),
             ],
         )
         return None
     with aws.aws_errors():
         return _submit(plan, launch_cfg, data)
+
+
+def confirm_cost(plan: LaunchPlan, launch_cfg: LaunchConfig, where: aws.Aws, jobs: int = 1):
+    """Say what the job costs at list price, and before one whose worst case is over
+    pricing.CONFIRM_ABOVE_USD, ask (or take --yes); a refusal is one line, before any upload.
+    A price that cannot be looked up is said so, and the job goes on: it cannot be judged."""
+    found = pricing.training_price(where.boto, plan.instance_type, where.boto.region_name)
+    if isinstance(found, str):
+        ui.info(f"cost: not estimated ({found}); list prices: {pricing.PRICING_PAGE}")
+        return
+    cost = pricing.JobCost(found, plan.instance_type, plan.instance_count, plan.max_run, jobs)
+    ui.info(f"cost: {cost.describe(plan.spot)}")
+    if cost.worst_case <= pricing.CONFIRM_ABOVE_USD or launch_cfg.yes:
+        return
+    if ui.confirm(f"submit it, at up to ${cost.worst_case:,.2f}?"):
+        return
+    raise ConfigError(
+        f"not submitted: it may cost up to ${cost.worst_case:,.2f} at list price (over "
+        f"${pricing.CONFIRM_ABOVE_USD:.0f}); confirm with --yes, or lower --max-run, "
+        f"--instance-count or --instance-type"
+    )
 
 
 def estimator(plan: LaunchPlan, launch_cfg: LaunchConfig, where: aws.Aws, job_name: str, source):
@@ -115,6 +141,7 @@ def _submit(plan: LaunchPlan, launch_cfg: LaunchConfig, data: str) -> str:
     job_name = launch_cfg.job_name or sagemaker.utils.name_from_base(
         f"enet-{plan.mode.value}-{plan.engine.value}"
     )
+    confirm_cost(plan, launch_cfg, where)
     channel = upload_data(data, where)
     with tempfile.TemporaryDirectory(prefix="enet-source-") as tmp:
         job = estimator(plan, launch_cfg, where, job_name, stage_source(Path(tmp) / "source"))

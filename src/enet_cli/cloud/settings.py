@@ -59,6 +59,11 @@ class LaunchConfig(AwsConfig):
     volume_size: int = Field(30, ge=1, description="GB of EBS storage per instance.")
     dry_run: bool = Field(False, description="Print the plan; touch no AWS API.")
     wait: bool = Field(False, description="Stream the job's logs until it ends.")
+    yes: bool = Field(
+        False,
+        description="Submit without asking when the job may cost over $50 at list price "
+        "(its worst case: all instances for --max-run).",
+    )
 
 
 # Serverless inference's memory sizes (AWS: 1024-6144 MB in 1 GB steps).

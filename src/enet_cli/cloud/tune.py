@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 from enet_cli.cloud import aws
-from enet_cli.cloud.launch import check_local_data, estimator, upload_data
+from enet_cli.cloud.launch import check_local_data, confirm_cost, estimator, upload_data
 from enet_cli.cloud.plan import make_plan
 from enet_cli.cloud.settings import LaunchConfig, TuneConfig, TuneStrategy
 from enet_cli.cloud.source import stage_source
@@ -208,6 +208,7 @@ def _submit(plan, launch_cfg, tune_cfg: TuneConfig, ranges, data: str) -> str:
 
     where = aws.connect(launch_cfg)
     name = tune_cfg.tuning_job_name or sagemaker.utils.name_from_base("enet-tune", short=True)
+    confirm_cost(plan, launch_cfg, where, jobs=tune_cfg.max_jobs)
     channel = upload_data(data, where)
     goal = objective()
     with tempfile.TemporaryDirectory(prefix="enet-source-") as tmp:

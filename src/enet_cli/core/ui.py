@@ -7,6 +7,7 @@ carriage returns, so we print a few plain lines instead.
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Callable, Iterable, Iterator, Optional, TypeVar
@@ -58,6 +59,16 @@ def plural(count: int, word: str) -> str:
 
 def warn(message: str) -> None:
     stderr.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
+def confirm(question: str) -> bool:
+    """Ask yes/no on the terminal (rich's Confirm); False, without asking, when stdin is not
+    a terminal: a script or a pipe never says yes by accident."""
+    if not sys.stdin.isatty():
+        return False
+    from rich.prompt import Confirm
+
+    return Confirm.ask(question, console=_console(True), default=False)
 
 
 def info(message: str) -> None:
