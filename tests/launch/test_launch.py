@@ -51,17 +51,17 @@ CASES = {
     ),
     "ddp-smddp": (
         ["--mode", "ddp", "--batch-size", "1"],
-        {"image": r"2\.11\.0-gpu-py39", "instance": ("ml.p4d.24xlarge", 2)},
+        {"image": r"2\.11\.0-gpu-py39", "instance": ("ml.p3.16xlarge", 1)},
         {"sagemaker_distributed_dataparallel_enabled": True, "engine": "smddp"},
     ),
     "ddp-tf": (
         ["--mode", "ddp", "--engine", "tf", "--batch-size", "1"],
-        {"image": r"2\.19\.0-gpu-py312", "instance": ("ml.p4d.24xlarge", 2)},
+        {"image": r"2\.19\.0-gpu-py312", "instance": ("ml.p3.16xlarge", 1)},
         {"sagemaker_multi_worker_mirrored_strategy_enabled": True, "engine": "tf"},
     ),
     "mp-smp": (
         ["--mode", "mp", "--partitions", "4", "--microbatches", "2", "--pipeline", "simple"],
-        {"image": r"2\.6\.\d+-gpu-py38", "instance": ("ml.p3.16xlarge", 1)},
+        {"image": r"2\.6\.\d+-gpu-py38", "instance": ("ml.g4dn.12xlarge", 1)},
         {
             "engine": "smp",
             "sagemaker_mpi_enabled": True,
@@ -207,11 +207,11 @@ def test_dry_run_prints_the_plan_and_touches_no_aws(small_data, tmp_path):
     assert "tensorflow" not in loaded.read_text().split()  # a plan needs no TensorFlow
     text = " ".join(result.stdout.split())
     for needle in (
-        "2 x ml.p4d.24xlarge",
+        "1 x ml.p3.16xlarge (the ddp default, one host of the smallest type SMDDP runs on",
         '"smdistributed": {"dataparallel": {"enabled": true}}',
         "AWS TensorFlow 2.11.0 training image (py39)",
         "max_wait 172800 s",
-        "global batch 16 (1 per replica x 16 replicas)",
+        "global batch 8 (1 per replica x 8 replicas)",
         "metric validation:mean_iou",
         f"/data/{small_data.name}",
     ):
@@ -249,10 +249,11 @@ def test_every_modes_defaults_make_a_valid_job(camvid_sized_data, mode):
     text = " ".join(result.stdout.split())
     expected = {
         "single": "batch 10",
-        "ddp": "global batch 160 (10 per replica x 16 replicas)",
+        "ddp": "global batch 80 (10 per replica x 8 replicas)",
         "mp": "batch 10",
     }[mode]
     assert expected in text, text
+    assert f"(the {mode} default, " in text  # the plan says why these instances
 
 
 def test_sync_batchnorm_makes_auto_pick_the_engine_that_has_it(small_data):

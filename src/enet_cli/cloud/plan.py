@@ -24,6 +24,13 @@ GPUS = {
     "ml.p4d.24xlarge": 8, "ml.p4de.24xlarge": 8, "ml.p5.48xlarge": 8,
 }  # fmt: skip
 ENTRY_POINT = "enet_entry.py"
+# Why each mode's default instances are what they are (engines/table.py holds them).
+DEFAULT_WHY = {
+    Mode.single: "one A10G GPU: ENet trains in real time on one GPU",
+    Mode.ddp: "one host of the smallest type SMDDP runs on: 8 GPUs x --batch-size is "
+    "already a large step for CamVid-sized data",
+    Mode.mp: "one host of the smallest type SMP runs on: 4 GPUs for up to 4 partitions",
+}
 
 
 class LaunchPlan(NamedTuple):
@@ -43,6 +50,7 @@ class LaunchPlan(NamedTuple):
     max_wait: Optional[int]
     volume_size: int
     replicas: int  # data-parallel replicas: the global batch is --batch-size x replicas
+    instances_why: str = ""  # why these instances, when they are the mode's default
 
     def describe(self) -> List[Tuple[str, str]]:
         """(what, value) rows for `--dry-run` and the launch summary."""
@@ -54,7 +62,11 @@ class LaunchPlan(NamedTuple):
         rows = [
             ("mode / engine", f"{self.mode.value} / {self.engine.value}"),
             ("image", image),
-            ("instances", f"{self.instance_count} x {self.instance_type}"),
+            (
+                "instances",
+                f"{self.instance_count} x {self.instance_type}"
+                + (f" ({self.instances_why})" if self.instances_why else ""),
+            ),
             ("processes per host", str(self.processes_per_host)),
             ("distribution", json.dumps(self.distribution) if self.distribution else "none"),
             ("batch", describe_batch(self.hyperparameters["batch_size"], self.replicas)),
@@ -88,6 +100,9 @@ def make_plan(cfg: EnetConfig, launch: LaunchConfig) -> LaunchPlan:
     mode, engine = spec.mode, spec.engine
     instance_type = launch.instance_type or spec.default_instance_type
     count = launch.instance_count or spec.default_instance_count
+    chosen = launch.instance_type is not None or launch.instance_count is not None
+    more = "more with --instance-type/--instance-count"
+    why = "" if chosen else f"the {mode.value} default, {DEFAULT_WHY[mode]}; {more}"
     gpus = GPUS.get(instance_type)
     _check_instance(spec, instance_type, count, gpus)
     distribution, processes = _distribution(cfg, engine, gpus)
@@ -119,6 +134,7 @@ def make_plan(cfg: EnetConfig, launch: LaunchConfig) -> LaunchPlan:
         max_wait=max_wait,
         volume_size=launch.volume_size,
         replicas=count * (gpus or 1) if mode == Mode.ddp else 1,
+        instances_why=why,
     )
 
 

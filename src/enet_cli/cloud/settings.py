@@ -41,7 +41,9 @@ class LaunchConfig(AwsConfig):
     EnetConfig, passed through as hyperparameters). None = the mode's default
     (cloud/plan.py holds those defaults)."""
 
-    instance_type: Optional[str] = Field(None, description="e.g. ml.p4d.24xlarge.")
+    instance_type: Optional[str] = Field(
+        None, description="e.g. ml.p4d.24xlarge (default: the mode's, see the plan)."
+    )
     instance_count: Optional[int] = Field(None, ge=1, description="Instances (hosts).")
     framework_version: Optional[str] = Field(
         None, description="TensorFlow container version, e.g. 2.11.0."

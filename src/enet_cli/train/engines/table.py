@@ -48,6 +48,9 @@ SMDDP_INSTANCES = ("ml.p3.16xlarge", "ml.p3dn.24xlarge", "ml.p4d.24xlarge", "ml.
 SMP_INSTANCES = ("ml.p3.16xlarge", "ml.p3dn.24xlarge", "ml.p4d.24xlarge", "ml.g4dn.12xlarge")
 
 # Per mode, in the order `--engine auto` tries them: SageMaker's library first when it imports.
+# A job's default instances (cloud/plan.py DEFAULT_WHY says why): one host of the smallest
+# type the mode's library runs on. ENet and CamVid (367 training images) need no more: 8
+# GPUs at batch 10 already make 4 steps an epoch, and 2 hosts would make 2.
 ENGINE_TABLE: Dict[Mode, Tuple[EngineSpec, ...]] = {
     Mode.single: (
         EngineSpec(
@@ -58,21 +61,21 @@ ENGINE_TABLE: Dict[Mode, Tuple[EngineSpec, ...]] = {
     Mode.ddp: (
         EngineSpec(
             Mode.ddp, EngineChoice.smddp, "smdistributed.dataparallel.tensorflow",
-            False, False, False, SMDDP_INSTANCES, None, "2.11.0", "py39", "ml.p4d.24xlarge", 2,
+            False, False, False, SMDDP_INSTANCES, None, "2.11.0", "py39", "ml.p3.16xlarge", 1,
         ),
         EngineSpec(
             Mode.ddp, EngineChoice.tf, None, True, False, True, None, None,
-            *NEWEST_TF, "ml.p4d.24xlarge", 2,
+            *NEWEST_TF, "ml.p3.16xlarge", 1,
         ),
     ),
     Mode.mp: (
         EngineSpec(
             Mode.mp, EngineChoice.smp, "smdistributed.modelparallel.tensorflow",
-            False, True, False, SMP_INSTANCES, 1, "2.6.0", "py38", "ml.p3.16xlarge", 1,
+            False, True, False, SMP_INSTANCES, 1, "2.6.0", "py38", "ml.g4dn.12xlarge", 1,
         ),
         EngineSpec(
             Mode.mp, EngineChoice.tf, None, False, True, False, None, 1,
-            *NEWEST_TF, "ml.p3.16xlarge", 1,
+            *NEWEST_TF, "ml.g4dn.12xlarge", 1,
         ),
     ),
 }  # fmt: skip
