@@ -16,6 +16,29 @@ def test_help_lists_the_subcommands():
         assert command in result.stdout
 
 
+def test_a_flag_is_shown_as_a_flag_in_every_commands_help():
+    """No `<bool>` type beside our flags (--force, --augment/--no-augment, --yes, --version
+    ...): it reads as if they took a value. Typer's own --help row keeps its rendering."""
+    import typer
+
+    from enet_cli.cli import app
+
+    def paths(group, path=()):
+        for name, command in getattr(group, "commands", {}).items():
+            yield from (
+                paths(command, (*path, name)) if hasattr(command, "commands") else [(*path, name)]
+            )
+
+    shown = 0
+    for path in [(), *paths(typer.main.get_command(app))]:
+        result = invoke(*path, "--help")
+        assert result.returncode == 0, (path, result.stderr)
+        rows = [line for line in result.stdout.splitlines() if "<bool>" in line]
+        assert [r for r in rows if "--help" not in r] == [], (path, rows)
+        shown += "--force" in result.stdout or "--augment" in result.stdout
+    assert shown >= 4  # the flags were there to see: preprocess, train, export, download...
+
+
 @pytest.mark.compat
 def test_version():
     from enet_cli import __version__

@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from enet_cli import __version__
 from enet_cli.commands import cloud, data, serve, train
+from enet_cli.commands.options import FLAG_METAVAR
 from enet_cli.core.errors import EnetError, PeerLost
 from enet_cli.core.ui import LOG_LEVEL_ENV, Interrupts, stderr, stdout
 
@@ -38,12 +39,18 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def root(
     version: bool = typer.Option(
-        False, "--version", callback=_version_callback, is_eager=True, help="Show the version."
+        False,
+        "--version",
+        callback=_version_callback,
+        is_eager=True,
+        help="Show the version.",
+        metavar=FLAG_METAVAR,
     ),
     verbose: bool = typer.Option(
         False,
         "--verbose",
         help="Show TensorFlow's own log lines too (start-up included); as ENET_LOG_LEVEL=debug.",
+        metavar=FLAG_METAVAR,
     ),
 ) -> None:
     """Train, evaluate and ship ENet semantic segmentation on CamVid, locally or on SageMaker."""

@@ -22,6 +22,7 @@ from enet_cli.commands.options import (
     PANEL_TUNE,
     argument,
     command_with,
+    flag,
     keyword,
     overrides,
     pick,
@@ -159,7 +160,7 @@ def jobs_describe(name: str = JOB_ARGUMENT, region: Optional[str] = REGION_OPTIO
 
 def jobs_logs(
     name: str = JOB_ARGUMENT,
-    follow: bool = typer.Option(False, "--follow", "-f", help="Until the job ends."),
+    follow: bool = flag(False, "--follow", "-f", help="Until the job ends."),
     region: Optional[str] = REGION_OPTION,
 ) -> None:
     """The job's log lines from CloudWatch (every host's, by time)."""
@@ -178,7 +179,7 @@ def jobs_stop(name: str = JOB_ARGUMENT, region: Optional[str] = REGION_OPTION) -
 def jobs_download(
     name: str = JOB_ARGUMENT,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory (default: ./NAME)."),
-    force: bool = typer.Option(False, "--force", help="Replace an earlier download there."),
+    force: bool = flag(False, "--force", help="Replace an earlier download there."),
     region: Optional[str] = REGION_OPTION,
 ) -> None:
     """Download a finished job's model for enet evaluate, predict and export."""

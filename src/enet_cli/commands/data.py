@@ -11,6 +11,7 @@ from enet_cli.commands.options import (
     PANEL_DATA,
     PANEL_MODEL,
     config_option,
+    flag,
     overrides,
 )
 from enet_cli.core.config import DEFAULT_IMAGE_SIZE, Interpolation, PreprocessConfig, make_options
@@ -35,7 +36,7 @@ def preprocess(
     interpolation: Optional[Interpolation] = _pp("interpolation"),
     shards: Optional[int] = _pp("shards"),
     workers: Optional[int] = _pp("workers"),
-    force: bool = typer.Option(False, "--force", help="Replace an existing OUTPUT_DIR."),
+    force: bool = flag(False, "--force", help="Replace an existing OUTPUT_DIR."),
 ) -> None:
     """Turn a dataset into TFRecord shards and a manifest (the layout is detected and named).
 

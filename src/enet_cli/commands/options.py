@@ -43,6 +43,16 @@ CONFIG_OPTION = typer.Option(
 )
 
 
+# A flag takes no value: no type column beside it in --help (Typer >= 0.2x would print
+# `<bool>`, which reads as if `--force true` were wanted).
+FLAG_METAVAR = ""
+
+
+def flag(default: bool, *decls: str, help: str) -> Any:
+    """A hand-written flag option, shown as a flag."""
+    return typer.Option(default, *decls, help=help, metavar=FLAG_METAVAR)
+
+
 def config_option(
     section: str, field: str, panel: str, decls: Optional[Sequence[str]] = None, **kwargs: Any
 ) -> Any:
@@ -59,6 +69,8 @@ def config_option(
         if isinstance(default, bool) and len(decls[0].split("/")) == 2:
             default = decls[0].split("/")[0 if default else 1]
         help_text += f" [dim]\\[default: {escape(str(default))}][/dim]"
+    if info.annotation is bool:
+        kwargs.setdefault("metavar", FLAG_METAVAR)
     return typer.Option(
         None, *decls, help=help_text, show_default=False, rich_help_panel=panel, **kwargs
     )

@@ -7,7 +7,7 @@ import typer
 from rich.table import Table
 
 from enet_cli.artifacts.model_ref import model_inputs
-from enet_cli.commands.options import MODEL_HELP, check_size, model_path, size_of
+from enet_cli.commands.options import MODEL_HELP, check_size, flag, model_path, size_of
 from enet_cli.core import ui
 from enet_cli.core.errors import DataError, Interrupted
 from enet_cli.core.formats import FORMATS, InferenceRuntime, ModelFormat, Quantize
@@ -105,7 +105,7 @@ def predict(
         help="HEIGHTxWIDTH of the raw RGB24 frames read from - (stdin).",
     ),
     fps: float = typer.Option(30.0, "--fps", help="Frame rate of the frames read from -."),
-    fps_counter: bool = typer.Option(
+    fps_counter: bool = flag(
         True, "--fps-counter/--no-fps-counter", help="Draw frames/s into video overlays."
     ),
 ) -> None:
@@ -208,8 +208,8 @@ def export(
     calibration_images: int = typer.Option(
         16, "--calibration-images", min=1, help="Training images int8 calibrates on."
     ),
-    xla: bool = typer.Option(False, "--xla", help="SavedModel: serve XLA-compiled."),
-    force: bool = typer.Option(False, "--force", help="Replace an earlier export at --out."),
+    xla: bool = flag(False, "--xla", help="SavedModel: serve XLA-compiled."),
+    force: bool = flag(False, "--force", help="Replace an earlier export at --out."),
 ) -> None:
     """Export a trained model: SavedModel, ONNX, or TFLite in float32, float16 or int8.
 
