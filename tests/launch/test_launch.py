@@ -270,11 +270,11 @@ def test_sync_batchnorm_makes_auto_pick_the_engine_that_has_it(small_data):
 
 def test_a_global_batch_larger_than_the_data_is_one_line(small_data):
     env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "SAGEMAKER_ROLE": ROLE}
-    result = launch(env, str(small_data), "--mode", "ddp", "--batch-size", "2", "--dry-run")
+    result = launch(env, str(small_data), "--mode", "ddp", "--batch-size", "4", "--dry-run")
     assert result.returncode == 3, result.stderr[-2000:]
     assert error_lines(result.stderr) == [
-        "error: --batch-size 2 x 16 replicas = 32 images per step is larger than the train "
-        "split (24 images); use --batch-size 1 or less"
+        "error: --batch-size 4 x 8 replicas = 32 images per step is larger than the train "
+        "split (24 images); use --batch-size 3 or less"
     ]
 
 
@@ -298,7 +298,7 @@ REFUSALS = {
     ),
     "partitions": (
         ["--mode", "mp", "--partitions", "16", "--batch-size", "4"],
-        "--partitions 16 needs 16 GPUs on one instance; the instance type has 8",
+        "--partitions 16 needs 16 GPUs on one instance; the instance type has 4",
     ),
     "sync batch norm on smddp": (
         ["--mode", "ddp", "--engine", "smddp", "--sync-batchnorm"],

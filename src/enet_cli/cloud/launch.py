@@ -30,13 +30,16 @@ def data_channel(data: str, prefix: str) -> str:
 
 
 def check_local_data(cfg: EnetConfig, data: str, replicas: int) -> None:
-    """A local DATA must be enet preprocess output, with enough records for a step."""
+    """A local DATA must be enet preprocess output, with enough records for a step, and
+    every file it would upload inside it: refused here, before the cost question and any
+    upload, not after the user confirmed a price."""
     if data.startswith("s3://"):
         return
     from enet_cli.data.manifest import check_batch_size
 
     manifest = load_manifest(Path(data), splits=["train", "val"])
     check_batch_size(manifest, "train", cfg.train.batch_size, replicas)
+    upload_list(Path(data))
 
 
 def print_plan(plan: LaunchPlan, rows) -> None:
