@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -38,11 +38,18 @@ def run_enet(*args: str, timeout: float = 300, cwd=None) -> subprocess.Completed
     )
 
 
-def invoke(*args: Any, cwd=None, env: Optional[Dict[str, str]] = None, timeout: float = 0):
+def invoke(
+    *args: Any,
+    cwd=None,
+    env: Optional[Dict[str, str]] = None,
+    unset: Sequence[str] = (),
+    timeout: float = 0,
+):
     """`enet ARGS` in this process through the same `main()` a user's shell runs, with
     stdout, stderr and the exit code captured: what a command prints, exits with and
-    writes, without paying a TensorFlow import per call. `env` is set for the call only;
-    `timeout` is run_enet's, unused here (pytest-timeout stops a hung test)."""
+    writes, without paying a TensorFlow import per call. `env` is set and `unset` removed
+    for the call only; `timeout` is run_enet's, unused here (pytest-timeout stops a hung
+    test)."""
     import contextlib
     import io
 
@@ -55,6 +62,8 @@ def invoke(*args: Any, cwd=None, env: Optional[Dict[str, str]] = None, timeout: 
     out, err = io.StringIO(), io.StringIO()
     saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
     os.environ.update({"COLUMNS": "120", **(env or {})})
+    for name in unset:
+        os.environ.pop(name, None)
     sys.argv = ["enet", *argv]
     code: Any = 0
     try:

@@ -14,7 +14,7 @@ from typing import ClassVar, List
 import pytest
 
 from enet_cli.container.contract import ROOT_ENV
-from enet_testing import enet_env
+from enet_testing import enet_env, invoke
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/enet-training"
@@ -215,23 +215,30 @@ MODULES_PROBE = Path(__file__).with_name("modules_probe.py")
 
 
 def run_enet_aws(env, *args, timeout=300, outbound_allowed=False, modules_to=None):
-    """`enet ARGS` in a subprocess with `env` (the aws fixture's, or a broken one); asserts
-    that nothing but the moto server was contacted. With `modules_to` (a path), the
-    top-level modules the process imported are written there (modules_probe.py)."""
-    full_env = {**enet_env(), **env}
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", ROOT_ENV, "SM_HP_MP_PARAMETERS"):
-        full_env.pop(name, None)
-    recorder = OutboundRecorder.running.get(full_env.get("HTTPS_PROXY", ""))
+    """`enet ARGS` with `env` (the aws fixture's, or a broken one), in this process through
+    `main()` (the SDK is imported once per test process, not once per call); asserts that
+    nothing but the moto server was contacted. With `modules_to` (a path) or
+    `outbound_allowed` (what the SDK sends on its own, telemetry, is the point) it is a real
+    process: the top-level modules it imported are written to `modules_to`
+    (modules_probe.py), and the SDK's own start-up is a fresh one."""
+    unset = ("AWS_PROFILE", "AWS_SESSION_TOKEN", ROOT_ENV, "SM_HP_MP_PARAMETERS")
+    recorder = OutboundRecorder.running.get(env.get("HTTPS_PROXY", ""))
     seen = recorder.seen if recorder else []
     before = len(seen)
-    start = ["-m", "enet_cli"] if modules_to is None else [str(MODULES_PROBE), str(modules_to)]
-    result = subprocess.run(
-        [sys.executable, *start, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-    )
+    if modules_to is None and not outbound_allowed:
+        result = invoke(*args, env=env, unset=unset)
+    else:
+        full_env = {**enet_env(), **env}
+        for name in unset:
+            full_env.pop(name, None)
+        start = ["-m", "enet_cli"] if modules_to is None else [str(MODULES_PROBE), str(modules_to)]
+        result = subprocess.run(
+            [sys.executable, *start, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=full_env,
+        )
     # Nothing but the moto server on 127.0.0.1 was contacted (no telemetry, no real AWS).
     if not outbound_allowed:
         assert seen[before:] == [], seen[before:]
