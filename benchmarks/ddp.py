@@ -11,7 +11,8 @@ Communication per step is computed from the model, not sniffed: the gradient all
 carries every trainable float32 parameter; a ring all-reduce sends 2(N-1)/N of that per
 worker. Synchronised batch norm adds three all-reduces per batch-norm layer (count, sum,
 squared deviations; C floats each but the count), and the loss/metrics a few hundred bytes.
-Run: python benchmarks/ddp.py [--size 360x480] [--batch 4]
+Run: python benchmarks/ddp.py [--size 360x480] [--batch 4] [--write]
+(--write: also docs/results/ddp.{json,md}, the table the distributed guide shows)
 """
 
 import argparse
@@ -21,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import Timer, machine, segnet_copies
+from _common import Timer, machine, publish, segnet_copies
 
 from enet_cli.core.config import ModelConfig, PreprocessConfig, parse_size
 from enet_cli.core.metrics import parse_metrics_line
@@ -65,9 +66,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", default="360x480")
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--write", action="store_true", help="write docs/results/ddp.*")
     args = parser.parse_args()
     size = parse_size(args.size)
-    print(f"machine: {machine()}")
+    at_start = machine()
+    print(f"machine: {at_start}")
+    rows, lines = [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = work / "data"
@@ -100,9 +104,10 @@ def main() -> None:
                 f"{name}: {rate:.2f} images/s at global batch {args.batch} "
                 f"({rate / base:.2f}x single; whole command {seconds:.0f} s)"
             )
+            rows.append((name, f"{rate:.2f}", f"{rate / base:.2f}x", f"{seconds:.0f}"))
     for sync in (False, True):
         volume = communication(size, sync, workers=2)
-        print(
+        lines.append(
             f"communication per step, 2 workers{', sync BN' if sync else ''}: gradient "
             f"all-reduce {volume['gradient_bytes'] / 1e6:.2f} MB "
             f"({volume['ring_bytes_sent_per_worker'] / 1e6:.2f} MB sent per worker, ring)"
@@ -113,6 +118,17 @@ def main() -> None:
                 else ""
             )
         )
+        print(lines[-1])
+    if args.write:
+        command = f"python benchmarks/ddp.py --size {args.size} --batch {args.batch} --write"
+        header = ("run", "images/s", "vs single", "whole command (s)")
+        note = (
+            f"{args.size}, global batch {args.batch} (per replica half of it with 2 workers), "
+            "the SegNet sample x4 (24 steps per epoch), images/s as the loop reports it, "
+            "median of epochs 2 and 3 (epoch 1 traces). "
+            + " ".join(f"{line[0].upper()}{line[1:]}." for line in lines)
+        )
+        print(f"wrote {publish('ddp', command, header, rows, note, at_start)}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ A paired, in-process A/B: two train steps of the same model, one traced with the
 one without (`fused.turned_off()`), run alternately so machine load hits both alike; prints
 the median images/s of each and the median of the per-pair ratios with its quartiles. Also
 times the activation alone (forward + backward on a stage-1-sized tensor).
-Run: python benchmarks/fused_prelu.py [--steps 30] [--size 360x480] [--batch 4]
+Run: python benchmarks/fused_prelu.py [--steps 30] [--size 360x480] [--batch 4] [--write]
+(--write: also docs/results/fused_prelu.{json,md}, the table the results page shows)
 """
 
 import argparse
@@ -12,7 +13,7 @@ import contextlib
 import statistics
 import time
 
-from _common import machine
+from _common import machine, publish
 from _probe import train_step
 
 from enet_cli.core.backend import tf
@@ -59,8 +60,10 @@ def paired(variants: dict, rounds: int, per_call: float) -> dict:
     return rates
 
 
-def report(label: str, unit: str, rates: dict) -> None:
-    base = rates["composed"]
+def report(label: str, unit: str, rates: dict) -> list:
+    """Prints each variant's median and its paired ratio to the composed one; returns them
+    as table rows."""
+    base, rows = rates["composed"], []
     for name, values in rates.items():
         ratios = [a / b for a, b in zip(values, base)]
         q = statistics.quantiles(ratios, n=4)
@@ -69,6 +72,14 @@ def report(label: str, unit: str, rates: dict) -> None:
             f"paired ratio vs composed {statistics.median(ratios):.3f} "
             f"(q1 {q[0]:.3f}, q3 {q[2]:.3f}, n={len(ratios)})"
         )
+        rows.append(
+            (
+                f"{label.strip()}, {name}",
+                f"{statistics.median(values):.2f} {unit}",
+                f"{statistics.median(ratios):.2f}x ({q[0]:.2f}-{q[2]:.2f}, {len(ratios)} pairs)",
+            )
+        )
+    return rows
 
 
 def main() -> None:
@@ -76,15 +87,30 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--size", default="360x480")
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--write", action="store_true", help="write docs/results/fused_prelu.*")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
-    print(machine())
+    at_start = machine()
+    print(at_start)
     if fused.prelu() is None:
         raise SystemExit(f"no fused kernel here: {fused.unavailable_reason() or 'turned off'}")
     layer = {name: make_activation(name == "fused") for name in ("composed", "fused")}
-    report("PReLU fwd+bwd", "calls/s", paired(layer, 4 * args.steps, 1.0))
+    rows = report("PReLU fwd+bwd", "calls/s", paired(layer, 4 * args.steps, 1.0))
     steps = {name: make_step(size, args.batch, name == "fused") for name in ("composed", "fused")}
-    report("train step   ", "images/s", paired(steps, args.steps, float(args.batch)))
+    rows += report("train step   ", "images/s", paired(steps, args.steps, float(args.batch)))
+    if args.write:
+        command = (
+            f"python benchmarks/fused_prelu.py --steps {args.steps} --size {args.size} "
+            f"--batch {args.batch} --write"
+        )
+        header = ("what, variant", "median", "paired ratio vs composed (quartiles)")
+        note = (
+            f"A paired in-process A/B: the same model's training step ({args.size}, batch "
+            f"{args.batch}, float32) traced with the fused kernel and with Keras' composed "
+            "PReLU, run alternately; the activation alone is forward and backward on a "
+            "(4, 90, 120, 64) tensor."
+        )
+        print(f"wrote {publish('fused_prelu', command, header, rows, note, at_start)}")
 
 
 if __name__ == "__main__":

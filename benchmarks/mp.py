@@ -15,15 +15,16 @@ gradient standing for the one the later stage sends back).
 Throughput (--what throughput): one training step at 360x480, batch 4, on one device and
 as a 2-stage pipeline with 1 and 2 microbatches; medians after warm-up.
 
-Run: python benchmarks/mp.py [--what all] [--cap-mb 1024] [--steps 5]  (TF >= 2.13: the
-CPU allocator statistics are not available in older TensorFlow)
+Run: python benchmarks/mp.py [--what all] [--cap-mb 1024] [--steps 5] [--write]  (TF >= 2.13:
+the CPU allocator statistics are not available in older TensorFlow; --write: also
+docs/results/mp_memory.{json,md} and mp_throughput.{json,md}, the distributed guide's tables)
 """
 
 import argparse
 import statistics
 import time
 
-from _common import machine
+from _common import machine, publish
 
 from enet_cli.core.config import RuntimeConfig
 from enet_cli.train.engines.pipeline import PipelineEngine
@@ -83,9 +84,10 @@ def rate(engine, steps: int) -> float:
     return 4 / statistics.median(times)
 
 
-def throughput(steps: int) -> None:
+def throughput(steps: int) -> list:
     base = rate(None, steps)
     print(f"360x480 batch 4, single: {base:.2f} images/s")
+    rows = [("single, 1 device", f"{base:.2f}", "1.00x")]
     for microbatches in (1, 2):
         PIPELINE.microbatches = microbatches
         r = rate(PIPELINE, steps)
@@ -93,6 +95,9 @@ def throughput(steps: int) -> None:
             f"360x480 batch 4, mp 2 stages x {microbatches} microbatch(es): {r:.2f} images/s "
             f"({r / base:.2f}x single)"
         )
+        name = f"mp, 2 stages x {microbatches} microbatch(es)"
+        rows.append((name, f"{r:.2f}", f"{r / base:.2f}x"))
+    return rows
 
 
 # ---- memory -------------------------------------------------------------------------------
@@ -155,8 +160,10 @@ def _consumed(blocks, name, later) -> bool:
     return any(name in blocks[n].inputs for n in later)
 
 
-def memory(cap_mb: float) -> None:
+def memory(cap_mb: float) -> tuple:
+    """Prints and returns the table rows and the sentence saying what fits under the cap."""
     fits = {"single": None, "mp": None}
+    rows, said = [], []
     for size in LADDER:
         model = build_enet(ModelConfig(num_classes=11, dropout=0, stage1_dropout=0), size)
         single = _single_need(model, size)
@@ -167,6 +174,14 @@ def memory(cap_mb: float) -> None:
             + " + ".join(f"{n / MB:.0f}" for n in needs)
             + f" MB (largest stage {worst / single:.2f}x single)"
         )
+        rows.append(
+            (
+                f"{size[0]}x{size[1]}",
+                f"{single / MB:,.0f} MB",
+                *(f"{n / MB:,.0f} MB" for n in needs),
+                f"{worst / single:.2f}",
+            )
+        )
         if single <= cap_mb * MB:
             fits["single"] = size
         if worst <= cap_mb * MB:
@@ -174,9 +189,13 @@ def memory(cap_mb: float) -> None:
         keras.backend.clear_session()
     for name, size in fits.items():
         text = f"{size[0]}x{size[1]}" if size else f"none (smallest {LADDER[0]})"
+        said.append(f"{name}: {text}")
         print(
             f"largest input of the ladder that trains within {cap_mb:.0f} MB/device, {name}: {text}"
         )
+    return rows, f"Largest input of the ladder within {cap_mb:.0f} MB per device: " + "; ".join(
+        said
+    )
 
 
 def main() -> None:
@@ -184,12 +203,31 @@ def main() -> None:
     parser.add_argument("--what", choices=["memory", "throughput", "all"], default="all")
     parser.add_argument("--cap-mb", type=float, default=1024)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--write", action="store_true", help="write docs/results/mp_*")
     args = parser.parse_args()
-    print(f"machine: {machine()}; TensorFlow {tf.__version__}")
+    at_start = machine()
+    print(f"machine: {at_start}; TensorFlow {tf.__version__}")
     if args.what in ("memory", "all"):
-        memory(args.cap_mb)
+        rows, fits = memory(args.cap_mb)
+        if args.write:
+            command = f"python benchmarks/mp.py --what memory --cap-mb {args.cap_mb:g} --write"
+            header = ("input", "single", "mp stage 0", "mp stage 1", "largest stage / single")
+            note = (
+                "Batch 1; a device's need is its variables with Adam's two slots, what it "
+                "receives, and the allocator's peak while its forward, backward and update run, "
+                f"each stage measured alone. {fits}."
+            )
+            print(f"wrote {publish('mp_memory', command, header, rows, note, at_start)}")
     if args.what in ("throughput", "all"):
-        throughput(args.steps)
+        rows = throughput(args.steps)
+        if args.write:
+            command = f"python benchmarks/mp.py --what throughput --steps {args.steps} --write"
+            header = ("run", "images/s", "vs single")
+            note = (
+                f"360x480, batch 4, median of {args.steps} steps after warm-up; the two "
+                "logical devices share this machine's cores."
+            )
+            print(f"wrote {publish('mp_throughput', command, header, rows, note, at_start)}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ images/s >= 1.5x the port's, exported inference latency <= 0.5x the port's).
 
 Run: python benchmarks/versus_pytorch.py --torch-python VENV/bin/python \\
         --port PyTorch-ENet/models/enet.py [--before-src OLD_CHECKOUT/src ...] [--rounds 2]
+        [--write]
+(--write: also docs/results/versus_pytorch.{json,md}, the table the results page shows)
 """
 
 import argparse
@@ -20,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import ROOT, machine
+from _common import ROOT, machine, publish
 
 EXPORTED = "keras_xla,saved_model,tflite_float32,tflite_float16,tflite_int8"
 
@@ -63,8 +65,10 @@ def main() -> None:
         "--before-src", type=Path, action="append", default=[], help="an older checkout's src"
     )
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--write", action="store_true", help="write docs/results/versus_pytorch.*")
     args = parser.parse_args()
-    print(f"machine: {machine()}")
+    at_start = machine()
+    print(f"machine: {at_start}")
     rows = {}
     for r in range(args.rounds):
         figures = {"pytorch": _json_line([args.torch_python, str(ROOT / "benchmarks" /
@@ -77,23 +81,38 @@ def main() -> None:
         for who, values in figures.items():
             for key, value in values.items():
                 rows.setdefault((who, key), []).append(value)
-    print(f"machine after: {machine()}")
+    after = machine()
+    print(f"machine after: {after}")
     med = {k: statistics.median(v) for k, v in rows.items() if isinstance(v[0], float)}
     torch_train = med[("pytorch", "train_images_per_sec")]
     torch_ms = med[("pytorch", "infer_ms")]
-    print(f"\n{'what':42s} {'median':>10s} {'vs PyTorch-ENet':>16s}")
-    print(f"{'PyTorch-ENet train (images/s)':42s} {torch_train:10.2f} {1.0:15.2f}x")
+    table = [("PyTorch-ENet, training (images/s)", f"{torch_train:.2f}", "1.00x")]
     for who in [f"before {_commit(src)}" for src in args.before_src] + ["after"]:
         if (who, "train") in med:
             value = med[(who, "train")]
-            print(
-                f"{f'enet {who}: train (images/s)':42s} {value:10.2f} {value / torch_train:15.2f}x"
-            )
-    print(f"{'PyTorch-ENet inference (ms/image)':42s} {torch_ms:10.1f} {1.0:15.2f}x")
+            table.append((f"enet {who}, training", f"{value:.2f}", f"{value / torch_train:.2f}x"))
+    table.append(("PyTorch-ENet, inference (ms/image)", f"{torch_ms:.1f}", "1.00x"))
     for (who, key), value in sorted(med.items()):
         if who != "pytorch" and key.startswith("infer_"):
-            label = f"enet {who}: {key[6:]} (ms/image)"
-            print(f"{label:42s} {value:10.1f} {value / torch_ms:15.2f}x")
+            table.append((f"enet {who}, {key[6:]}", f"{value:.1f}", f"{value / torch_ms:.2f}x"))
+    print(f"\n{'what':42s} {'median':>10s} {'vs PyTorch-ENet':>16s}")
+    for label, value, ratio in table:
+        print(f"{label:42s} {value:>10s} {ratio:>16s}")
+    if args.write:
+        before = "".join(f" --before-src {src}" for src in args.before_src)
+        command = (
+            f"python benchmarks/versus_pytorch.py --torch-python TORCH_VENV/bin/python --port "
+            f"PyTorch-ENet/models/enet.py{before} --rounds {args.rounds} --write"
+        )
+        note = (
+            f"Medians of {args.rounds} alternating rounds; 360x480; training batch 4, float32; "
+            "inference one image per call. PyTorch-ENet is davidtvs/PyTorch-ENet's model "
+            "(benchmarks/pytorch_port.py), timed without its train.py's per-step IoU "
+            "bookkeeping while ours includes the confusion matrix. Machine at the end: "
+            f"{after}."
+        )
+        header = ("what", "median", "vs PyTorch-ENet")
+        print(f"wrote {publish('versus_pytorch', command, header, table, note, at_start)}")
 
 
 if __name__ == "__main__":
