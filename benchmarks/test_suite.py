@@ -4,7 +4,7 @@ Runs README's test command (`python -m pytest`, the suite's own options: two xdi
 processes) on a fresh clone of HEAD, so nothing local (a cache, an uncommitted file) helps,
 and reads pytest's `--durations=0` report. Issue 29's target: the main suite at most 12
 minutes on a 2-core machine. Check `uptime` first: these machines are shared.
-Run: python benchmarks/test_suite.py [--write]
+Run: python benchmarks/test_suite.py [--write] [--report FILE]
 (--write: also docs/results/test_suite.{json,md}, the table the design page shows)
 """
 
@@ -27,6 +27,7 @@ SUMMARY = re.compile(r"=+ (.*) in [\d.]+s")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="write docs/results/test_suite.*")
+    parser.add_argument("--report", type=Path, help="also keep pytest's whole output here")
     args = parser.parse_args()
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -44,6 +45,8 @@ def main() -> None:
         )  # fmt: skip
         wall = time.perf_counter() - start
     report = run.stdout
+    if args.report:
+        args.report.write_text(report + run.stderr)
     summary = SUMMARY.findall(report)
     outcome = summary[-1] if summary else "no summary (see the output above)"
     per_test = defaultdict(float)
