@@ -12,6 +12,11 @@ from typing import Callable
 
 import pytest
 
+# The test processes import onnxruntime (test_onnx.py, at collection): no usage reports to
+# Microsoft from them either (see serving/onnx_model.py); test_onnx checks enet's own opt-out
+# in processes without this.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 from enet_testing import (
     FIXTURES,
     REPO,

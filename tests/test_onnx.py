@@ -7,6 +7,9 @@ tolerance, at the training size and at any other size (padding inside the graph)
 """
 
 import re
+import subprocess
+import sys
+import time
 
 import numpy as np
 import onnx  # the [onnx] extra, part of the dev install
@@ -17,6 +20,7 @@ from PIL import Image
 from enet_testing import (
     FIXTURES,
     PIXELS_OFF_AT_A_TIE,
+    enet_env,
     invoke,
     one_error_line,
 )
@@ -131,3 +135,47 @@ def test_a_fixed_size_onnx_export_says_which_size_it_takes(trained_run, tmp_path
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     classes = np.asarray(Image.open(tmp_path / "p" / f"{photo.stem}_classes.png"))
     assert classes.shape == (360, 480)  # resized to 64x96 for the model, and back
+
+
+_HOLD_ONNX_SESSION = """
+import sys, time
+import numpy as np
+from enet_cli.serving.onnx_model import OnnxRunner
+
+runner = OnnxRunner(sys.argv[1])
+runner.session.run(None, {"images": np.zeros((1, 96, 128, 3), np.uint8)})
+time.sleep(float(sys.argv[2]))  # onnxruntime uploads its first events after a few seconds
+"""
+
+
+def test_onnxruntime_reports_nothing_to_microsoft_unless_the_user_allows_it(onnx_export):
+    """onnxruntime >= 1.29 sends usage events from Linux after a few seconds of a session's
+    life (microsoft/onnxruntime PR 27379). Two real processes hold an ONNX session, each
+    through a proxy that records every host it is asked for: ours asks for none; one whose
+    user set ORT_DISABLE_TELEMETRY=0 shows that the proxy would have seen it."""
+    from moto_aws import OutboundRecorder
+
+    out, _ = onnx_export
+    recorders = {"ours": OutboundRecorder(), "user allows it": OutboundRecorder()}
+    try:
+        processes = {}
+        for who, recorder in recorders.items():
+            env = {**enet_env(), **recorder.env()}
+            env.pop("ORT_DISABLE_TELEMETRY", None)  # conftest's, for the test processes
+            if who == "user allows it":
+                env["ORT_DISABLE_TELEMETRY"] = "0"
+            processes[who] = subprocess.Popen(
+                [sys.executable, "-c", _HOLD_ONNX_SESSION, str(out / "model.onnx"), "15"],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+        for process in processes.values():
+            _, stderr = process.communicate(timeout=120)
+            assert process.returncode == 0, stderr[-2000:]
+        time.sleep(0.5)
+        assert recorders["ours"].seen == []
+        allowed = recorders["user allows it"].seen
+        assert allowed, "onnxruntime sent nothing even when allowed: revisit this test"
+        assert all("microsoft.com" in host for host in allowed), allowed
+    finally:
+        for recorder in recorders.values():
+            recorder.server.shutdown()

@@ -11,6 +11,7 @@ returns `logits` (float32) and `classes` (int32).
 tf2onnx and onnxruntime are the `[onnx]` extra: only the laptop side needs them.
 """
 
+import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -22,11 +23,18 @@ from enet_cli.pixels.preprocessor import run_padded, to_unit
 
 OPSET = 17  # onnxruntime >= 1.14 runs it; 17 is tf2onnx 1.16's and 1.17's tested maximum
 EXTRA = "pip install 'enet-cli[onnx]'"
+# onnxruntime 1.29 and later report usage to Microsoft from Linux and macOS as well
+# (microsoft/onnxruntime PR 27379), after a few seconds of a session's life: a long predict
+# or benchmark sends it. ORT_DISABLE_TELEMETRY=1, read once when onnxruntime starts, turns
+# that off entirely. A command-line tool should not report its users' work on its own: off
+# unless the user set the variable themselves (as the SageMaker SDK's, cloud/aws.py).
+ORT_TELEMETRY = "ORT_DISABLE_TELEMETRY"
 
 
 def _require(module: str):
     import importlib
 
+    os.environ.setdefault(ORT_TELEMETRY, "1")  # before any ONNX library can start onnxruntime
     try:
         return importlib.import_module(module)
     except ImportError:
