@@ -70,6 +70,24 @@ def _made_once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Pat
     return target
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _caches_in_the_runs_temporary_directory(tmp_path_factory):
+    """What enet caches (compiled kernels, the job's wheel: core/cache.py) goes into this
+    run's temporary directory, shared by its workers and the processes they start, never
+    into the user's ~/.cache."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    cache = root / "shared" / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    yield cache
+    if saved is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved
+
+
 @pytest.fixture(scope="session")
 def segnet_data(tmp_path_factory) -> Path:
     """The SegNet sample preprocessed once at its native 360x480 (read-only for tests)."""

@@ -666,3 +666,31 @@ def test_a_tuning_jobs_worst_case_counts_every_training_job():
     assert (cost.per_hour, cost.worst_case) == (4.0, 4.0 * 3 * 12)
     assert "worst case $144.00 for 12 jobs x --max-run 3 h" in cost.describe(spot=False)
     assert on_demand_price({"PriceList": []}) is None
+
+
+def test_the_jobs_wheel_is_built_once_per_package_and_anew_after_any_change(tmp_path, monkeypatch):
+    """pip runs once for a package; the same files reuse the cached wheel byte for byte;
+    any change (here the version in its metadata) builds anew; an unwritable cache only
+    costs the reuse."""
+    import enet_cli
+    from enet_cli.cloud import source
+
+    builds = []
+    real = source._pip_wheel
+    monkeypatch.setattr(source, "_pip_wheel", lambda *a: builds.append(a) or real(*a))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = source.build_wheel(tmp_path / "a")
+    second = source.build_wheel(tmp_path / "b")
+    assert len(builds) == 1 and first.name == second.name
+    assert first.read_bytes() == second.read_bytes()
+    assert list((tmp_path / "cache" / "enet-cli" / "wheels").glob("*/enet_cli-*.whl"))
+
+    monkeypatch.setattr(enet_cli, "__version__", "9.9.9")
+    changed = source.build_wheel(tmp_path / "c")
+    assert len(builds) == 2 and changed.name.startswith("enet_cli-9.9.9-")
+
+    (tmp_path / "not-a-dir").write_text("x")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-dir"))
+    for out in ("d", "e"):
+        assert source.build_wheel(tmp_path / out).name == changed.name
+    assert len(builds) == 4

@@ -177,10 +177,9 @@ def download(
 
 def cache_dir() -> Path:
     """Where a job's model is kept when a command is given the job's name."""
-    import os
+    from enet_cli.core.cache import user_cache
 
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "enet-cli" / "jobs"
+    return user_cache("jobs")
 
 
 def model_of(argument: Path) -> Path:

@@ -3,10 +3,15 @@
 "Submits itself": the container runs this very version of enet-cli. The wheel is built
 from the installed package (an editable checkout or a wheel install alike): its files and
 its metadata are copied into a scratch project, so nothing is written into a user's tree.
+Building takes pip seconds on every launch, so the wheel is kept in the user's cache under
+the digest of exactly what went into it (every file and the project metadata): the same
+package reuses it, any edit to a file builds anew.
 """
 
+import hashlib
 import importlib.metadata
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import enet_cli
+from enet_cli.core.cache import user_cache
 from enet_cli.core.errors import EnvironmentProblem
 
 DISTRIBUTION = "enet-cli"
@@ -67,24 +73,61 @@ def _setuptools_recent() -> bool:
     return (major, minor) >= (62, 3)
 
 
+def _digest(project: Path) -> str:
+    """SHA-256 over every file of the scratch project, names and contents, in a fixed order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in project.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(project).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:32]
+
+
+def _pip_wheel(project: Path, out_dir: Path) -> None:
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet"]
+    if _setuptools_recent():
+        command.append("--no-build-isolation")
+    command += ["--wheel-dir", str(out_dir), str(project)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise EnvironmentProblem(f"cannot build the enet-cli wheel for the job: {last}")
+
+
 def build_wheel(out_dir: Path) -> Path:
     """This enet-cli as a wheel in `out_dir` (setuptools of this environment when recent
-    enough, so it builds offline; else pip's isolated build)."""
+    enough, so it builds offline; else pip's isolated build), from the cache when this very
+    package was built before. A cache that cannot be written only costs the reuse."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="enet-wheel-") as tmp:
         project = _scratch_project(Path(tmp))
-        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet"]
-        if _setuptools_recent():
-            command.append("--no-build-isolation")
-        command += ["--wheel-dir", str(out_dir), str(project)]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
-            raise EnvironmentProblem(f"cannot build the enet-cli wheel for the job: {last}")
-    wheels = sorted(out_dir.glob("enet_cli-*.whl"))
-    if not wheels:
-        raise EnvironmentProblem(f"pip wheel wrote no enet_cli wheel into {out_dir}")
-    return wheels[-1]
+        cached = user_cache("wheels") / _digest(project)
+        wheels = sorted(cached.glob("enet_cli-*.whl"))
+        if not wheels:
+            built = Path(tmp) / "built"
+            _pip_wheel(project, built)
+            wheels = sorted(built.glob("enet_cli-*.whl"))
+            if not wheels:
+                raise EnvironmentProblem(f"pip wheel wrote no enet_cli wheel for {project}")
+            _keep(wheels[-1], cached)
+        target = out_dir / wheels[-1].name
+        shutil.copyfile(wheels[-1], target)
+    return target
+
+
+def _keep(wheel: Path, cached: Path) -> None:
+    """Put `wheel` in `cached` as a whole directory at once (a rename), so a reader never
+    sees half a file; when another process got there first, or the cache is not writable,
+    nothing is kept and nothing fails."""
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=cached.parent))
+    except OSError:
+        return
+    try:
+        shutil.copy2(wheel, staging / wheel.name)
+        os.replace(staging, cached)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def stage_source(directory: Path) -> Path:

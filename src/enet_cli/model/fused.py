@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
 from enet_cli.core.backend import tf
+from enet_cli.core.cache import user_cache
 
 SOURCE = Path(__file__).parent / "csrc" / "prelu.cc"
 BUILD_TIMEOUT_S = 600
@@ -40,11 +41,7 @@ _reason = {}  # "prelu" -> why it is unavailable
 
 
 def cache_dir() -> Path:
-    configured = os.environ.get("ENET_KERNEL_CACHE")
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "enet-cli" / "kernels"
+    return user_cache("kernels", "ENET_KERNEL_CACHE")
 
 
 def _compile_command(source: Path, output: Path) -> List[str]:
