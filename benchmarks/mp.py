@@ -21,8 +21,13 @@ docs/results/mp_memory.{json,md} and mp_throughput.{json,md}, the distributed gu
 """
 
 import argparse
+import os
 import statistics
 import time
+
+# TensorFlow keeps allocator statistics on the CPU only with its BFC allocator there: without
+# it, reset_memory_stats("CPU:0") is refused. Set before TensorFlow starts.
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 from _common import machine, publish
 
