@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import List, NamedTuple, Optional, Tuple
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from enet_cli.core.config import ModelConfig
 from enet_cli.core.errors import ConfigError, DataError
@@ -36,15 +36,20 @@ def local_paths(run_dir: Path) -> RunPaths:
 class RunMeta(BaseModel):
     """What a checkpoint or SavedModel holds; written beside them as enet.json."""
 
-    format_version: int = 1
-    model: ModelConfig
-    image_size: Tuple[int, int]
-    class_names: List[str]
-    class_colors: List[Tuple[int, int, int]]
-    void_color: Tuple[int, int, int] = (0, 0, 0)
-    ignore_index: int
-    # The filter `enet preprocess` shrank the training images with: serving uses it too.
-    interpolation: str = "area"
+    format_version: int = Field(1, description="Version of this format.")
+    model: ModelConfig = Field(
+        description="The settings file's `model` section (classes, depth, ...): the graph."
+    )
+    image_size: Tuple[int, int] = Field(description="[height, width] it was trained at.")
+    class_names: List[str] = Field(description="The classes, label 0 first.")
+    class_colors: List[Tuple[int, int, int]] = Field(description="Their RGB colours.")
+    void_color: Tuple[int, int, int] = Field((0, 0, 0), description="RGB of void.")
+    ignore_index: int = Field(description="The void label: the number of classes.")
+    interpolation: str = Field(
+        "area",
+        description="The filter `enet preprocess` shrank the training images with: "
+        "serving resizes photos with it too.",
+    )
 
     @classmethod
     def from_manifest(cls, model: ModelConfig, manifest: Manifest) -> "RunMeta":

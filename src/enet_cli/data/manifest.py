@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from enet_cli.core.config import DataConfig, global_batch
 from enet_cli.core.errors import DataError
@@ -19,21 +19,31 @@ MANIFEST_NAME = "manifest.json"
 
 
 class ShardInfo(BaseModel):
-    file: str
-    records: int
-    sha256: str
+    """One TFRecord file of a split."""
+
+    file: str = Field(description="The shard's file name, beside manifest.json.")
+    records: int = Field(description="Examples (image + label) it holds.")
+    sha256: str = Field(description="SHA-256 of the file: a damaged shard is named.")
 
 
 class SplitInfo(BaseModel):
-    records: int
-    shards: List[ShardInfo]
-    unknown_label_pixels: int = 0
-    labeled: bool = True  # False: every label is void (e.g. Cityscapes test): predict only
+    """One split (train, val, test) of the dataset."""
+
+    records: int = Field(description="Examples in the split.")
+    shards: List[ShardInfo] = Field(description="Its TFRecord files, in reading order.")
+    unknown_label_pixels: int = Field(
+        0, description="Label pixels of no known class, written as void."
+    )
+    labeled: bool = Field(
+        True, description="False when every label is void (Cityscapes test): predict only."
+    )
 
 
 class ClassInfo(BaseModel):
-    name: str
-    color: Tuple[int, int, int]
+    """One class, in label order."""
+
+    name: str = Field(description="The class's name, as tables and legends show it.")
+    color: Tuple[int, int, int] = Field(description="Its RGB colour in overlays and masks.")
 
 
 class Manifest(BaseModel):
@@ -41,20 +51,24 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    format_version: int
-    created_by: str
-    source_layout: str
-    source_dir: str
-    scheme: str
-    image_size: Tuple[int, int]
-    classes: List[ClassInfo]
-    ignore_index: int
-    void_color: Tuple[int, int, int] = (0, 0, 0)
-    interpolation: str = "area"  # the filter images were resized with (preprocessor.py)
-    splits: Dict[str, SplitInfo]
-    train_pixel_histogram: List[int]
-    train_void_pixels: int
-    class_weights: Dict[str, List[float]]
+    format_version: int = Field(description="Version of this format; readers refuse newer.")
+    created_by: str = Field(description="The enet-cli version that wrote it.")
+    source_layout: str = Field(description="The layout `enet preprocess` detected.")
+    source_dir: str = Field(description="The dataset directory it read.")
+    scheme: str = Field(description="The class table (label scheme) the labels follow.")
+    image_size: Tuple[int, int] = Field(description="[height, width] of every image stored.")
+    classes: List[ClassInfo] = Field(description="The classes, label 0 first.")
+    ignore_index: int = Field(description="The void label: the number of classes.")
+    void_color: Tuple[int, int, int] = Field((0, 0, 0), description="RGB of void in masks.")
+    interpolation: str = Field(
+        "area", description="The filter images were resized with (serving uses it too)."
+    )
+    splits: Dict[str, SplitInfo] = Field(description="Each split, by name.")
+    train_pixel_histogram: List[int] = Field(description="Train pixels per class.")
+    train_void_pixels: int = Field(description="Train pixels labelled void.")
+    class_weights: Dict[str, List[float]] = Field(
+        description="Loss weights per class for each --class-weighting scheme."
+    )
 
     @property
     def num_classes(self) -> int:
