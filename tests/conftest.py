@@ -2,13 +2,10 @@
 keeps tests out of the working tree. Helpers live in enet_testing.py: tests import them
 from there, never from this file."""
 
-import fcntl
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -24,6 +21,7 @@ from enet_testing import (
     SMALL_SIZE,
     copy_fixture,
     fit_quietly,
+    made_once,
     preprocess_to,
     run_enet,
     train_config,
@@ -52,24 +50,6 @@ def camvid_kaggle_mini(tmp_path) -> Path:
     return copy_fixture("camvid-kaggle-mini", tmp_path)
 
 
-def _made_once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
-    """`root/name`, made by the first pytest-xdist worker that asks (under an OS lock) and
-    reused by the others: a trained run costs a minute, and two workers on two cores would
-    each pay it. Without xdist it is an ordinary session directory."""
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # one per run
-    target, done = root / "shared" / name, root / "shared" / f"{name}.done"
-    target.parent.mkdir(exist_ok=True)
-    with open(root / "shared" / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not done.exists():
-            shutil.rmtree(target, ignore_errors=True)
-            target.mkdir()
-            make(target)
-            done.touch()
-    return target
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _caches_in_the_runs_temporary_directory(tmp_path_factory):
     """What enet caches (compiled kernels, the job's wheel: core/cache.py) goes into this
@@ -95,7 +75,7 @@ def segnet_data(tmp_path_factory) -> Path:
     def make(root: Path) -> None:
         preprocess_to(FIXTURES / "camvid-segnet-mini", root / "data", workers=2, shards=4)
 
-    return _made_once(tmp_path_factory, "segnet", make) / "data"
+    return made_once(tmp_path_factory, "segnet", make) / "data"
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +87,7 @@ def small_data(tmp_path_factory) -> Path:
             FIXTURES / "camvid-segnet-mini", root / "data", image_size=SMALL_SIZE, workers=1
         )
 
-    return _made_once(tmp_path_factory, "small", make) / "data"
+    return made_once(tmp_path_factory, "small", make) / "data"
 
 
 @pytest.fixture(scope="session")
@@ -122,7 +102,7 @@ def single_step_run(small_data, tmp_path_factory) -> Path:
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
 
-    return _made_once(tmp_path_factory, "single-step", make) / "run"
+    return made_once(tmp_path_factory, "single-step", make) / "run"
 
 
 @pytest.fixture(scope="session")
@@ -134,7 +114,7 @@ def trained_run(small_data, tmp_path_factory) -> Path:
     def make(root: Path) -> None:
         fit_quietly(train_config(small_data, root / "run", epochs=2, augment=True))
 
-    return _made_once(tmp_path_factory, "trained", make) / "run"
+    return made_once(tmp_path_factory, "trained", make) / "run"
 
 
 @pytest.fixture

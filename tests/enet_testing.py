@@ -3,6 +3,7 @@
 stand-ins, small deterministic inputs, and the comparisons the suites agree on. Fixtures
 (trained runs, preprocessed data) live in conftest.py, the moto server in moto_aws.py."""
 
+import fcntl
 import hashlib
 import os
 import re
@@ -400,3 +401,21 @@ def checkpoint_values(directory: Path, name: str = "") -> dict:
 
 # ---------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------
+
+
+def made_once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
+    """`root/name`, made by the first pytest-xdist worker that asks (under an OS lock) and
+    reused by the others: a trained run costs a minute, and two workers on two cores would
+    each pay it. Without xdist it is an ordinary session directory."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # one per run
+    target, done = root / "shared" / name, root / "shared" / f"{name}.done"
+    target.parent.mkdir(exist_ok=True)
+    with open(root / "shared" / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            make(target)
+            done.touch()
+    return target

@@ -1,10 +1,11 @@
 """Shared by the two every-step tests (a file each: the two test processes run them side by
 side). Stopped at every step, by SIGTERM and by SIGKILL, a run ends where a straight run ends.
 
-A small run (2 epochs of 2 steps, a checkpoint after every step) is run straight once, then
-as a chain of real `enet train` processes:
+A small run (3 steps: an epoch of 2 and one more, a checkpoint after every step) is run
+straight once for the whole test run, then as a chain of real `enet train` processes:
 - SIGTERM chain: each process is stopped as soon as it starts training, so it stops after
-  exactly one step: at steps 1, 2 (an epoch's last step), 3 and 4 (the run's last step);
+  exactly one step: at steps 1, 2 (an epoch's last step) and 3 (the run's last step, in the
+  middle of an epoch);
   every checkpoint a stop saves must equal the straight run's checkpoint of that step,
   variable for variable (a checkpoint is a pure function of its step);
 - SIGKILL chain: killed while a checkpoint is being written, during an epoch's validation,
@@ -26,30 +27,32 @@ from typing import List
 import numpy as np
 import pytest
 
-from enet_testing import FIXTURES, SMALL_MODEL, enet_env, preprocess_to
+from enet_testing import FIXTURES, SMALL_MODEL, enet_env, made_once, preprocess_to
 
 SIZE = "32x48"
 ARGS = [
-    "--epochs", "2", "--batch-size", "4", "--checkpoint-every-steps", "1",
+    "--steps", "3", "--batch-size", "4", "--checkpoint-every-steps", "1",
     "--keep-checkpoints", "10", "--seed", "1", "--size", SIZE, "--learning-rate", "0.002",
     *SMALL_MODEL,
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """8 train and 4 val images of the SegNet sample at 32x48: 2 steps per epoch."""
-    raw = tmp_path_factory.mktemp("tiny") / "raw"
-    source = FIXTURES / "camvid-segnet-mini"
-    for images, labels, count in (("train", "trainannot", 8), ("val", "valannot", 4)):
-        (raw / images).mkdir(parents=True)
-        (raw / labels).mkdir()
-        for path in sorted((source / images).iterdir())[:count]:
-            shutil.copy(path, raw / images / path.name)
-            shutil.copy(source / labels / path.name, raw / labels / path.name)
-    out = raw.parent / "data"
-    preprocess_to(raw, out, image_size=SIZE, workers=1)
-    return out
+
+    def make(root: Path) -> None:
+        raw = root / "raw"
+        source = FIXTURES / "camvid-segnet-mini"
+        for images, labels, count in (("train", "trainannot", 8), ("val", "valannot", 4)):
+            (raw / images).mkdir(parents=True)
+            (raw / labels).mkdir()
+            for path in sorted((source / images).iterdir())[:count]:
+                shutil.copy(path, raw / images / path.name)
+                shutil.copy(source / labels / path.name, raw / labels / path.name)
+        preprocess_to(raw, root / "data", image_size=SIZE, workers=1)
+
+    return made_once(tmp_path_factory, "tiny", make) / "data"
 
 
 PAUSE_PROBE = Path(__file__).with_name("pause_probe.py")
@@ -123,13 +126,17 @@ def _history(run_dir: Path) -> list:
     return [{k: v for k, v in epoch.items() if k != "images_per_sec"} for epoch in history]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def straight(tiny_data, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("straight") / "run"
-    run = Run(tiny_data, run_dir)
-    assert run.finish() == 0, run.stderr
-    assert _checkpoints(run_dir) == [1, 2, 3, 4]
-    return run_dir
+    """The straight run, read-only: made once for both chains (a file each, often run side
+    by side by the two test processes)."""
+
+    def make(root: Path) -> None:
+        run = Run(tiny_data, root / "run")
+        assert run.finish() == 0, run.stderr
+        assert _checkpoints(root / "run") == [1, 2, 3]
+
+    return made_once(tmp_path_factory, "straight", make) / "run"
 
 
 def _reads(pid: int, name: str) -> bool:

@@ -21,6 +21,7 @@ from enet_testing import (
     checkpoint_values,
     enet_env,
     error_lines,
+    invoke,
     run_enet,
     user_env,
 )
@@ -221,7 +222,7 @@ def test_two_workers_step_equals_one_process_at_the_global_batch(
 
     # Checkpoints move between modes: the ddp checkpoint scores in evaluate (a single
     # process), and ddp resumes the single run where it stopped.
-    result = run_enet("evaluate", str(ddp / "checkpoints"), str(small_data), "--split", "val")
+    result = invoke("evaluate", str(ddp / "checkpoints"), str(small_data), "--split", "val")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mean IoU" in result.stdout
     result = two_workers(2, single, "--scale-lr")
