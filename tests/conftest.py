@@ -17,6 +17,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 from enet_testing import (
     FIXTURES,
     REPO,
+    SMALL_BOTTLENECKS,
     SMALL_MODEL,
     SMALL_SIZE,
     copy_fixture,
@@ -174,3 +175,32 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             f"(write under tmp_path instead): {', '.join(new[:10])}",
             red=True,
         )
+
+
+@pytest.fixture(scope="session")
+def untrained_exports(small_data, tmp_path_factory) -> dict:
+    """An untrained ENet (seeded random weights: frame order and runtimes need no accuracy)
+    written as a SavedModel with its enet.json, and exported to TFLite and ONNX as `enet
+    export` does: {"saved_model" | "tflite" | "onnx": directory}. Read-only."""
+
+    def make(root: Path) -> None:
+        import tensorflow as tf
+
+        from enet_cli.artifacts.run import RunMeta
+        from enet_cli.core.config import ModelConfig
+        from enet_cli.core.formats import ModelFormat
+        from enet_cli.data.manifest import load_manifest
+        from enet_cli.model import build_enet
+        from enet_cli.serving.export import ExportRequest, export_model, write_saved_model
+
+        manifest = load_manifest(small_data)
+        cfg = ModelConfig(num_classes=manifest.num_classes, bottlenecks=SMALL_BOTTLENECKS)
+        meta = RunMeta.from_manifest(cfg, manifest)
+        tf.random.set_seed(7)
+        write_saved_model(build_enet(meta.model, None), meta, root / "saved_model")
+        for fmt in (ModelFormat.tflite, ModelFormat.onnx):
+            request = ExportRequest(source=root / "saved_model", out=root / fmt.value, format=fmt)
+            export_model(request)
+
+    root = made_once(tmp_path_factory, "untrained", make)
+    return {name: root / name for name in ("saved_model", "tflite", "onnx")}

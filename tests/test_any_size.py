@@ -90,7 +90,7 @@ def test_an_odd_size_run_trains_evaluates_predicts_and_exports(odd_data, tmp_pat
                         "--data", str(odd_data))  # fmt: skip
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert "pixel agreement 99." in exported.stdout or "pixel agreement 100.00%" in exported.stdout
-    from enet_cli.serving.tflite import TFLiteRunner
+    from enet_cli.serving.runners import TFLiteRunner
 
     runner = TFLiteRunner(tmp_path / "tfl" / "model.tflite")
     assert runner.size == ODD  # what it takes is what the data is: the padding is inside

@@ -41,8 +41,8 @@ def _ship(run, data, tmp_path, k):
     from enet_cli.serving.evaluate import evaluate
     from enet_cli.serving.export import ExportRequest, export_model
     from enet_cli.serving.predict import predict
+    from enet_cli.serving.runners import TFLiteRunner
     from enet_cli.serving.runtimes import load_predictor
-    from enet_cli.serving.tflite import TFLiteRunner
 
     metrics = evaluate(run, data, split="val", json_path=tmp_path / "val.json")
     names = json.loads((run / "enet.json").read_text())["class_names"]

@@ -147,7 +147,7 @@ def batch_norms(model) -> int:
 def test_tflite_float32_and_float16_match_the_keras_model(
     fitted_run, keras_model, tflite_float32, small_data, tmp_path
 ):
-    from enet_cli.serving.tflite import TFLiteRunner
+    from enet_cli.serving.runners import TFLiteRunner
 
     model, _ = keras_model
     pixels, _ = _val_batch(small_data)
@@ -205,7 +205,7 @@ def test_int8_agrees_above_the_floor_and_runs_in_evaluate(
     fitted_run, keras_model, small_data, tmp_path
 ):
     from enet_cli.serving.export import AGREEMENT_FLOOR, IOU_LOSS_POINTS
-    from enet_cli.serving.tflite import TFLiteRunner
+    from enet_cli.serving.runners import TFLiteRunner
 
     out = tmp_path / "int8"
     # A real process with a user's environment (no TensorFlow log level set): what reaches

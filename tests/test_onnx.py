@@ -140,7 +140,7 @@ def test_a_fixed_size_onnx_export_says_which_size_it_takes(trained_run, tmp_path
 _HOLD_ONNX_SESSION = """
 import sys, time
 import numpy as np
-from enet_cli.serving.onnx_model import OnnxRunner
+from enet_cli.serving.runners import OnnxRunner
 
 runner = OnnxRunner(sys.argv[1])
 runner.session.run(None, {"images": np.zeros((1, 96, 128, 3), np.uint8)})

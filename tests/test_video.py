@@ -20,7 +20,6 @@ from PIL import Image
 
 from enet_testing import (
     FIXTURES,
-    SMALL_BOTTLENECKS,
     ctrl_c,
     enet_env,
     error_lines,
@@ -258,32 +257,6 @@ def test_an_output_that_would_replace_an_input_is_refused_before_the_model_loads
     result = invoke("predict", str(tmp_path / "no-model"), str(tmp_path), "--out", str(tmp_path))
     one_error_line(result, 2, r"would overwrite the input .*a_overlay.png; choose another --out")
     assert (tmp_path / "a_overlay.png").read_bytes() == before
-
-
-@pytest.fixture(scope="module")
-def untrained_exports(small_data, tmp_path_factory):
-    """An untrained ENet (seeded random weights: frame order needs no accuracy) written as a
-    SavedModel with its enet.json, and exported to TFLite and ONNX as `enet export` does."""
-    import tensorflow as tf
-
-    from enet_cli.artifacts.run import RunMeta
-    from enet_cli.core.config import ModelConfig
-    from enet_cli.core.formats import ModelFormat
-    from enet_cli.data.manifest import load_manifest
-    from enet_cli.model import build_enet
-    from enet_cli.serving.export import ExportRequest, export_model, write_saved_model
-
-    base = tmp_path_factory.mktemp("untrained")
-    manifest = load_manifest(small_data)
-    cfg = ModelConfig(num_classes=manifest.num_classes, bottlenecks=SMALL_BOTTLENECKS)
-    meta = RunMeta.from_manifest(cfg, manifest)
-    tf.random.set_seed(7)
-    write_saved_model(build_enet(meta.model, None), meta, base / "saved_model")
-    exports = {}
-    for fmt in (ModelFormat.tflite, ModelFormat.onnx):
-        exports[fmt.value] = base / fmt.value
-        export_model(ExportRequest(source=base / "saved_model", out=exports[fmt.value], format=fmt))
-    return exports
 
 
 @pytest.mark.parametrize("runtime", ["tflite", "onnx"])

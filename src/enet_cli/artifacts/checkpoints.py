@@ -15,9 +15,13 @@ through `find_checkpoint`, so an SMP run's checkpoints serve everywhere a whole 
 
 import re
 from pathlib import Path
-from typing import List, NamedTuple, Optional, Set
+from typing import TYPE_CHECKING, List, NamedTuple, Optional, Set
 
-from enet_cli.core.backend import tf
+if TYPE_CHECKING:
+    from enet_cli.core.backend import tf
+
+# TensorFlow is imported by the functions that read checkpoints: locating a TFLite or ONNX
+# model (artifacts/model_ref.py) reads this module's names without it.
 
 BEST = "best"
 SMP = "smp"
@@ -52,6 +56,8 @@ def partition_dirs(directory: Path) -> List[Path]:
 
 def _complete(directory: Path) -> Set[str]:
     """Names of the checkpoints listed in `directory`'s state file whose index exists."""
+    from enet_cli.core.backend import tf
+
     state = tf.train.get_checkpoint_state(str(directory))
     if state is None:
         return set()
@@ -78,6 +84,8 @@ def find_checkpoint(directory: Path, partitioned_first: bool = False) -> Optiona
 
     `directory` may also be an SMP directory itself (`.../smp` or `.../smp-best`). A whole
     checkpoint is preferred unless `partitioned_first` (the SMP engine resuming its own)."""
+    from enet_cli.core.backend import tf
+
     directory = Path(directory)
     whole = tf.train.latest_checkpoint(str(directory))
     candidates = [directory]
@@ -116,6 +124,8 @@ def adopt_newer_keras_slots(checkpoint: "tf.train.Checkpoint", prefix: str) -> N
     optimizers/optimizer.py _create_iteration_variable, adam.py build). The restore
     matches nothing of them, so without this a resume would silently restart the moments.
     (A mixed_float16 run's loss scale restarts at its initial value and adapts again.)"""
+    from enet_cli.core.backend import tf
+
     reader = tf.train.load_checkpoint(prefix)
     keys = {}
     for key in reader.get_variable_to_shape_map():
@@ -145,6 +155,8 @@ def adopt_newer_keras_slots(checkpoint: "tf.train.Checkpoint", prefix: str) -> N
 def check_model_complete(found: FoundCheckpoint, num_variables: int) -> None:
     """Raise ValueError unless the parts together hold every model variable once (a
     truncated or missing partition fails here, not as a silently half-initialised model)."""
+    from enet_cli.core.backend import tf
+
     keys: Set[str] = set()
     for prefix in found.prefixes:
         keys.update(

@@ -74,8 +74,8 @@ class FoundModel(NamedTuple):
 def locate(path: Union[str, Path]) -> FoundModel:
     """The model at `path`: a TFLite/ONNX file, or in `path`, `path/model` (a run's
     SavedModel), `path/1` (a SageMaker model.tar.gz) or `path/checkpoints`, whichever comes
-    first with an enet.json; one-line errors otherwise."""
-    from enet_cli.artifacts.checkpoints import find_checkpoint  # TensorFlow, only here
+    first with an enet.json; one-line errors otherwise. TensorFlow only for checkpoints."""
+    from enet_cli.artifacts.checkpoints import find_checkpoint
 
     path = Path(path)
     if not path.exists():

@@ -75,7 +75,7 @@ class RunMeta(BaseModel):
     def of_checkpoints(cls, directory: Path) -> Optional["RunMeta"]:
         """enet.json of a checkpoint directory; a run's best/ (and SMP's directories) use
         the one of the checkpoints/ they are in."""
-        from enet_cli.artifacts.checkpoints import CHECKPOINT_SUBDIRS  # TensorFlow, only when asked
+        from enet_cli.artifacts.checkpoints import CHECKPOINT_SUBDIRS
 
         directory = Path(directory)
         meta = cls.read(directory)

@@ -7,75 +7,30 @@ checkpoints and SavedModels use the Keras 2 API, so every module imports `tf` an
 from here and never `import tensorflow` directly.
 """
 
-import contextlib
 import os
-import re
-import sys
-import tempfile
-from typing import Iterator
 
+from enet_cli.core.errors import EnvironmentProblem
+from enet_cli.core.noise import startup_noise_filtered
 from enet_cli.core.ui import verbose
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-VERBOSE = verbose()  # every line TensorFlow prints, start-up included
-if VERBOSE:
+if verbose():  # every line TensorFlow prints, start-up included
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
 else:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# TensorFlow's C++ start-up lines (written to fd 2 before absl's logging is initialised, so
-# TF_CPP_MIN_LOG_LEVEL cannot silence them): oneDNN, CUDA stubs, cuInit on a machine
-# without a GPU. They would surround our one-line errors; everything else is kept.
-_STARTUP_NOISE = re.compile(
-    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
-    r"|[IW]\d{4} \S+ +\d+ \S+\.cc:\d+\]"
-    r"|E\d{4} \S+ +\d+ \S+\.cc:\d+\] .*(cuInit|CUDA|cuda|cuDNN|cuFFT|cuBLAS)"
-    r"|To enable the following instructions: .* rebuild TensorFlow"
-    r"|.*This TensorFlow binary is optimized to use available CPU instructions"
-    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"
-    # the TFLite converter's quantizer, at each int8 conversion
-    r"|fully_quantize: \d+, inference_type: \d+, input_inference_type: )"
-)
+try:
+    with startup_noise_filtered():
+        import tensorflow as tf
 
-
-@contextlib.contextmanager
-def startup_noise_filtered() -> Iterator[None]:
-    """Run the block with fd 2 captured, then replay what it wrote minus the start-up noise
-    (TensorFlow's import, a TFLite interpreter's creation, the converter's quantizer)."""
-    if VERBOSE:
-        yield
-        return
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no fd 2 at all
-        yield
-        return
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            kept = [
-                line
-                for line in captured.read().decode(errors="replace").splitlines(keepends=True)
-                if not _STARTUP_NOISE.match(line)
-            ]
-            if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
-
-
-with startup_noise_filtered():
-    import tensorflow as tf
-
-    tf.config.list_physical_devices("GPU")  # CUDA's own start-up lines come out here
-
-from enet_cli.core.errors import EnvironmentProblem  # noqa: E402
+        tf.config.list_physical_devices("GPU")  # CUDA's own start-up lines come out here
+except ModuleNotFoundError as err:
+    if err.name != "tensorflow":
+        raise
+    raise EnvironmentProblem(
+        "this needs TensorFlow, which is not installed (exported .tflite and .onnx models "
+        "run without it): pip install tensorflow"
+    ) from None
 
 
 def _keras():

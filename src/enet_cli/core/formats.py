@@ -33,6 +33,12 @@ class InferenceRuntime(str, enum.Enum):
     tflite = "tflite"
     onnx = "onnx"
 
+    @property
+    def needs_tensorflow(self) -> bool:
+        """keras and saved_model run in TensorFlow; tflite (LiteRT) and onnx (onnxruntime)
+        run without it, so predicting with them never imports it (the edge install has none)."""
+        return self in (InferenceRuntime.keras, InferenceRuntime.saved_model)
+
 
 class Quantize(str, enum.Enum):
     """TFLite weights and activations (`enet export --format tflite --quantize`)."""

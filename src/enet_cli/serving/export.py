@@ -35,7 +35,8 @@ from enet_cli.pixels.preprocessor import (
     to_unit,
 )
 from enet_cli.serving.export_request import ExportRequest
-from enet_cli.serving.tflite import TFLiteRunner, convert
+from enet_cli.serving.runners import TFLiteRunner
+from enet_cli.serving.tflite import convert
 
 # Signatures for the SageMaker endpoint's handler (container/handler.py), beside
 # serving_default: the model-size pixels the handler resized with Pillow (as predict does)
@@ -177,8 +178,8 @@ def export_model(request: ExportRequest) -> ExportReport:
         export_saved_model(model, meta, out, request.xla, request.force, inputs)
         report_path, operators = out, []
     elif fmt == ModelFormat.onnx:
-        from enet_cli.serving.onnx_model import OnnxRunner
         from enet_cli.serving.onnx_model import convert as to_onnx
+        from enet_cli.serving.runners import OnnxRunner
 
         blob = to_onnx(serving_model(model, meta), request.image_size)
         report_path = _write_one_file(request, ONNX_NAME, blob, meta)

@@ -33,7 +33,6 @@ import numpy as np
 from PIL import Image
 
 from enet_cli.core import outputs, ui
-from enet_cli.core.backend import tf
 from enet_cli.core.errors import DataError, OutputError, disk_full, reason
 from enet_cli.pixels.drawing import (
     PictureError,
@@ -117,10 +116,7 @@ def segment_batch(predictor: Predictor, model_inputs: np.ndarray, size) -> np.nd
     logits, classes = predictor.run(model_inputs, logits=not same)
     if same:
         return classes
-    return _classes_at(tf.constant(logits), size).numpy()
-
-
-_classes_at = tf.function(classes_at, autograph=False)  # traced once per size
+    return classes_at(logits, size)  # NumPy, as TensorFlow resizes: no TensorFlow needed
 
 
 def segment(predictor: Predictor, rgb: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ by benchmarks/video.py); `--runtime` picks another one the model has.
 import contextlib
 import os
 import queue
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple, Union
@@ -20,11 +21,13 @@ import numpy as np
 
 from enet_cli.artifacts.model_ref import FoundModel, locate
 from enet_cli.artifacts.run import RunMeta, load_model_from_checkpoint
-from enet_cli.core.backend import tf
 from enet_cli.core.errors import ConfigError, DataError
 from enet_cli.core.formats import FORMATS, InferenceRuntime, ModelFormat
 from enet_cli.pixels.drawing import palette
 from enet_cli.pixels.preprocessor import run_padded, to_pixels, to_unit
+
+# TensorFlow is imported inside the functions that run a model in it (keras, saved_model):
+# a TFLite or ONNX model is loaded and run without it (serving/runners.py).
 
 
 class Predictor(NamedTuple):
@@ -43,6 +46,8 @@ class Predictor(NamedTuple):
     def logits(self, images):
         """float32 logits of float32 NHWC `images` in [0, 1] (as the data pipeline gives
         them), as a tensor."""
+        from enet_cli.core.backend import tf
+
         return tf.constant(self.run(to_pixels(np.asarray(images, np.float32)))[0])
 
     def palette(self) -> np.ndarray:
@@ -50,6 +55,8 @@ class Predictor(NamedTuple):
 
 
 def _from_saved_model(directory: Path, meta: RunMeta) -> Predictor:
+    from enet_cli.core.backend import tf
+
     loaded = tf.saved_model.load(str(directory))
     serve = loaded.signatures["serving_default"]
 
@@ -62,6 +69,8 @@ def _from_saved_model(directory: Path, meta: RunMeta) -> Predictor:
 
 
 def _keras_predictor(model, meta: RunMeta, source: str) -> Predictor:
+    from enet_cli.core.backend import tf
+
     @tf.function(autograph=False)
     def graph(pixels):
         logits = run_padded(model, to_unit(pixels))
@@ -139,14 +148,14 @@ def _runner(make: Callable[[int], object], parallel: int):
 
 
 def _from_tflite(model_file: Path, meta: RunMeta, parallel: int) -> Predictor:
-    from enet_cli.serving.tflite import TFLiteRunner
+    from enet_cli.serving.runners import TFLiteRunner
 
     runner = _runner(lambda threads: TFLiteRunner(model_file, threads), parallel)
     return _runner_predictor(runner, model_file, meta, "TFLite", InferenceRuntime.tflite)
 
 
 def _from_onnx(model_file: Path, meta: RunMeta, parallel: int) -> Predictor:
-    from enet_cli.serving.onnx_model import OnnxRunner
+    from enet_cli.serving.runners import OnnxRunner
 
     runner = _runner(lambda threads: OnnxRunner(model_file, threads), parallel)
     return _runner_predictor(runner, model_file, meta, "ONNX", InferenceRuntime.onnx)
@@ -172,21 +181,25 @@ def choose_runtime(found: FoundModel, runtime: Optional[InferenceRuntime]) -> In
     return runtime
 
 
+def _load_errors() -> tuple:
+    """What a loader raises for a damaged file: TensorFlow's own errors only where it was
+    loaded (a TFLite or ONNX model never loads it)."""
+    errors: tuple = (OSError, ValueError, RuntimeError, KeyError, IndexError, AssertionError)
+    tensorflow = sys.modules.get("tensorflow")
+    if tensorflow is not None and hasattr(tensorflow, "errors"):
+        errors += (tensorflow.errors.OpError,)
+    return errors
+
+
 @contextlib.contextmanager
 def _loading(path: Path) -> Iterator[None]:
     """A damaged model (missing or truncated variables, checkpoint or graph files) is one
     line naming it, whichever of TensorFlow's loaders noticed."""
     try:
         yield
-    except (
-        tf.errors.OpError,
-        OSError,
-        ValueError,
-        RuntimeError,
-        KeyError,
-        IndexError,
-        AssertionError,
-    ) as err:
+    except Exception as err:
+        if not isinstance(err, _load_errors()):
+            raise
         text = str(getattr(err, "message", err)).strip() or type(err).__name__
         raise DataError(
             f"cannot load the model in {path}: it is damaged or incomplete "
@@ -239,6 +252,7 @@ def load_keras_model(model: Union[Path, FoundModel]):
 
 
 def _keras_from_saved_model(found: Path, meta: RunMeta):
+    from enet_cli.core.backend import tf
     from enet_cli.model import build_enet
 
     loaded = tf.saved_model.load(str(found))

@@ -1,4 +1,5 @@
-"""TensorFlow Lite: convert a trained ENet (float32, float16 or int8) and run the result.
+"""TensorFlow Lite: convert a trained ENet (float32, float16 or int8); serving/runners.py
+runs the result, without TensorFlow.
 
 Every variant takes one uint8 RGB image of the export size and returns `logits` (float32)
 and `classes` (int32), like the SavedModel's serving signature. The converter folds each
@@ -10,13 +11,11 @@ input quantization is scale 1, zero point 0, so raw uint8 pixels go in unchanged
 """
 
 import warnings
-from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Tuple
+from typing import Callable, Iterable, Optional, Tuple
 
 import numpy as np
 
 from enet_cli.core.backend import startup_noise_filtered, tf
-from enet_cli.core.errors import EnvironmentProblem
 from enet_cli.core.formats import Quantize
 from enet_cli.model.ops import BlockPReLU, PointwiseConv2D
 from enet_cli.pixels.preprocessor import run_padded, to_unit
@@ -92,75 +91,3 @@ def convert(
     with warnings.catch_warnings(), startup_noise_filtered():
         warnings.simplefilter("ignore")
         return converter.convert()
-
-
-def interpreter(model_path: Path, threads: int = 0):
-    """The stock TFLite interpreter (with its default XNNPACK delegate) for a .tflite file.
-
-    `threads` 0 means one per CPU core. Prefers LiteRT (`ai_edge_litert`), TFLite's home
-    from TF 2.20 on, and falls back to `tf.lite.Interpreter`.
-    """
-    import os
-
-    threads = threads or os.cpu_count() or 1
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        Interpreter = getattr(getattr(tf, "lite", None), "Interpreter", None)
-        if Interpreter is None:
-            raise EnvironmentProblem(
-                "this TensorFlow has no TFLite interpreter: pip install ai-edge-litert"
-            ) from None
-    with warnings.catch_warnings(), startup_noise_filtered():
-        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
-        found = Interpreter(model_path=str(model_path), num_threads=threads)
-        found.allocate_tensors()  # the XNNPACK delegate says it was created
-    return found
-
-
-class TFLiteRunner:
-    """Runs a converted ENet one image at a time; `__call__(uint8 NHWC) -> (logits, classes)`."""
-
-    def __init__(self, model_path: Path, threads: int = 0):
-        self.path = Path(model_path)
-        self.interpreter = interpreter(self.path, threads)
-        (self.input,) = self.interpreter.get_input_details()
-        outputs = {d["name"]: d for d in self.interpreter.get_output_details()}
-        self.logits_out = _find(outputs, "logits")
-        self.classes_out = _find(outputs, "classes")
-        self.size = tuple(int(v) for v in self.input["shape"][1:3])
-
-    def ops(self) -> List[str]:
-        """Operator names in the file (the interpreter's own list, delegates excluded)."""
-        details = self.interpreter._get_ops_details()  # no public API lists operators
-        return [d["op_name"] for d in details if d["op_name"] != "DELEGATE"]
-
-    def __call__(
-        self, images: np.ndarray, logits: bool = True
-    ) -> Tuple[Optional[np.ndarray], np.ndarray]:
-        """(logits, classes) of uint8 NHWC images, one invoke each; logits None when not
-        asked for (int8's would be dequantized for nothing)."""
-        scores, classes = [], []
-        for image in np.asarray(images, np.uint8):
-            self.interpreter.set_tensor(self.input["index"], image[None])
-            self.interpreter.invoke()
-            if logits:
-                scores.append(self._output(self.logits_out))
-            classes.append(self.interpreter.get_tensor(self.classes_out["index"])[0])
-        return (np.stack(scores) if logits else None), np.stack(classes)
-
-    def _output(self, detail) -> np.ndarray:
-        value = self.interpreter.get_tensor(detail["index"])[0]
-        scale, zero = detail["quantization"]
-        if detail["dtype"] != np.float32 and scale:
-            value = (value.astype(np.float32) - zero) * scale
-        return value.astype(np.float32)
-
-
-def _find(outputs: dict, name: str) -> dict:
-    for key, detail in outputs.items():
-        if name in key:
-            return detail
-    # The converter names outputs after the signature keys; fall back on shapes.
-    by_rank = sorted(outputs.values(), key=lambda d: len(d["shape"]))
-    return by_rank[-1] if name == "logits" else by_rank[0]

@@ -285,7 +285,7 @@ def _infer(request: BenchmarkRequest, scratch: Path, data_dir: Optional[Path]) -
     from enet_cli.core.formats import ModelFormat
     from enet_cli.pixels.preprocessor import run_padded, to_unit
     from enet_cli.serving.export import ExportRequest, export_model, serving_model
-    from enet_cli.serving.tflite import TFLiteRunner
+    from enet_cli.serving.runners import TFLiteRunner
 
     model, meta = _model(request, data_dir)
     meta = meta.model_copy(update={"image_size": tuple(request.image_size)})
@@ -334,7 +334,7 @@ def _infer(request: BenchmarkRequest, scratch: Path, data_dir: Optional[Path]) -
             call = lambda runner=runner: runner(pixels)  # noqa: E731
             note = f"{report.size_bytes / 2**20:.2f} MiB"
         elif variant == "onnx":
-            from enet_cli.serving.onnx_model import OnnxRunner
+            from enet_cli.serving.runners import OnnxRunner
 
             onnx_request = ExportRequest(source=source, out=scratch / variant, format="onnx")
             report = export_model(onnx_request)
