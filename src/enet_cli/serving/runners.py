@@ -59,11 +59,11 @@ def interpreter(model_path: Path, threads: int = 0):
 
 def _tensorflows_interpreter():
     """tf.lite.Interpreter, where LiteRT is not installed but TensorFlow is."""
+    import importlib.util
+
     missing = EnvironmentProblem("TFLite models run in LiteRT: pip install ai-edge-litert")
-    try:
-        import tensorflow  # noqa: F401  (only whether it is there: core/backend imports it)
-    except ImportError:
-        raise missing from None
+    if importlib.util.find_spec("tensorflow") is None:
+        raise missing
     from enet_cli.core.backend import tf
 
     found = getattr(getattr(tf, "lite", None), "Interpreter", None)
