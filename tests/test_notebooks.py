@@ -30,7 +30,7 @@ from moto_aws import (  # noqa: F401 (aws, outbound, price_list: fixtures)
 from sagemaker_jobs import play_training_job
 
 EXAMPLES = REPO / "examples"
-INSTALL = '%pip install --quiet "enet-cli[launch]"'
+INSTALL = '%pip install --quiet "enet-cli[launch,tensorflow]"'
 
 
 def _kernel_env(aws_env: dict) -> dict:

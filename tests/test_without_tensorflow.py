@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from enet_testing import FIXTURES, enet_env, error_lines, invoke
+from enet_testing import FIXTURES, enet_env, error_lines, invoke, make_video
 
 PHOTOS = sorted((FIXTURES / "camvid-segnet-mini" / "val").glob("0016E5_*.png"))[:2]
 
@@ -91,8 +91,6 @@ def test_predict_runs_an_export_without_tensorflow_as_the_full_install_does(
 ):
     """Photos (one at the model's size, one not: its logits are resized), then raw frames
     from a pipe: every class map and overlay equals the one the full install writes."""
-    from test_video import frames_of, make_video
-
     model = untrained_exports[runtime]
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -110,7 +108,7 @@ def test_predict_runs_an_export_without_tensorflow_as_the_full_install_does(
     for name in written:
         np.testing.assert_array_equal(written[name], reference[name], name)
 
-    frames = frames_of(PHOTOS)
+    frames = [np.asarray(Image.open(p).convert("RGB")) for p in PHOTOS]
     clip = make_video(tmp_path / "drive.mkv", frames, rate=10)
     light = enet_without_tensorflow(
         "predict", model, clip, "--out", tmp_path / "vlight", "--classes-video", "png"
@@ -146,4 +144,5 @@ def test_what_needs_tensorflow_says_so_in_one_line(untrained_exports, tmp_path):
         assert len(errors) == 1 and stderr.strip() == errors[0], stderr
         assert "needs TensorFlow, which is not installed" in errors[0]
         assert "exported .tflite and .onnx models run without it" in errors[0]
+        assert errors[0].endswith("pip install 'enet-cli[tensorflow]'")
     assert not (tmp_path / "p").exists() and not (tmp_path / "e").exists()

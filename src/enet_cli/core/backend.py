@@ -29,7 +29,7 @@ except ModuleNotFoundError as err:
         raise
     raise EnvironmentProblem(
         "this needs TensorFlow, which is not installed (exported .tflite and .onnx models "
-        "run without it): pip install tensorflow"
+        "run without it): pip install 'enet-cli[tensorflow]'"
     ) from None
 
 

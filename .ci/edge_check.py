@@ -1,0 +1,118 @@
+"""CI's edge job: `pip install ".[edge]"` in a fresh environment (no TensorFlow) runs the
+exported models the main job's full install wrote, and its class maps equal the full
+install's.
+
+  python .ci/edge_check.py export DIR   (full install) a small trained run in DIR, its TFLite
+                                        and ONNX exports, and the full install's predictions
+  python .ci/edge_check.py check DIR    (edge install) the same predictions without
+                                        TensorFlow, compared pixel for pixel
+
+Run by .ci/run; the process is what is checked (what the install can import, exit codes),
+so the steps are real `enet` commands.
+"""
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "tests" / "fixtures" / "camvid-segnet-mini"
+PHOTOS = sorted((SAMPLE / "val").glob("0016E5_*.png"))[:3]
+RUNTIMES = ("tflite", "onnx")
+
+
+def enet(*args, stdin: bytes = b"", expect: int = 0) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name("enet")), *map(str, args)]
+    done = subprocess.run(command, input=stdin, capture_output=True)
+    if done.returncode != expect:
+        sys.exit(
+            f"edge check: {' '.join(command)} exited {done.returncode}, not {expect}:\n"
+            f"{done.stderr.decode()[-3000:]}"
+        )
+    return done
+
+
+def rgb(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def inputs(work: Path) -> Path:
+    """Two photos (one not at the model's size) and a lossless (FFV1) clip of three frames."""
+    folder = work / "inputs"
+    if folder.exists():
+        return folder
+    folder.mkdir(parents=True)
+    shutil.copy(PHOTOS[0], folder / "a.png")
+    Image.open(PHOTOS[1]).resize((250, 190)).save(folder / "b.png")
+    import av
+
+    with av.open(str(folder / "drive.mkv"), "w") as container:
+        stream = container.add_stream("ffv1", rate=10)
+        stream.pix_fmt, stream.height, stream.width = "bgr0", 360, 480
+        for k, photo in enumerate(PHOTOS):
+            frame = av.VideoFrame.from_ndarray(rgb(photo), format="rgb24")
+            frame.pts, frame.time_base = k, 1 / Fraction(10)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return folder
+
+
+def predict_all(work: Path, out: str) -> None:
+    folder = inputs(work)
+    frames = np.stack([rgb(p) for p in PHOTOS]).tobytes()
+    for runtime in RUNTIMES:
+        model, target = work / runtime, work / out / runtime
+        enet("predict", model, folder, "--out", target / "files", "--classes-video", "png")
+        enet(
+            "predict", model, "-", "--stream-size", "360x480", "--out", target / "stdin",
+            "--classes-video", "png", stdin=frames,
+        )  # fmt: skip
+
+
+def export(work: Path) -> None:
+    enet("preprocess", SAMPLE, work / "data", "--size", "96x128")
+    enet(
+        "train", work / "data", "--run-dir", work / "run", "--steps", "2", "--batch-size", "4",
+        "--bottlenecks", "1,3,0,1,1",
+    )  # fmt: skip
+    for runtime in RUNTIMES:
+        enet("export", work / "run", "--format", runtime, "--out", work / runtime)
+    predict_all(work, "full")
+
+
+def check(work: Path) -> None:
+    if importlib.util.find_spec("tensorflow") is not None:
+        sys.exit("edge check: TensorFlow is importable in the edge install")
+    predict_all(work, "edge")
+    full = sorted(p.relative_to(work / "full") for p in (work / "full").rglob("*.png"))
+    edge = sorted(p.relative_to(work / "edge") for p in (work / "edge").rglob("*.png"))
+    # per runtime: 2 photos x (classes, overlay), the clip's and the pipe's frames
+    if full != edge or len(full) != len(RUNTIMES) * (2 * 2 + 2 * len(PHOTOS)):
+        sys.exit(f"edge check: the edge install wrote {edge}, the full install {full}")
+    for name in full:
+        ours, theirs = Image.open(work / "edge" / name), Image.open(work / "full" / name)
+        if not np.array_equal(np.asarray(ours), np.asarray(theirs)):
+            sys.exit(f"edge check: {name} differs between the edge and the full install")
+    refused = enet("predict", work / "run", PHOTOS[0], "--out", work / "refused", expect=6)
+    line = refused.stderr.decode().strip()
+    if "\n" in line or not line.endswith("pip install 'enet-cli[tensorflow]'"):
+        sys.exit(f"edge check: without TensorFlow, one line naming the extra: {line}")
+    if (work / "refused").exists():
+        sys.exit("edge check: the refused predict wrote its --out")
+    print(
+        f"edge install: {len(full)} class maps and overlays equal the full install's (TFLite "
+        f"and ONNX; photos, a video, stdin frames); no TensorFlow importable"
+    )
+
+
+if __name__ == "__main__":
+    step, directory = sys.argv[1], Path(sys.argv[2])
+    {"export": export, "check": check}[step](directory)
