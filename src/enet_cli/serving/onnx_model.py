@@ -19,6 +19,8 @@ from enet_cli.pixels.preprocessor import run_padded, to_unit
 from enet_cli.serving.runners import require_onnx
 
 OPSET = 17  # onnxruntime >= 1.14 runs it; 17 is tf2onnx 1.16's and 1.17's tested maximum
+
+
 def convert(model, size: Optional[Sequence[int]] = None) -> bytes:
     """The .onnx bytes of `model` (a float32 Keras ENet export copy); `size` (H, W) fixes the
     input's height and width, None keeps them dynamic. The batch axis is always dynamic."""
