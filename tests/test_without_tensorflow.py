@@ -129,6 +129,7 @@ def test_what_needs_tensorflow_says_so_in_one_line(untrained_exports, tmp_path):
     for args in (
         ("predict", untrained_exports["saved_model"], PHOTOS[0], "--out", tmp_path / "p"),
         ("export", untrained_exports["saved_model"], "--format", "onnx", "--out", tmp_path / "e"),
+        ("demo", "--out", tmp_path / "d"),
     ):
         result = enet_without_tensorflow(*args)
         stderr = result.stderr.decode()
@@ -138,4 +139,4 @@ def test_what_needs_tensorflow_says_so_in_one_line(untrained_exports, tmp_path):
         assert "needs TensorFlow, which is not installed" in errors[0]
         assert "exported .tflite and .onnx models run without it" in errors[0]
         assert errors[0].endswith("pip install 'enet-cli[tensorflow]'")
-    assert not (tmp_path / "p").exists() and not (tmp_path / "e").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, not even a marker

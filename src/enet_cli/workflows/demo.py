@@ -29,6 +29,8 @@ class DemoResult(NamedTuple):
 
 def run_demo(out: Path, epochs: int = 40, seed: int = 0) -> DemoResult:
     """Everything under `out`, which must be new, empty, or an earlier demo's (replaced)."""
+    import enet_cli.core.backend  # noqa: F401  (without TensorFlow: one line, `out` not created)
+
     entries = (DATA, RUN, PREDICTIONS, TEST_METRICS)
     with outputs.claim_in_place(Path(out), "demo", True, entries, [DEMO_DATA]) as claimed:
         return _run(claimed, epochs, seed)
