@@ -147,6 +147,14 @@ def _bilinear_taps(source: int, target: int):
     return lower, upper, (position - below).astype(np.float32)
 
 
+def _mix(top_left, top_right, bottom_left, bottom_right, x_weight, y_weight):
+    """Bilinear mix of four score arrays, in TensorFlow's order of operations (each row
+    across, then down), so the float32 results are its own."""
+    upper = top_left + (top_right - top_left) * x_weight
+    lower = bottom_left + (bottom_right - bottom_left) * x_weight
+    return upper + (lower - upper) * y_weight
+
+
 def resize_logits(logits: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """(N, h, w, K) float logits -> (N, H, W, K) float32, bilinear, in NumPy: what
     `tf.image.resize(logits, size, "bilinear")` computes (within float rounding: tested)."""
@@ -156,12 +164,11 @@ def resize_logits(logits: np.ndarray, size: Sequence[int]) -> np.ndarray:
         return logits
     top, bottom, y_weight = _bilinear_taps(logits.shape[1], height)
     left, right, x_weight = _bilinear_taps(logits.shape[2], width)
-    x_weight = x_weight[None, None, :, None]
-    rows_top, rows_bottom = logits[:, top], logits[:, bottom]
-    upper = rows_top[:, :, left] + (rows_top[:, :, right] - rows_top[:, :, left]) * x_weight
-    lower = rows_bottom[:, :, left]
-    lower = lower + (rows_bottom[:, :, right] - lower) * x_weight
-    return upper + (lower - upper) * y_weight[None, :, None, None]
+    upper, lower = logits[:, top], logits[:, bottom]
+    return _mix(
+        upper[:, :, left], upper[:, :, right], lower[:, :, left], lower[:, :, right],
+        x_weight[None, None, :, None], y_weight[None, :, None, None],
+    )  # fmt: skip
 
 
 def _classes_resized(logits: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -187,10 +194,10 @@ def _classes_resized(logits: np.ndarray, size: Sequence[int]) -> np.ndarray:
         if not len(rows):
             continue
         t, b, west, east = top[rows], bottom[rows], left[cols], right[cols]
-        x = x_weight[cols][:, None]
-        upper = image[t, west] + (image[t, east] - image[t, west]) * x
-        lower = image[b, west] + (image[b, east] - image[b, west]) * x
-        scores = upper + (lower - upper) * y_weight[rows][:, None]
+        scores = _mix(
+            image[t, west], image[t, east], image[b, west], image[b, east],
+            x_weight[cols][:, None], y_weight[rows][:, None],
+        )  # fmt: skip
         out[rows, cols] = np.argmax(scores, axis=-1)
     return found
 
