@@ -221,24 +221,10 @@ def test_two_workers_step_equals_one_process_at_the_global_batch(
     assert np.abs(confusion - reference).sum() < 0.01 * reference.sum()
 
     # Checkpoints move between modes: the ddp checkpoint scores in evaluate (a single
-    # process), and ddp resumes the single run where it stopped.
+    # process); ddp resuming a single run is test_sigterm_to_local_workers_... below.
     result = invoke("evaluate", str(ddp / "checkpoints"), str(small_data), "--split", "val")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mean IoU" in result.stdout
-    result = two_workers(2, single, "--scale-lr")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "resuming from" in result.stderr and "(epoch 1, step 1)" in result.stderr
-    assert (single / "checkpoints" / "ckpt-2.index").is_file()
-    assert json.loads((single / "metrics.json").read_text())["steps"] == 2
-    # --scale-lr: step 2 moved the weights with 2 x the learning rate (2 replicas).
-    from enet_cli.core.config import TrainConfig
-
-    lr = _adam_step_learning_rate(
-        checkpoint_values(single / "checkpoints", "ckpt-1"),
-        checkpoint_values(single / "checkpoints", "ckpt-2"),
-        step=2,
-    )
-    assert lr == pytest.approx(2 * TrainConfig().learning_rate, rel=1e-3)
 
 
 def _adam_step_learning_rate(before: dict, after: dict, step: int) -> float:
@@ -353,19 +339,28 @@ def _stop_step(text: str, reason: str) -> int:
     return int(match.group(1))
 
 
-def test_sigterm_to_local_workers_stops_them_at_one_step_with_a_checkpoint(small_data, tmp_path):
+def test_sigterm_to_local_workers_stops_them_at_one_step_with_a_checkpoint(
+    small_data, single_step_run, tmp_path
+):
     """SIGTERM to `enet train --local-workers 2` reaches both workers; they stop after the
-    same step, the chief saves that step's checkpoint, and the command exits 130."""
+    same step, the chief saves that step's checkpoint, and the command exits 130.
+
+    The workers resume a single-process run (checkpoints move between modes) with
+    --scale-lr: its step 2 moved the weights with 2 x the learning rate (2 replicas). One
+    cluster for both claims: each start of one costs half a minute of the suite."""
     run = tmp_path / "run"
+    shutil.copytree(single_step_run, run)  # conftest: batch 4, seed 3, no dropout, 1 step
     proc = subprocess.Popen(
         [sys.executable, "-m", "enet_cli", "train", str(small_data), "--mode", "ddp",
-         *LONG_RUN, "--checkpoint-every-steps", "1", "--run-dir", str(run)],
+         *LONG_RUN, *NO_DROPOUT, "--seed", "3", "--scale-lr", "--checkpoint-every-steps", "1",
+         "--keep-checkpoints", "100", "--run-dir", str(run)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=enet_env(),
     )  # fmt: skip
-    _wait_for(run / "checkpoints" / "ckpt-1.index", [proc])
+    _wait_for(run / "checkpoints" / "ckpt-2.index", [proc])
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err[-3000:]
+    assert "resuming from" in err and "(epoch 1, step 1)" in err, err[-3000:]
     step = _stop_step(err, "SIGTERM")
     worker = (run / "logs" / "worker-1.log").read_text()
     assert worker.count("SIGTERM received") == 1, worker  # the launcher passed it on, once
@@ -376,3 +371,12 @@ def test_sigterm_to_local_workers_stops_them_at_one_step_with_a_checkpoint(small
     saved = checkpoint_values(run / "checkpoints")
     assert int(saved["global_step/.ATTRIBUTES/VARIABLE_VALUE"]) == step
     assert (run / "checkpoints" / f"ckpt-{step}.index").is_file()
+
+    from enet_cli.core.config import TrainConfig
+
+    lr = _adam_step_learning_rate(
+        checkpoint_values(run / "checkpoints", "ckpt-1"),
+        checkpoint_values(run / "checkpoints", "ckpt-2"),
+        step=2,
+    )
+    assert lr == pytest.approx(2 * TrainConfig().learning_rate, rel=1e-3)
