@@ -169,7 +169,9 @@ class SMPEngine(Engine):
     def make_train_step(self, model, update, task):
         smp, distributed, m = self.smp, self.distributed, self.microbatches
 
-        @smp.step(non_split_inputs=["total_weight"])
+        # smp.step takes tf.function's arguments (smd_model_parallel_common_api.rst): plain
+        # Python control flow only, as every engine's step, so no autograph conversion.
+        @smp.step(non_split_inputs=["total_weight"], autograph=False)
         def microbatch(images, labels, total_weight):
             logits = distributed(images, training=True)
             # The library averages microbatches: m x each share is the sum of the shares.
@@ -193,7 +195,7 @@ class SMPEngine(Engine):
     def make_eval_step(self, model, task):
         smp, distributed, m = self.smp, self.distributed, self.microbatches
 
-        @smp.step
+        @smp.step(autograph=False)
         def predict(images):
             return distributed(images, training=False)
 
