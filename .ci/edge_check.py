@@ -1,17 +1,20 @@
 """CI's edge job: `pip install ".[edge]"` in a fresh environment (no TensorFlow) runs the
-exported models the main job's full install wrote, and its class maps equal the full
-install's.
+exported models the main job's full install wrote, and its class maps and scores equal the
+full install's.
 
   python .ci/edge_check.py export DIR   (full install) a small trained run in DIR, its TFLite
-                                        and ONNX exports, and the full install's predictions
-  python .ci/edge_check.py check DIR    (edge install) the same predictions without
-                                        TensorFlow, compared pixel for pixel
+                                        and ONNX exports, the full install's predictions
+                                        and its evaluate scores on the test split
+  python .ci/edge_check.py check DIR    (edge install) the same predictions and scores
+                                        without TensorFlow, compared pixel for pixel and
+                                        number for number; benchmark times each export
 
 Run by .ci/run; the process is what is checked (what the install can import, exit codes),
 so the steps are real `enet` commands.
 """
 
 import importlib.util
+import json
 import shutil
 import subprocess
 import sys
@@ -75,6 +78,14 @@ def predict_all(work: Path, out: str) -> None:
             "predict", model, "-", "--stream-size", "360x480", "--out", target / "stdin",
             "--classes-video", "png", stdin=frames,
         )  # fmt: skip
+        scores = work / out / f"{runtime}-test.json"
+        enet("evaluate", model, work / "data", "--split", "test", "--json", scores)
+
+
+def scores(path: Path) -> dict:
+    """evaluate's JSON without its timings."""
+    found = json.loads(path.read_text())
+    return {k: v for k, v in found.items() if k not in ("seconds", "ms_per_image")}
 
 
 def export(work: Path) -> None:
@@ -101,6 +112,16 @@ def check(work: Path) -> None:
         ours, theirs = Image.open(work / "edge" / name), Image.open(work / "full" / name)
         if not np.array_equal(np.asarray(ours), np.asarray(theirs)):
             sys.exit(f"edge check: {name} differs between the edge and the full install")
+    for runtime in RUNTIMES:
+        ours, theirs = (scores(work / side / f"{runtime}-test.json") for side in ("edge", "full"))
+        if ours != theirs or sum(map(sum, ours["confusion"])) == 0:
+            sys.exit(f"edge check: evaluate of {runtime} differs: {ours} vs {theirs}")
+        bench = work / "edge" / f"{runtime}-bench.json"
+        enet("benchmark", work / runtime, "--what", "infer", "--iterations", "3", "--json", bench)
+        report = json.loads(bench.read_text())
+        timed = [(m["variant"], m["n"]) for m in report["results"]]
+        if timed != [(runtime, 3)] or "tensorflow" in report["versions"]:
+            sys.exit(f"edge check: benchmark of {runtime}: {timed}, {report['versions']}")
     refused = enet("predict", work / "run", PHOTOS[0], "--out", work / "refused", expect=6)
     line = refused.stderr.decode().strip()
     if "\n" in line or not line.endswith("pip install 'enet-cli[tensorflow]'"):
@@ -108,8 +129,9 @@ def check(work: Path) -> None:
     if (work / "refused").exists():
         sys.exit("edge check: the refused predict wrote its --out")
     print(
-        f"edge install: {len(full)} class maps and overlays equal the full install's (TFLite "
-        f"and ONNX; photos, a video, stdin frames); no TensorFlow importable"
+        f"edge install: {len(full)} class maps and overlays, and evaluate's scores on the "
+        "test split, equal the full install's (TFLite and ONNX; photos, a video, stdin "
+        "frames); benchmark timed both; no TensorFlow importable"
     )
 
 

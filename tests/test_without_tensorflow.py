@@ -1,9 +1,11 @@
-"""An exported model (.tflite in LiteRT, .onnx in onnxruntime) is predicted on without
-TensorFlow: in a process where TensorFlow cannot be imported at all (as on a board that has
-only the light runtimes), `enet predict` segments photos of any size, a video and frames
-from a pipe exactly as the full install does, and what needs TensorFlow says so in one line.
+"""An exported model (.tflite in LiteRT, .onnx in onnxruntime) is used without TensorFlow:
+in a process where TensorFlow cannot be imported at all (as on a board that has only the
+light runtimes), `enet predict` segments photos of any size, a video and frames from a pipe
+exactly as the full install does, `enet evaluate` scores it on the shards with the full
+install's numbers, `enet benchmark` times it, and what needs TensorFlow says so in one line.
 """
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -123,13 +125,64 @@ def test_predict_runs_an_export_without_tensorflow_as_the_full_install_does(
             np.testing.assert_array_equal(maps[k], segment(predictor, frame), f"{directory} {k}")
 
 
-def test_what_needs_tensorflow_says_so_in_one_line(untrained_exports, tmp_path):
-    """A SavedModel (or a checkpoint, or training) with no TensorFlow: one line saying what
-    to install and what runs without it, exit code 6 (the environment), nothing written."""
+@pytest.mark.parametrize("runtime", ["tflite", "onnx"])
+def test_evaluate_and_benchmark_run_an_export_without_tensorflow(
+    untrained_exports, small_data, runtime, tmp_path
+):
+    """evaluate: the shards read without TensorFlow give the full install's confusion
+    matrix and metrics; benchmark --what infer times the export as it is, and reports the
+    runtime that ran it and no TensorFlow."""
+    model = untrained_exports[runtime]
+    light = enet_without_tensorflow(
+        "evaluate", model, small_data, "--split", "val", "--json", tmp_path / "light.json"
+    )
+    assert light.returncode == 0, light.stderr.decode()[-2000:]
+    assert "mean" in light.stdout.decode()
+    full = invoke("evaluate", model, small_data, "--split", "val", "--json", tmp_path / "full.json")
+    assert full.returncode == 0, full.stderr[-2000:]
+    timing = ("seconds", "ms_per_image")
+    scores = [
+        {k: v for k, v in json.loads((tmp_path / name).read_text()).items() if k not in timing}
+        for name in ("light.json", "full.json")
+    ]
+    assert scores[0] == scores[1]
+    assert np.sum(scores[0]["confusion"]) > 0 and scores[0]["images"] == 8
+
+    bench = enet_without_tensorflow(
+        "benchmark", model, "--what", "infer", "--iterations", "3", "--warmup", "1",
+        "--json", tmp_path / "bench.json",
+    )  # fmt: skip
+    assert bench.returncode == 0, bench.stderr.decode()[-2000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert [(m["what"], m["variant"], m["n"]) for m in report["results"]] == [("infer", runtime, 3)]
+    assert report["results"][0]["median"] > 0
+    assert "tensorflow" not in report["versions"]
+    assert {"tflite": "ai-edge-litert", "onnx": "onnxruntime"}[runtime] in report["versions"]
+
+
+def test_an_export_is_timed_only_as_it_is(untrained_exports):
+    """Training and the input pipeline need a Keras model, other runtimes another export:
+    one line each, before anything is timed."""
+    model = untrained_exports["tflite"]
+    for args, message in (
+        (("--what", "train"), "--what train: an exported tflite model can be timed with"),
+        (("--what", "infer", "--variants", "keras"), "--variants keras: the model is a tflite"),
+    ):
+        result = invoke("benchmark", model, *args)
+        assert result.returncode == 2, result.stderr[-2000:]
+        errors = error_lines(result.stderr)
+        assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+def test_what_needs_tensorflow_says_so_in_one_line(untrained_exports, small_data, tmp_path):
+    """A SavedModel (or a checkpoint, training, test-time augmentation) with no TensorFlow:
+    one line saying what to install and what runs without it, exit code 6 (the
+    environment), nothing written."""
     for args in (
         ("predict", untrained_exports["saved_model"], PHOTOS[0], "--out", tmp_path / "p"),
         ("export", untrained_exports["saved_model"], "--format", "onnx", "--out", tmp_path / "e"),
         ("demo", "--out", tmp_path / "d"),
+        ("evaluate", untrained_exports["onnx"], small_data, "--tta", "flip"),
     ):
         result = enet_without_tensorflow(*args)
         stderr = result.stderr.decode()

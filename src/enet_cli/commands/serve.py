@@ -272,7 +272,10 @@ def export(
 
 def benchmark(
     model: Optional[Path] = typer.Argument(
-        None, help="Trained model to time (default: a freshly initialised ENet)."
+        None,
+        help="Trained model to time (default: a freshly initialised ENet). A TFLite or ONNX "
+        "export is timed as it is, in its own runtime (--what infer or video), without "
+        "TensorFlow.",
     ),
     what: What = typer.Option(
         What.all,
@@ -311,12 +314,18 @@ def benchmark(
         VIDEO_VARIANTS,
         BenchmarkRequest,
         benchmark_size,
+        check_export_request,
         default_variants,
+        exported_runtime,
         run_benchmark,
     )
 
     known = VIDEO_VARIANTS if what is What.video else INFER_VARIANTS
     chosen = tuple(v.strip() for v in variants.split(",") if v.strip()) if variants else None
+    export = exported_runtime(model)  # a TFLite or ONNX export: timed as it is
+    if export is not None:
+        check_export_request(export, what, chosen)
+        known = chosen = (export.value,)
     unknown = [v for v in chosen or () if v not in known]
     if unknown or chosen == ():
         raise typer.BadParameter(

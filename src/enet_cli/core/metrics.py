@@ -50,6 +50,17 @@ def confusion_matrix(labels, predictions, num_classes: int, ignore_index: int):
     return tf.reshape(counts, [num_classes, num_classes])
 
 
+def count_confusion(labels, predictions, num_classes: int, ignore_index: int) -> np.ndarray:
+    """`confusion_matrix` in NumPy, as (K, K) int64 counts: for a model run without
+    TensorFlow (serving/evaluate.py)."""
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    predictions = np.asarray(predictions, np.int64).reshape(-1)
+    valid = (labels != ignore_index) & (labels < num_classes)
+    index = labels[valid] * num_classes + predictions[valid]
+    counts = np.bincount(index, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
 def segmentation_metrics(
     matrix: np.ndarray, class_names: Optional[Sequence[str]] = None
 ) -> Dict[str, object]:

@@ -1,20 +1,27 @@
 """`enet evaluate`: score a trained model on a split with the training loop's metric code,
-optionally with test-time augmentation (tta.py)."""
+optionally with test-time augmentation (tta.py).
 
+The shards are read without TensorFlow (data/records.py) and the model runs in its
+runtime, so a TFLite or ONNX model is scored on a machine without TensorFlow; test-time
+augmentation resamples in TensorFlow."""
+
+import queue
+import threading
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
 from enet_cli.core import outputs
-from enet_cli.core.config import DataConfig
 from enet_cli.core.errors import ConfigError, DataError
-from enet_cli.core.metrics import confusion_matrix, segmentation_metrics
-from enet_cli.data.dataset import make_dataset, reading_shards
+from enet_cli.core.metrics import count_confusion, segmentation_metrics
+from enet_cli.data.records import batches
 from enet_cli.serving.evaluate_request import check_evaluation, evaluation_inputs
 from enet_cli.serving.runtimes import load_predictor
-from enet_cli.serving.tta import TTA, tta_probabilities
+
+if TYPE_CHECKING:
+    from enet_cli.serving.tta import TTA
 
 
 def evaluate(
@@ -24,11 +31,13 @@ def evaluate(
     batch_size: int = 4,
     json_path: Optional[Path] = None,
     confusion_csv: Optional[Path] = None,
-    tta: Optional[TTA] = None,
+    tta: "Optional[TTA]" = None,
 ) -> Dict[str, object]:
     """Confusion matrix over `split`, then IoU/accuracies; optionally written as JSON and CSV.
     The metrics also say how long the predictions took (`seconds`, `ms_per_image`)."""
     manifest = check_evaluation(model_path, data_dir, split, json_path, confusion_csv)
+    if tta is not None:  # it resamples in TensorFlow: say so before any model is loaded
+        from enet_cli.core import backend  # noqa: F401
     kept = evaluation_inputs(model_path, data_dir)
     predictor = load_predictor(model_path)
     if manifest.class_names != predictor.meta.class_names:
@@ -43,25 +52,26 @@ def evaluate(
             f"--tta scales need a model that takes any size, and {predictor.source} takes "
             f"only {height}x{width}; use --tta flip, or the SavedModel or checkpoints"
         )
-    data = DataConfig(data_dir=data_dir, image_size=manifest.image_size)
     k = manifest.num_classes
     matrix = np.zeros((k, k), np.int64)
     seconds, warm = 0.0, False
 
-    def scores(images):
+    def classes(pixels: np.ndarray) -> np.ndarray:
         if tta is None:
-            return predictor.logits(images)
-        return tta_probabilities(predictor.logits, images, tta)
+            return predictor.run(pixels, logits=False)[1]
+        from enet_cli.serving.tta import tta_probabilities
 
-    with reading_shards(data_dir):
-        for images, labels in make_dataset(data, manifest, split, batch_size, training=False):
-            if not warm:  # tracing (once per input shape) is not what an image costs
-                np.asarray(scores(images))
-                warm = True
-            start = time.perf_counter()
-            predictions = np.argmax(np.asarray(scores(images)), axis=-1)
-            seconds += time.perf_counter() - start
-            matrix += confusion_matrix(labels, predictions, k, manifest.ignore_index).numpy()
+        images = pixels.astype(np.float32) / np.float32(255)  # as to_unit: exact
+        return np.argmax(np.asarray(tta_probabilities(predictor.logits, images, tta)), -1)
+
+    for pixels, labels in _read_ahead(batches(data_dir, manifest, split, batch_size)):
+        if not warm:  # tracing (once per input shape) is not what an image costs
+            classes(pixels)
+            warm = True
+        start = time.perf_counter()
+        predictions = classes(pixels)
+        seconds += time.perf_counter() - start
+        matrix += count_confusion(labels, predictions, k, manifest.ignore_index)
     metrics = segmentation_metrics(matrix, manifest.class_names)
     images_scored = manifest.splits[split].records
     metrics.update(
@@ -81,3 +91,40 @@ def evaluate(
         text = "".join(",".join(r) + "\n" for r in rows)
         outputs.write_file(Path(confusion_csv), text, "--confusion-csv", kept)
     return metrics
+
+
+def _read_ahead(items: Iterator[Tuple[np.ndarray, np.ndarray]], depth: int = 2):
+    """`items`, produced by a thread `depth` ahead: the PNGs of the next batch decode while
+    the model runs on this one (Pillow lets go of the GIL while it decodes)."""
+    done, stop = object(), threading.Event()
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+        except BaseException as err:  # a DataError for the consumer to raise
+            put(err)
+        put(done)
+
+    threading.Thread(target=produce, daemon=True).start()
+    try:
+        while True:
+            item = ready.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:  # the consumer stopped (done, an error, Ctrl-C): so does the reader
+        stop.set()

@@ -14,7 +14,6 @@ from typing import Callable, Tuple
 
 from pydantic import BaseModel, field_validator
 
-from enet_cli.core.backend import tf
 from enet_cli.core.errors import ConfigError
 
 
@@ -78,7 +77,10 @@ def _scale(token: str, text: str) -> float:
 
 def tta_probabilities(logits_fn: Callable, images, tta: TTA):
     """The averaged class probabilities (N, H, W, K) of float32 NHWC `images` in [0, 1];
-    `logits_fn` takes images of any size (or only theirs when every scale is 1)."""
+    `logits_fn` takes images of any size (or only theirs when every scale is 1). In
+    TensorFlow (its antialiased resize): the one part of evaluate that needs it."""
+    from enet_cli.core.backend import tf
+
     size = tf.shape(images)[1:3]
     total = None
     for scale in tta.scales:

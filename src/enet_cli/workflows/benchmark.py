@@ -10,6 +10,7 @@ float16 and int8 (XNNPACK), and ONNX InferenceRuntime; the input pipeline times 
 augmentation; video times `enet predict`'s whole path on a video, per runtime.
 """
 
+import contextlib
 import os
 import platform
 import statistics
@@ -23,6 +24,8 @@ import numpy as np
 from pydantic import BaseModel
 
 from enet_cli.core import ui
+from enet_cli.core.errors import ConfigError
+from enet_cli.core.formats import FORMATS, InferenceRuntime
 
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 INFER_VARIANTS = (
@@ -137,19 +140,53 @@ def machine() -> Dict[str, object]:
     }
 
 
-def versions() -> Dict[str, str]:
-    from enet_cli import __version__
-    from enet_cli.core.backend import keras, tf
+def versions(tensorflow: bool = True) -> Dict[str, str]:
+    """What ran: TensorFlow's side only when it ran (an exported TFLite or ONNX model is
+    timed without it), and the standalone runtimes that are installed."""
+    from importlib import metadata
 
-    found = {
-        "enet-cli": __version__,
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": _keras_version(keras),
-        "onednn": "off" if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0" else "on",
-        "fused_prelu": _fused_prelu_state(),
-    }
+    from enet_cli import __version__
+
+    found = {"enet-cli": __version__, "python": platform.python_version()}
+    if tensorflow:
+        from enet_cli.core.backend import keras, tf
+
+        found.update(
+            tensorflow=tf.__version__,
+            keras=_keras_version(keras),
+            onednn="off" if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0" else "on",
+            fused_prelu=_fused_prelu_state(),
+        )
+    for runtime in ("ai-edge-litert", "onnxruntime"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[runtime] = metadata.version(runtime)
     return found
+
+
+def exported_runtime(model: Optional[Path]) -> Optional[InferenceRuntime]:
+    """The runtime of a TFLite or ONNX export at `model` (timed as it is, without
+    TensorFlow); None for no model or one that TensorFlow runs (exported anew per variant)."""
+    if model is None:
+        return None
+    from enet_cli.artifacts.model_ref import locate
+
+    runtime = FORMATS[locate(model).format].runtimes[0]
+    return None if runtime.needs_tensorflow else runtime
+
+
+def check_export_request(runtime: InferenceRuntime, what: "What", variants) -> None:
+    """An export is timed as it is: by its own runtime, for inference or video."""
+    if what not in (What.infer, What.video):
+        raise ConfigError(
+            f"--what {what.value}: an exported {runtime.value} model can be timed with "
+            "--what infer or --what video; train and pipeline need a run or SavedModel"
+        )
+    other = [v for v in variants or () if v != runtime.value]
+    if other:
+        raise ConfigError(
+            f"--variants {','.join(other)}: the model is a {runtime.value} export, which runs "
+            f"in {runtime.value} only; drop --variants, or give a run or SavedModel"
+        )
 
 
 def _fused_prelu_state() -> str:
@@ -199,9 +236,12 @@ def run_benchmark(request: BenchmarkRequest) -> BenchmarkReport:
     size, _ = benchmark_size(request)
     request = request.model_copy(update={"image_size": size})
     what = request.what
+    export = exported_runtime(request.model)
+    if export is not None:
+        check_export_request(export, what, request.variants)
     report = BenchmarkReport(
         machine=machine(),
-        versions=versions(),
+        versions=versions(tensorflow=export is None),
         settings={
             "what": what.value,
             "image_size": list(request.image_size),
@@ -211,6 +251,10 @@ def run_benchmark(request: BenchmarkRequest) -> BenchmarkReport:
             "model": str(request.model) if request.model else "freshly initialised ENet",
         },
     )
+    if export is not None:
+        with tempfile.TemporaryDirectory(prefix="enet-benchmark-") as scratch:
+            report.results.extend(_time_export(request, export, Path(scratch)))
+        return report
     with tempfile.TemporaryDirectory(prefix="enet-benchmark-") as scratch:
         scratch_dir = Path(scratch)
         data_dir = request.data_dir
@@ -350,6 +394,27 @@ def _infer(request: BenchmarkRequest, scratch: Path, data_dir: Optional[Path]) -
     return results
 
 
+def _time_export(
+    request: BenchmarkRequest, runtime: InferenceRuntime, scratch: Path
+) -> List[Measurement]:
+    """A TFLite or ONNX export, as it is, in its runtime: one image per call (infer), or
+    `enet predict`'s whole path on videos (video). No TensorFlow."""
+    from enet_cli.serving.runtimes import load_predictor
+
+    if request.what == What.video:
+        return _video(request, scratch, None, {runtime.value: request.model})
+    predictor = load_predictor(request.model, runtime)
+    height, width = predictor.fixed_size or request.image_size
+    pixels = np.random.default_rng(0).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
+    ui.info(f"infer: {runtime.value} ({predictor.source})")
+    seconds = _times(lambda: predictor.run(pixels), request.warmup, request.iterations)
+    from enet_cli.artifacts.model_ref import locate
+
+    megabytes = locate(request.model).path.stat().st_size / 2**20
+    note = f"{megabytes:.2f} MiB, the export as it is"
+    return [Measurement.of("infer", runtime.value, "ms/image", [1000 * s for s in seconds], note)]
+
+
 def _exported(request: BenchmarkRequest, variant: str, scratch: Path, data_dir) -> Path:
     """The model (request.model, or a fresh ENet saved once) in the form `variant` runs."""
     from enet_cli.serving.export import (
@@ -407,10 +472,12 @@ def _sample_video(path: Path, size: Tuple[int, int], frames: int) -> Path:
     return path
 
 
-def _video(request: BenchmarkRequest, scratch: Path, data_dir) -> List[Measurement]:
+def _video(
+    request: BenchmarkRequest, scratch: Path, data_dir, given: Optional[Dict[str, Path]] = None
+) -> List[Measurement]:
     """Frames/s of `enet predict` on a video, the whole path: decode, resize, infer, argmax
-    at the frame's size, overlay, encode (three threads, as predict runs them)."""
-    from enet_cli.core.formats import InferenceRuntime
+    at the frame's size, overlay, encode (three threads, as predict runs them). `given`:
+    variant -> an export to time as it is (instead of exporting request.model anew)."""
     from enet_cli.serving.inputs import PredictOptions
     from enet_cli.serving.predict import VIDEO_PARALLEL, predict_video
     from enet_cli.serving.runtimes import load_predictor
@@ -424,9 +491,9 @@ def _video(request: BenchmarkRequest, scratch: Path, data_dir) -> List[Measureme
     out = scratch / "video-out"
     out.mkdir()
     options = PredictOptions(out=out, batch=request.batch)
-    for variant in request.variants:
+    for variant in given or request.variants:
         runtime = InferenceRuntime("tflite" if variant.startswith("tflite") else variant)
-        exported = _exported(request, variant, scratch, data_dir)
+        exported = (given or {}).get(variant) or _exported(request, variant, scratch, data_dir)
         predictor = load_predictor(exported, runtime, VIDEO_PARALLEL)
         results.append(_video_model(request, variant, predictor, options.batch))
         for size, clip in videos.items():
