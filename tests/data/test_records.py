@@ -21,7 +21,8 @@ def test_every_record_is_tensorflows(small_data):
 
     manifest = load_manifest(small_data)
     for split, info in manifest.splits.items():
-        ours = {name: (image, label) for name, image, label in read_split(small_data, manifest, split)}
+        records = read_split(small_data, manifest, split)
+        ours = {name: (image, label) for name, image, label in records}
         theirs = read_records(small_data, split)  # tf.data and tf.io.parse_single_example
         assert sorted(ours) == sorted(theirs) and len(ours) == info.records > 0, split
         for name, (image, label) in theirs.items():
