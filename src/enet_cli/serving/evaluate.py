@@ -16,6 +16,7 @@ import numpy as np
 from enet_cli.core import outputs
 from enet_cli.core.errors import ConfigError, DataError
 from enet_cli.core.metrics import count_confusion, segmentation_metrics
+from enet_cli.core.threads import put_unless_stopped
 from enet_cli.data.records import batches
 from enet_cli.serving.evaluate_request import check_evaluation, evaluation_inputs
 from enet_cli.serving.runtimes import load_predictor
@@ -100,13 +101,7 @@ def _read_ahead(items: Iterator[Tuple[np.ndarray, np.ndarray]], depth: int = 2):
     ready: queue.Queue = queue.Queue(maxsize=depth)
 
     def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless_stopped(ready, item, stop)
 
     def produce() -> None:
         try:

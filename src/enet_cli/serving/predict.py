@@ -34,6 +34,7 @@ from PIL import Image
 
 from enet_cli.core import outputs, ui
 from enet_cli.core.errors import DataError, OutputError, disk_full, reason
+from enet_cli.core.threads import put_unless_stopped
 from enet_cli.pixels.drawing import (
     PictureError,
     PictureTooLarge,
@@ -215,17 +216,6 @@ class _Failed(NamedTuple):
     error: BaseException
 
 
-def _put(q: "queue.Queue", item, stop: threading.Event) -> bool:
-    """Put unless `stop` is set first; False when it was."""
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
 class _Rate:
     """Frames per second over the last second or so, for the counter drawn in the video."""
 
@@ -287,11 +277,11 @@ def predict_video(
                         f"{source.name}: frame {frame.shape[1]}x{frame.shape[0]} differs from "
                         f"the stream's {source.size[1]}x{source.size[0]}"
                     )
-                if not _put(frames_in, (frame, preprocessor.pixels(frame)), halt):
+                if not put_unless_stopped(frames_in, (frame, preprocessor.pixels(frame)), halt):
                     return
-            _put(frames_in, _END, halt)
+            put_unless_stopped(frames_in, _END, halt)
         except BaseException as err:
-            _put(frames_in, _Failed(err), halt)
+            put_unless_stopped(frames_in, _Failed(err), halt)
 
     failure: List[BaseException] = []
 
