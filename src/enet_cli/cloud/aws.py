@@ -77,8 +77,16 @@ def check_prefix(prefix: Optional[str]) -> str:
 
 
 def boto_session(cfg: AwsConfig):
-    """A boto3 session with a region and credentials, or a one-line error saying how."""
-    import boto3
+    """A boto3 session with a region and credentials, or a one-line error saying how.
+
+    Enough for the commands that only call AWS's APIs (jobs, invoke, undeploy, download):
+    they do not import the SageMaker SDK, whose import alone takes longer than their work."""
+    try:
+        import boto3
+    except ImportError as err:
+        raise EnvironmentProblem(
+            f"this command needs boto3 ({err}); install it with: pip install 'enet-cli[launch]'"
+        ) from None
 
     session = boto3.Session(region_name=cfg.region)
     if not session.region_name:
@@ -128,19 +136,20 @@ class Aws(NamedTuple):
     boto: object  # boto3.Session
     session: object  # sagemaker.Session
     prefix: str  # s3://bucket/prefix, no trailing slash
-    role: Optional[str]
+    role: str
 
     def client(self, name: str):
         return self.boto.client(name)  # type: ignore[attr-defined]
 
 
-def connect(cfg: AwsConfig, need_role: bool = True) -> Aws:
-    """The SDK session for `cfg`: region, credentials and (when SageMaker will assume it)
-    the role are checked first; the prefix defaults to the SDK's default bucket."""
+def connect(cfg: AwsConfig) -> Aws:
+    """The SDK session for `cfg`, for the commands that create what SageMaker runs (jobs,
+    models, endpoints): region, credentials and the role SageMaker will assume are checked
+    first; the prefix defaults to the SDK's default bucket."""
     sagemaker = sdk()
     prefix = check_prefix(cfg.s3_prefix)
     boto = boto_session(cfg)
-    assumed = role(cfg) if need_role else None
+    assumed = role(cfg)
     # The bucket is always given: the SDK would otherwise ask STS at its pinned regional
     # endpoint (ignoring AWS_ENDPOINT_URL) whenever it wants a default bucket.
     session = sagemaker.Session(

@@ -63,11 +63,11 @@ def job_model_uri(sagemaker_client, job: str) -> str:
     return uri
 
 
-def download_model(where: aws.Aws, uri: str, directory: Path) -> Path:
-    """An s3:// model.tar.gz downloaded and safely unpacked into `directory`."""
+def download_model(s3, uri: str, directory: Path) -> Path:
+    """An s3:// model.tar.gz downloaded with the `s3` client and safely unpacked into
+    `directory`."""
     bucket, key = aws.split_uri(uri)
     tarball = directory.parent / f".{directory.name}.model.tar.gz"
-    s3 = where.client("s3")
     try:
         size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
     except Exception as err:  # botocore's ClientError: 404 / 403 by its message
@@ -91,7 +91,7 @@ def upload_model(source: ModelRef, where: aws.Aws, name: str) -> str:
             remote = source.value
             if source.kind is RefKind.job:
                 remote = job_model_uri(where.client("sagemaker"), source.value)
-            local = download_model(where, remote, Path(tmp) / "downloaded")
+            local = download_model(where.client("s3"), remote, Path(tmp) / "downloaded")
         ui.info(f"packing {source.describe()} with the endpoint's handler")
         tarball = pack_model(local, Path(tmp) / "model.tar.gz")
         size = tarball.stat().st_size
@@ -218,14 +218,14 @@ def _capacity(cfg: DeployConfig) -> str:
 def undeploy(name: str, cfg: AwsConfig) -> List[str]:
     """Delete the endpoint, its configuration and its models; returns what was deleted."""
     with aws.aws_errors():
-        where = aws.connect(cfg, need_role=False)
-        sm = where.client("sagemaker")
+        boto = aws.boto_session(cfg)
+        sm = boto.client("sagemaker")
         try:
             endpoint = sm.describe_endpoint(EndpointName=name)
         except Exception as err:
             if "Could not find" in str(err) or "ValidationException" in str(err):
                 raise DataError(
-                    f"no endpoint {name} in {where.boto.region_name}; list them with: aws "  # type: ignore[attr-defined]
+                    f"no endpoint {name} in {boto.region_name}; list them with: aws "
                     f"sagemaker list-endpoints"
                 ) from None
             raise
@@ -270,8 +270,7 @@ def invoke(endpoint: str, images: List[Path], out_dir: Path, cfg: AwsConfig) -> 
     check_inputs_kept(images, out_dir)
     written: List[Path] = []
     with aws.aws_errors():
-        where = aws.connect(cfg, need_role=False)
-        runtime = where.client("sagemaker-runtime")
+        runtime = aws.boto_session(cfg).client("sagemaker-runtime")
         for path in images:
             data = path.read_bytes()
             try:

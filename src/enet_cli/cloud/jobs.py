@@ -32,7 +32,7 @@ def list_jobs(cfg: AwsConfig, limit: int = 50) -> List[Dict]:
     """This tool's training jobs, newest first: name, status, created, instance, metric."""
     rows = []
     with aws.aws_errors():
-        sm = aws.connect(cfg, need_role=False).client("sagemaker")
+        sm = aws.boto_session(cfg).client("sagemaker")
         pages = sm.get_paginator("list_training_jobs").paginate(
             SortBy="CreationTime", SortOrder="Descending"
         )
@@ -70,7 +70,7 @@ def print_jobs(rows: List[Dict]) -> None:
 def describe(name: str, cfg: AwsConfig) -> dict:
     """One job: status, times, instances, metrics, hyperparameters, model, failure."""
     with aws.aws_errors():
-        sm = aws.connect(cfg, need_role=False).client("sagemaker")
+        sm = aws.boto_session(cfg).client("sagemaker")
         job = _describe(sm, name)
     resources = job.get("ResourceConfig", {})
     rows = [
@@ -98,8 +98,8 @@ def logs(name: str, cfg: AwsConfig, follow: bool = False, poll: float = 5.0) -> 
     `follow`, until the job ends. Returns the lines printed."""
     printed = 0
     with aws.aws_errors():
-        where = aws.connect(cfg, need_role=False)
-        sm, cw = where.client("sagemaker"), where.client("logs")
+        boto = aws.boto_session(cfg)
+        sm, cw = boto.client("sagemaker"), boto.client("logs")
         _describe(sm, name)
         tokens: Dict[str, Optional[str]] = {}
         ended = False
@@ -144,7 +144,7 @@ def _print_new_events(cw, name: str, tokens: Dict[str, Optional[str]]) -> int:
 
 def stop(name: str, cfg: AwsConfig) -> None:
     with aws.aws_errors():
-        sm = aws.connect(cfg, need_role=False).client("sagemaker")
+        sm = aws.boto_session(cfg).client("sagemaker")
         status = _describe(sm, name)["TrainingJobStatus"]
         if status in ENDED:
             ui.info(f"training job {name} already ended ({status}); nothing to stop")
@@ -163,9 +163,9 @@ def download(
     ./NAME), published only once whole; `enet evaluate/predict/export OUT` read it."""
     target = Path(out) if out is not None else Path(name)
     with outputs.claim(target, "download", force, (), "--out") as staged, aws.aws_errors():
-        where = aws.connect(cfg, need_role=False)
-        uri = job_model_uri(where.client("sagemaker"), name)
-        download_model(where, uri, staged.path)
+        boto = aws.boto_session(cfg)
+        uri = job_model_uri(boto.client("sagemaker"), name)
+        download_model(boto.client("s3"), uri, staged.path)
         published = staged.publish()
     if hint:
         ui.info(
@@ -185,7 +185,7 @@ def cache_dir() -> Path:
 def model_of(argument: Path) -> Path:
     """MODEL for evaluate, predict and export: a path as it is; a name that is no path but
     a training job's is that job's model, downloaded once into cache_dir(). Without the
-    SDK or credentials, the path is returned for the usual "does not exist" line."""
+    boto3 or credentials, the path is returned for the usual "does not exist" line."""
     from enet_cli.artifacts.model_ref import ModelRef, RefKind
     from enet_cli.core.errors import ConfigError, EnvironmentProblem
 
@@ -197,11 +197,10 @@ def model_of(argument: Path) -> Path:
         ui.info(f"model: training job {text}'s, downloaded earlier to {cached}")
         return cached
     try:
-        aws.sdk()
         found = download(text, cached, AwsConfig(), hint=False)
         ui.info(f"model: training job {text}'s, downloaded to {found}")
     except (EnvironmentProblem, ConfigError):
-        return argument  # no SDK or no AWS: it was meant as a path
+        return argument  # no boto3 or no AWS: it was meant as a path
     except DataError as err:
         raise DataError(f"model {text} is no path here; as a training job: {err}") from None
     return found
