@@ -5,10 +5,12 @@ processes) on a fresh clone of HEAD, so nothing local (a cache, an uncommitted f
 and reads pytest's `--durations=0` report. Issue 29's target: the main suite at most 12
 minutes on a 2-core machine. Check `uptime` first: these machines are shared.
 Run: python benchmarks/test_suite.py [--write] [--report FILE]
-(--write: also docs/results/test_suite.{json,md}, the table the design page shows)
+(--write: also docs/results/test_suite.{json,md}, the table the design page shows, and
+tests/durations.json, each test file's seconds: conftest hands out the longest first)
 """
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -22,6 +24,7 @@ from _common import ROOT, machine, publish
 
 DURATION = re.compile(r"^([\d.]+)s (call|setup|teardown)\s+(\S+)$", re.M)
 SUMMARY = re.compile(r"=+ (.*) in [\d.]+s")
+DURATIONS = ROOT / "tests" / "durations.json"  # each test file's seconds, for conftest
 
 
 def main() -> None:
@@ -71,6 +74,12 @@ def main() -> None:
         )
         command = "python benchmarks/test_suite.py --write"
         print(f"wrote {publish('test_suite', command, header, rows, note, at_start)}")
+        per_file = defaultdict(float)
+        for test, seconds in per_test.items():
+            per_file[test.split("::")[0]] += seconds
+        ordered = {name: round(per_file[name], 1) for name in sorted(per_file)}
+        DURATIONS.write_text(json.dumps(ordered, indent=1) + "\n")
+        print(f"wrote {DURATIONS.relative_to(ROOT)} (conftest hands out the longest files first)")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 keeps tests out of the working tree. Helpers live in enet_testing.py: tests import them
 from there, never from this file."""
 
+import json
 import os
 import subprocess
 import sys
@@ -152,9 +153,53 @@ def _working_tree_files() -> set:
     return {p for p in paths if not any(d in p for d in _TOOL_DEBRIS)}
 
 
+# Each test file's measured seconds (benchmarks/test_suite.py --write keeps it current).
+DURATIONS = Path(__file__).with_name("durations.json")
+
+
+def pytest_configure(config):
+    # pytest-xdist 3.7+ hands out files with the most tests first, whatever they cost, which
+    # leaves the one-test multi-process files for the end; keep the order below instead
+    # (3.6, the last on Python 3.8, keeps the collection order anyway).
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest test files first (as measured), so that the two xdist processes end
+    with short ones and finish together: with `--dist loadfile` a 40 s file handed out
+    last keeps one process busy while the other waits. A file not measured yet counts as
+    the longest. Within a file the order is the file's own."""
+    try:
+        seconds = json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        return
+    unmeasured = max(seconds.values(), default=0.0) + 1.0
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], unmeasured))
+
+
 def pytest_sessionstart(session):
-    if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist)
-        session.config._enet_tree_before = _working_tree_files()
+    config = session.config
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist)
+        config._enet_tree_before = _working_tree_files()
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        _two_logical_cpus()  # a process that runs tests (xdist's controller runs none)
+
+
+def _two_logical_cpus() -> None:
+    """Split this test process's CPU into two logical devices before its TensorFlow
+    runtime starts (it cannot be done later): what `--mode mp`'s pipeline and a two-replica
+    MirroredStrategy need, so their tests train in this process instead of paying a fresh
+    one's TensorFlow import each. Ops without a device still run on /CPU:0, as in a user's
+    process: the other tests see no difference. A MirroredStrategy over both devices still
+    needs a process of its own: a second one in a process reuses the first one's
+    collective instance keys and TensorFlow aborts its all-reduce (shape mismatch)."""
+    from enet_cli.core.backend import tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(2)]
+    )
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -3,10 +3,7 @@ trains like one process (M=1) or like gradient accumulation over microbatches (M
 on SMP: the engine against the stand-in library's documented API."""
 
 import itertools
-import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,9 +13,8 @@ from enet_testing import (
     SMALL_BOTTLENECKS,
     SMALL_MODEL,
     checkpoint_values,
-    enet_env,
     error_lines,
-    run_enet,
+    invoke,
 )
 
 NO_DROPOUT = ("--dropout", "0", "--stage1-dropout", "0", *SMALL_MODEL)
@@ -85,7 +81,7 @@ def relative_error(a, b):
 
 def test_two_stages_one_microbatch_train_like_one_process(small_data, single_step_run, tmp_path):
     common = (str(small_data), "--batch-size", "4", "--steps", "1", "--seed", "3", *NO_DROPOUT)
-    mp = run_enet(
+    mp = invoke(
         "train", *common, "--mode", "mp", "--partitions", "2", "--microbatches", "1",
         "--run-dir", str(tmp_path / "mp"),
     )  # fmt: skip
@@ -115,7 +111,7 @@ def test_two_microbatches_accumulate_the_microbatch_gradients_and_train(small_da
     for epochs, schedule in ((1, "interleaved"), (2, "interleaved"), (None, "simple")):
         run = tmp_path / schedule
         length = ("--epochs", str(epochs)) if epochs else ("--steps", "1")
-        result = run_enet("train", *common, *length, "--pipeline", schedule, "--run-dir", str(run))
+        result = invoke("train", *common, *length, "--pipeline", schedule, "--run-dir", str(run))
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"{schedule} schedule" in result.stderr
         if epochs == 2:  # resumed at the end of epoch 1, not started over
@@ -170,7 +166,7 @@ def _reference(data_dir, seed):
 
 
 def test_batch_must_divide_into_microbatches(small_data, tmp_path):
-    result = run_enet(
+    result = invoke(
         "train", str(small_data), "--mode", "mp", "--microbatches", "3", "--batch-size", "4",
         "--run-dir", str(tmp_path / "run"),
     )  # fmt: skip
@@ -184,49 +180,44 @@ def test_batch_must_divide_into_microbatches(small_data, tmp_path):
 # ---------------------------------------------------------------------------------------
 # The SMP engine, against the stand-in library in tests/stand_ins (documented SMP v1 API)
 # ---------------------------------------------------------------------------------------
-PLACEMENT_PROBE = r"""
-import json, sys
-import numpy as np
-from enet_cli.core.backend import tf
-from enet_cli.core.config import ModelConfig, RuntimeConfig, TrainConfig
-from enet_cli.train.engines.pipeline import PipelineEngine
-from enet_cli.train.optim import build_update
-from enet_cli.train.task import SegmentationTask
+def _placement(bottlenecks: str) -> dict:
+    """Where one real pipeline step (2 stages x 2 microbatches) put each block's forward
+    ops, its variables and Adam's slots: {"stages", "ops": block -> devices,
+    "variables": name -> device}."""
+    from enet_cli.core.backend import tf
+    from enet_cli.core.config import ModelConfig, RuntimeConfig, TrainConfig
+    from enet_cli.train.engines.pipeline import PipelineEngine
+    from enet_cli.train.optim import build_update
+    from enet_cli.train.task import SegmentationTask
 
-engine = PipelineEngine(RuntimeConfig(mode="mp", partitions=2, microbatches=2))
-model = engine.build_model(ModelConfig(num_classes=11, bottlenecks=sys.argv[1]), (96, 128))
-task = SegmentationTask(11, 11, [1.0] * 11)
-update = build_update(TrainConfig(), model.trainable_variables)
-optimizer = update.optimizer
-step = engine.make_train_step(model, update, task)
-batch = (tf.zeros([4, 96, 128, 3]), tf.zeros([4, 96, 128], tf.int32))
-step(batch)  # one real step: every slot exists
-graph = step.get_concrete_function(batch).graph
-report = {"stages": [s.blocks for s in engine.stages], "ops": {}, "variables": {}}
-for stage in engine.stages:
-    for block in stage.blocks:
-        report["ops"][block] = sorted({
-            op.device for op in graph.get_operations()
-            # its forward computations (variable reads run where the variable lives)
-            if op.name.split("/")[0] == block
-            and op.type not in ("Placeholder", "ReadVariableOp")
-        })
-for variable in model.variables + optimizer.variables():
-    report["variables"][variable.name] = variable.device
-print(json.dumps(report))
-"""
+    engine = PipelineEngine(RuntimeConfig(mode="mp", partitions=2, microbatches=2))
+    model = engine.build_model(ModelConfig(num_classes=11, bottlenecks=bottlenecks), (96, 128))
+    task = SegmentationTask(11, 11, [1.0] * 11)
+    update = build_update(TrainConfig(), model.trainable_variables)
+    step = engine.make_train_step(model, update, task)
+    batch = (tf.zeros([4, 96, 128, 3]), tf.zeros([4, 96, 128], tf.int32))
+    step(batch)  # one real step: every slot exists
+    graph = step.get_concrete_function(batch).graph
+    report = {"stages": [s.blocks for s in engine.stages], "ops": {}, "variables": {}}
+    for stage in engine.stages:
+        for block in stage.blocks:
+            report["ops"][block] = sorted({
+                op.device for op in graph.get_operations()
+                # its forward computations (variable reads run where the variable lives)
+                if op.name.split("/")[0] == block
+                and op.type not in ("Placeholder", "ReadVariableOp")
+            })  # fmt: skip
+    for variable in model.variables + update.optimizer.variables():
+        report["variables"][variable.name] = variable.device
+    return report
 
 
 def test_pipeline_stages_run_on_their_devices():
     """Every forward op of a stage's blocks is placed on that stage's device, and so are
-    its variables and Adam's slots for them (one real step on 2 logical CPU devices; the
-    backward ops are colocated with their forward ops, TensorFlow's default)."""
-    result = subprocess.run(
-        [sys.executable, "-c", PLACEMENT_PROBE, SMALL_MODEL[1]], capture_output=True, text=True,
-        timeout=300, env=enet_env(),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    its variables and Adam's slots for them (one real step on 2 logical CPU devices, made
+    by conftest; the backward ops are colocated with their forward ops, TensorFlow's
+    default)."""
+    report = _placement(SMALL_MODEL[1])
     stage_of = {b: k for k, blocks in enumerate(report["stages"]) for b in blocks}
     assert len(report["stages"]) == 2 and all(report["stages"])
     placed_blocks = [block for block, devices in report["ops"].items() if devices]
