@@ -99,6 +99,27 @@ def export(work: Path) -> None:
     predict_all(work, "full")
 
 
+def same_records(edge: Path, full: Path) -> None:
+    """`enet preprocess` of the edge install writes the records the full install wrote:
+    the same names, pixels and labels in every split (read back without TensorFlow)."""
+    from enet_cli.data.manifest import load_manifest
+    from enet_cli.data.records import read_split
+
+    enet("preprocess", SAMPLE, edge, "--size", "96x128")
+    ours, theirs = load_manifest(edge), load_manifest(full)
+    if sorted(ours.splits) != sorted(theirs.splits):
+        sys.exit(f"edge check: preprocess wrote splits {sorted(ours.splits)}")
+    for split in theirs.splits:
+        mine = list(read_split(edge, ours, split))
+        wanted = list(read_split(full, theirs, split))
+        if len(mine) != len(wanted) or not mine:
+            sys.exit(f"edge check: preprocess wrote {len(mine)} {split} records")
+        for (name, image, label), (other, image2, label2) in zip(mine, wanted):
+            same = np.array_equal(image, image2) and np.array_equal(label, label2)
+            if name != other or not same:
+                sys.exit(f"edge check: preprocess's {split} record {name} differs")
+
+
 def check(work: Path) -> None:
     if importlib.util.find_spec("tensorflow") is not None:
         sys.exit("edge check: TensorFlow is importable in the edge install")
@@ -122,6 +143,7 @@ def check(work: Path) -> None:
         timed = [(m["variant"], m["n"]) for m in report["results"]]
         if timed != [(runtime, 3)] or "tensorflow" in report["versions"]:
             sys.exit(f"edge check: benchmark of {runtime}: {timed}, {report['versions']}")
+    same_records(work / "edge-data", work / "data")
     refused = enet("predict", work / "run", PHOTOS[0], "--out", work / "refused", expect=6)
     line = refused.stderr.decode().strip()
     if "\n" in line or not line.endswith("pip install 'enet-cli[tensorflow]'"):
@@ -131,7 +153,8 @@ def check(work: Path) -> None:
     print(
         f"edge install: {len(full)} class maps and overlays, and evaluate's scores on the "
         "test split, equal the full install's (TFLite and ONNX; photos, a video, stdin "
-        "frames); benchmark timed both; no TensorFlow importable"
+        "frames); benchmark timed both; preprocess wrote the same shards; no TensorFlow "
+        "importable"
     )
 
 

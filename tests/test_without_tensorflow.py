@@ -2,7 +2,8 @@
 in a process where TensorFlow cannot be imported at all (as on a board that has only the
 light runtimes), `enet predict` segments photos of any size, a video and frames from a pipe
 exactly as the full install does, `enet evaluate` scores it on the shards with the full
-install's numbers, `enet benchmark` times it, and what needs TensorFlow says so in one line.
+install's numbers, `enet benchmark` times it, `enet preprocess` writes the shards the full
+install writes, and what needs TensorFlow says so in one line.
 """
 
 import json
@@ -158,6 +159,22 @@ def test_evaluate_and_benchmark_run_an_export_without_tensorflow(
     assert report["results"][0]["median"] > 0
     assert "tensorflow" not in report["versions"]
     assert {"tflite": "ai-edge-litert", "onnx": "onnxruntime"}[runtime] in report["versions"]
+
+
+def test_preprocess_writes_the_full_installs_shards_without_tensorflow(segnet_data, tmp_path):
+    """The same command as conftest's segnet_data (in the test process, TensorFlow loaded):
+    the same shards, byte for byte, and the same manifest."""
+    out = tmp_path / "data"
+    result = enet_without_tensorflow(
+        "preprocess", FIXTURES / "camvid-segnet-mini", out, "--workers", "2", "--shards", "4"
+    )
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    ours, theirs = (json.loads((d / "manifest.json").read_text()) for d in (out, segnet_data))
+    assert ours == theirs
+    shards = sorted(p.name for p in segnet_data.glob("*.tfrecord"))
+    assert shards == sorted(p.name for p in out.glob("*.tfrecord")) and len(shards) == 12
+    for name in shards:
+        assert (out / name).read_bytes() == (segnet_data / name).read_bytes(), name
 
 
 def test_an_export_is_timed_only_as_it_is(untrained_exports):

@@ -2,9 +2,10 @@
 manifest.json.
 
 Decoding, class mapping, resizing and PNG encoding run in worker processes that import
-only numpy and Pillow (started with "spawn", so they never inherit TensorFlow's threads);
-the parent writes the shards with TensorFlow's TFRecord writer, in input order, so the
-output is the same whatever --workers is.
+only numpy and Pillow (started with "spawn": a worker inherits nothing of its parent's
+threads); the parent writes the shards in TensorFlow's TFRecord framing (data/records.py),
+in input order, so the output is the same whatever --workers is. Nothing here imports
+TensorFlow.
 
 The output appears all at once or not at all, and never replaces anything but an earlier
 `enet preprocess` output (outputs.claim: staged in a hidden sibling, renamed into place at
@@ -49,6 +50,7 @@ from enet_cli.data.manifest import (
     file_sha256,
     write_manifest,
 )
+from enet_cli.data.records import ShardWriter
 from enet_cli.pixels.preprocessor import resize_classes, resize_image
 
 DEFAULT_WORKERS = 4  # processes when --workers is not given (fewer on fewer cores)
@@ -92,9 +94,9 @@ class SplitReport(NamedTuple):
 # ---------------------------------------------------------------------------------------
 # One example (runs in a worker process)
 # ---------------------------------------------------------------------------------------
-def _open(path: Path) -> Image.Image:
+def _open(path: Path, data: Optional[bytes] = None) -> Image.Image:
     try:
-        image = Image.open(path)
+        image = Image.open(io.BytesIO(data) if data is not None else path)
         image.load()  # decode now: truncated files fail here, not later
         return image
     except Image.DecompressionBombError:
@@ -125,11 +127,28 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _read_mask(path: Path, scheme: ClassScheme) -> np.ndarray:
+# PNG colour types (the PNG specification, IHDR): what a file must be to be stored as it is.
+PNG_GREY, PNG_RGB = 0, 2
+
+
+def _png_as_stored(data: bytes, colour_type: int) -> bool:
+    """Whether a PNG file's own bytes can go into a record unchanged: 8 bits per channel
+    of `colour_type`, so every decoder (Pillow, TensorFlow's decode_png) reads exactly the
+    pixels decoded here. Re-encoding the same pixels was most of the time of an input
+    that needs no resizing (CamVid's SegNet copy)."""
+    return (
+        data[:8] == b"\x89PNG\r\n\x1a\n"
+        and data[12:16] == b"IHDR"
+        and data[24] == 8  # bit depth
+        and data[25] == colour_type
+    )
+
+
+def _read_mask(path: Path, scheme: ClassScheme, data: bytes) -> np.ndarray:
     """A mask as class indices, read as indices or as colours by what the scheme knows:
     a palette PNG's indices are its classes when the scheme maps values (VOC), its colours
     when it maps colours only (a CamVid label saved with a palette)."""
-    mask = _open(path)
+    mask = _open(path, data)
     _check_lossless_label(mask, path)
     if (mask.mode == "P" and not scheme.values) or (mask.mode in ("RGB", "RGBA") and scheme.rgb):
         mask = mask.convert("RGB")
@@ -142,13 +161,18 @@ def _read_mask(path: Path, scheme: ClassScheme) -> np.ndarray:
 
 
 def convert_example(task: Task) -> Converted:
-    """Decode one image/label pair, map labels to classes, resize, and encode both as PNG."""
-    image = _open(task.image).convert("RGB")
+    """Decode one image/label pair, map labels to classes, resize, and encode both as PNG
+    (or keep a file's own PNG bytes where they decode to exactly those pixels)."""
+    image_file = task.image.read_bytes()
+    image = _open(task.image, image_file).convert("RGB")
+    label_file = b""
     if task.label is None:
         classes = np.full((image.size[1], image.size[0]), task.scheme.void_index, np.uint8)
         unknown, read_as = 0, "values"
+        mask = classes
     else:
-        mask = _read_mask(task.label, task.scheme)
+        label_file = task.label.read_bytes()
+        mask = _read_mask(task.label, task.scheme, label_file)
         read_as = "colours" if mask.ndim == 3 else "values"
         classes, unknown = labels_to_classes(mask, task.scheme)
         if classes.shape != (image.size[1], image.size[0]):
@@ -156,13 +180,21 @@ def convert_example(task: Task) -> Converted:
                 f"{task.image} is {image.size[0]}x{image.size[1]} but its label {task.label} "
                 f"is {classes.shape[1]}x{classes.shape[0]}; they must be the same size"
             )
+    resized = image.size != (task.size[1], task.size[0])
     pixels = resize_image(image, task.size, task.interpolation)
     classes = resize_classes(classes, task.size)
     histogram = np.bincount(classes.ravel(), minlength=task.scheme.void_index + 1)
+    keep_image = not resized and _png_as_stored(image_file, PNG_RGB)
+    keep_label = (
+        not resized
+        and _png_as_stored(label_file, PNG_GREY)
+        and mask.dtype == np.uint8
+        and np.array_equal(mask, classes)  # its values are already the class indices
+    )
     return Converted(
         name=task.name,
-        image_png=_png(pixels),
-        label_png=_png(classes),
+        image_png=image_file if keep_image else _png(pixels),
+        label_png=label_file if keep_label else _png(classes),
         histogram=histogram,
         unknown_pixels=unknown,
         source_pixels=image.size[0] * image.size[1],
@@ -263,25 +295,6 @@ def _convert_all(
 # ---------------------------------------------------------------------------------------
 # Shards and the whole run
 # ---------------------------------------------------------------------------------------
-def _example(tf, item: Converted, size: Tuple[int, int]):
-    def feature(value):
-        if isinstance(value, bytes):
-            return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-
-    return tf.train.Example(
-        features=tf.train.Features(
-            feature={
-                "image": feature(item.image_png),
-                "label": feature(item.label_png),
-                "name": feature(item.name.encode()),
-                "height": feature(size[0]),
-                "width": feature(size[1]),
-            }
-        )
-    )
-
-
 def _shard_sizes(records: int, shards: int) -> List[int]:
     base, extra = divmod(records, shards)
     return [base + (1 if i < extra else 0) for i in range(shards)]
@@ -318,13 +331,22 @@ class _Totals:
             self.unknown_kinds.add(item.read_as)
 
 
-def _fill_shards(tf, converted, sizes, split, cfg, out_dir: Path, acc: _Totals) -> None:
+def _fill_shards(converted, sizes, split, cfg, out_dir: Path, acc: _Totals) -> None:
+    height, width = cfg.image_size
     for index, count in enumerate(sizes):
         name = f"{split}-{index:05d}-of-{len(sizes):05d}.tfrecord"
-        with tf.io.TFRecordWriter(str(out_dir / name)) as writer:
+        with ShardWriter(out_dir / name) as writer:
             for _ in range(count):
                 item = next(converted)
-                writer.write(_example(tf, item, cfg.image_size).SerializeToString())
+                writer.write(
+                    {
+                        "image": item.image_png,
+                        "label": item.label_png,
+                        "name": item.name.encode(),
+                        "height": height,
+                        "width": width,
+                    }
+                )
                 acc.add(item)
         acc.shards.append(ShardInfo(file=name, records=count, sha256=file_sha256(out_dir / name)))
 
@@ -361,8 +383,6 @@ def _write_split(
     pool,
     interrupts: Interrupts,
 ) -> _SplitResult:
-    from enet_cli.core.backend import tf
-
     start = time.monotonic()
     shards = min(cfg.shards or default_shards(len(tasks)), len(tasks))
     sizes = _shard_sizes(len(tasks), shards)
@@ -370,7 +390,7 @@ def _write_split(
     acc = _Totals(classes)
     converted = track(_convert_all(tasks, pool, interrupts), len(tasks), f"preprocess {split}")
     try:
-        _fill_shards(tf, converted, sizes, split, cfg, out_dir, acc)
+        _fill_shards(converted, sizes, split, cfg, out_dir, acc)
         for _ in converted:  # drain: lets the progress display finish
             pass
     finally:
@@ -471,11 +491,9 @@ def _workers(asked: Optional[int]) -> int:
 @contextlib.contextmanager
 def _writing(out: Path) -> Iterator[None]:
     """A full disk or a vanished directory while shards are written: one line."""
-    from enet_cli.core.backend import tf
-
     try:
         yield
-    except (OSError, tf.errors.OpError) as err:
+    except OSError as err:
         raise outputs.OutputError(
             f"cannot write OUTPUT_DIR {out}: {reason(err)}; free space or choose another "
             f"directory (nothing was written)"

@@ -1,5 +1,7 @@
-"""The shards read without TensorFlow, for `enet evaluate` on a TFLite or ONNX model (which
-must run on a machine with the edge install, where TensorFlow is not installed).
+"""The shards written and read without TensorFlow: `enet preprocess` writes them (its
+process then never pays TensorFlow's import), and `enet evaluate` on a TFLite or ONNX model
+reads them on a machine with the edge install, where TensorFlow is not installed; training
+reads them with tf.data.
 
 A shard is TFRecord framing around serialized `tf.train.Example`s. The framing is
 TensorFlow's (tensorflow/core/lib/io/record_writer.h): a little-endian uint64 length, a
@@ -13,10 +15,11 @@ The records come out as tf.data gives them to `make_dataset` (training=False): u
 images, int32 labels, in the manifest's shard order. Layer 3 (data/): imports core/ only.
 """
 
+import functools
 import io
 import struct
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import BinaryIO, Dict, Iterator, List, Tuple, Union
 
 import numpy as np
 
@@ -24,9 +27,12 @@ from enet_cli.core.errors import DataError, EnvironmentProblem
 from enet_cli.data.manifest import Manifest, file_sha256
 
 _HEADER = struct.Struct("<QI")  # length, masked CRC of the length
-_FOOTER = 4  # masked CRC of the data
+_LENGTH = struct.Struct("<Q")
+_CRC = struct.Struct("<I")
+_FOOTER = _CRC.size  # masked CRC of the data
 
 
+@functools.lru_cache(maxsize=None)
 def _example_class():
     """tensorflow.Example as a protobuf message class, from example.proto's fields."""
     from google.protobuf import descriptor_pb2, descriptor_pool
@@ -85,6 +91,7 @@ def _example_class():
     return GetMessageClass(descriptor)
 
 
+@functools.lru_cache(maxsize=None)
 def _masked_crc():
     """TFRecord's checksum: CRC-32C, rotated right by 15 bits, plus a constant
     (tensorflow/core/lib/hash/crc32c.h: Mask)."""
@@ -92,7 +99,7 @@ def _masked_crc():
         import google_crc32c
     except ImportError:
         raise EnvironmentProblem(
-            "reading the shards without TensorFlow needs google-crc32c: "
+            "reading or writing the shards needs google-crc32c: "
             "pip install 'enet-cli[edge]' (or 'enet-cli[tensorflow]')"
         ) from None
 
@@ -129,6 +136,37 @@ def _frames(path: Path) -> Iterator[bytes]:
             raise corrupted(start)
         yield bytes(data[start:end])
         offset = end + _FOOTER
+
+
+class ShardWriter:
+    """Examples into one TFRecord file, framed as TensorFlow's writer frames them (what
+    `_frames` reads back and tf.data's TFRecordDataset checks). Use as a context manager."""
+
+    def __init__(self, path: Path):
+        self._masked = _masked_crc()
+        self._example = _example_class()
+        self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 (closed by __exit__)
+
+    def write(self, features: Dict[str, Union[bytes, int]]) -> None:
+        """One Example of single-value features: bytes as a BytesList, ints as an Int64List."""
+        example = self._example()
+        for key, value in features.items():
+            feature = example.features.feature[key]
+            if isinstance(value, bytes):
+                feature.bytes_list.value.append(value)
+            else:
+                feature.int64_list.value.append(value)
+        data = example.SerializeToString(deterministic=True)  # map keys sorted: same bytes
+        length = _LENGTH.pack(len(data))
+        self._file.write(length + _CRC.pack(self._masked(length)))
+        self._file.write(data)
+        self._file.write(_CRC.pack(self._masked(data)))
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
 
 
 def _png(data: bytes, path: Path, name: str, what: str) -> np.ndarray:
