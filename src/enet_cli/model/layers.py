@@ -18,10 +18,13 @@ from enet_cli.model.ops import (
     batch_norm,
     conv2d,
     conv_macs,
+    inference_affine,
     kernel_init,
     layer_seed,
     make_activation,
     spatial_size,
+    subpixel_conv,
+    subpixel_kernel,
 )
 
 
@@ -33,7 +36,17 @@ class InitialBlock(keras.layers.Layer):
 
     (N, H, W, 3) -> (N, H/2, W/2, 16). Padding is explicit (1 pixel each side, -inf for the
     pool) so the sampling grid is the reference's, not Keras "same" (which pads only after).
+
+    `export_form` (set on export copies, whose input is pixels in [0, 1]) applies the batch
+    norm to each branch before the concat and pads the pool with 0 (the same maximum as -inf
+    for non-negative pixels). In an int8 graph a concat's inputs share its scale, and that
+    scale, set by the convolution's outputs, was forced back through the pool onto the image:
+    the image reached the first convolution in about ten grey levels, and a trained model
+    lost 16 points of mean IoU. Split, the image keeps its own scale and the convolution's
+    share of the batch norm folds into it.
     """
+
+    export_form = False
 
     def __init__(
         self, filters: int = 16, activation: str = "prelu", sync_batchnorm: bool = False, **kwargs
@@ -53,9 +66,13 @@ class InitialBlock(keras.layers.Layer):
     def call(self, inputs, training=None):
         pad = [[0, 0], [1, 1], [1, 1], [0, 0]]
         main = self.conv(tf.pad(inputs, pad))
-        pooled = tf.nn.max_pool2d(
-            tf.pad(inputs, pad, constant_values=inputs.dtype.min), 3, 2, "VALID"
-        )
+        lowest = 0 if self.export_form else inputs.dtype.min
+        pooled = tf.nn.max_pool2d(tf.pad(inputs, pad, constant_values=lowest), 3, 2, "VALID")
+        if self.export_form:
+            scale, offset = inference_affine(self.bn)
+            k = main.shape[-1]
+            main = main * scale[:k] + offset[:k]
+            return self.act(tf.concat([main, pooled * scale[k:] + offset[k:]], axis=-1))
         out = tf.concat([main, tf.cast(pooled, main.dtype)], axis=-1)
         return self.act(self.bn(out, training=training))
 
@@ -203,7 +220,12 @@ class UpsamplingBottleneck(keras.layers.Layer):
     Inputs `[x (N, h, w, Cin), pool_input (N, 2h, 2w, Cout)]`, where `pool_input` is the
     input of the matching `DownsamplingBottleneck`; output (N, 2h, 2w, Cout). As in the
     reference, the main branch has batch norm but no activation before the unpool.
+
+    `export_form` (export copies) computes the transposed convolution, its batch norm and
+    ReLU as one convolution + depth_to_space (ops.subpixel_kernel): the same numbers.
     """
+
+    export_form = False
 
     def __init__(
         self,
@@ -247,7 +269,13 @@ class UpsamplingBottleneck(keras.layers.Layer):
         main = self.main_bn(self.main_conv(x), training=training)
         main = self.unpool([main, pool_input])
         y = self.act(self.project_bn(self.project(x), training=training))
-        y = self.act(self.upconv_bn(self.upconv(y), training=training))
+        if self.export_form:
+            kernel, window = subpixel_kernel(self.upconv.kernel, crop=0)
+            scale, offset = inference_affine(self.upconv_bn)
+            y = subpixel_conv(y, kernel, window) * tf.tile(scale, [4]) + tf.tile(offset, [4])
+            y = tf.nn.depth_to_space(self.act(y), 2)
+        else:
+            y = self.act(self.upconv_bn(self.upconv(y), training=training))
         y = self.act(self.expand_bn(self.expand(y), training=training))
         y = self.drop(y, training=training)
         return self.act(main + y)
@@ -283,7 +311,12 @@ class FullConv(keras.layers.Layer):
     The crop is `tf.slice`, not `[:, 1:, 1:]`: the gradient of a strided slice is a
     single-threaded kernel that cost 50 ms of a 750 ms training step on two CPU cores; the
     gradient of a slice is a pad (benchmarks/train_step.py).
+
+    `export_form` (export copies) computes it as a 2x2 convolution + depth_to_space
+    (ops.subpixel_kernel): the same numbers, without TRANSPOSE_CONV and the crop.
     """
+
+    export_form = False
 
     def __init__(self, num_classes: int, **kwargs):
         super().__init__(**kwargs)
@@ -302,6 +335,9 @@ class FullConv(keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs):
+        if self.export_form:
+            kernel, window = subpixel_kernel(self.conv.kernel, crop=1)
+            return tf.nn.depth_to_space(subpixel_conv(inputs, kernel, window), 2)
         return tf.slice(self.conv(inputs), [0, 1, 1, 0], [-1, -1, -1, -1])
 
     def multiply_adds(self, input_shape: Shape) -> int:

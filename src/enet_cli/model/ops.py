@@ -6,7 +6,9 @@ one is here because it is faster or more exact than the stock Keras layer on som
   loses float32 digits);
 - `BlockPReLU`: PReLU with the fused training kernel (model/fused.py) where it builds;
 - `SpatialDropout`: stateless, per-replica-seeded channel dropout (resumable, reproducible);
-- `max_pool_mask` / `max_unpool` / `MaxUnpool2D`: SegNet's unpooling without argmax indices.
+- `max_pool_mask` / `max_unpool` / `MaxUnpool2D`: SegNet's unpooling without argmax indices;
+- `integer_max_pool_mask`, `subpixel_kernel`, `inference_affine`: what export copies compute
+  instead, the same numbers from operators TFLite's XNNPACK runs (serving/tflite.py).
 
 Shapes are NHWC; spatial sizes may be unknown (None).
 """
@@ -127,6 +129,8 @@ class BlockPReLU(keras.layers.PReLU):
         self.frozen_alpha = float(tf.reshape(self.alpha, [-1])[0])
 
     def call(self, inputs, training=None):
+        if self.frozen_alpha == 0:  # an operator's fused activation, where LeakyReLU is not
+            return tf.nn.relu(inputs)
         if self.frozen_alpha is not None:
             return tf.nn.leaky_relu(inputs, alpha=self.frozen_alpha)
         if training and inputs.dtype == tf.float32:
@@ -201,15 +205,119 @@ def max_unpool(values: tf.Tensor, pool_input: tf.Tensor) -> tf.Tensor:
     return tf.nn.depth_to_space(tf.tile(values, [1, 1, 1, 4]) * tf.cast(mask, values.dtype), 2)
 
 
+# Gains that turn "this corner is below its window's maximum" into exactly 1 in an int8 graph:
+# the difference is a whole number of the pool input's quantization steps s, and two ReLU6
+# stages, x100 then x1000, carry one step to 6 whenever 1e-4 < s < 7 (pool inputs ranging
+# over 0.03 to 1,900), while each multiply's scale ratio stays inside the [2^-16, 2^8) that
+# XNNPACK's int8 multiply accepts (one x1e5 multiply would not).
+_STEP_GAINS = (100.0, 1000.0)
+
+
+def integer_max_pool_mask(pool_input: tf.Tensor) -> tf.Tensor:
+    """`max_pool_mask` made of the operators XNNPACK runs in int8 (max pool, space_to_depth,
+    subtract, multiply, ReLU6, concat), for int8 TFLite exports.
+
+    EQUAL and CAST have no int8 kernel in XNNPACK: each unpool split the int8 graph and ran
+    outside it, between quantize/dequantize pairs. Here `below = relu6(1000 relu6(100 (max -
+    corner))) / 6` is 0 on the maximum and 1 below it, and the first maximum wins as in
+    `max_pool_mask`: hit_0 = 1 - below_0, hit_k = P_k - P_{k+1} with P_k the product of the
+    earlier `below`s. In int8 that is exact (equal corners differ by 0 steps, others by at
+    least one); in float a corner within 6e-5 of its maximum would get a fraction, so float
+    exports keep `max_pool_mask`.
+    """
+    pool_input = tf.stop_gradient(pool_input)
+    pooled = tf.nn.max_pool2d(pool_input, 2, 2, "VALID")
+    corners = tf.split(tf.nn.space_to_depth(pool_input, 2), 4, axis=-1)
+    first, second = _STEP_GAINS
+    below = [tf.nn.relu6(second * tf.nn.relu6(first * (pooled - c))) / 6.0 for c in corners]
+    earlier = below[0]  # P_1: no maximum among corners [0, 1)
+    hits = [1.0 - below[0]]
+    for corner in below[1:3]:
+        product = earlier * corner
+        hits.append(earlier - product)
+        earlier = product
+    hits.append(earlier)  # the last corner is the maximum when no earlier one is
+    return tf.concat(hits, axis=-1)
+
+
 class MaxUnpool2D(keras.layers.Layer):
-    """`max_unpool` as a layer: inputs `[values (N,h,w,C), pool_input (N,2h,2w,C)]`."""
+    """`max_unpool` as a layer: inputs `[values (N,h,w,C), pool_input (N,2h,2w,C)]`.
+
+    `integer_form` (set on int8 TFLite export copies) builds the mask with
+    `integer_max_pool_mask`, and repeats the values with concat, not TILE (no XNNPACK kernel).
+    """
+
+    integer_form = False
 
     def call(self, inputs):
         values, pool_input = inputs
-        return max_unpool(values, pool_input)
+        if not self.integer_form:
+            return max_unpool(values, pool_input)
+        mask = integer_max_pool_mask(pool_input)
+        return tf.nn.depth_to_space(tf.concat([values] * 4, axis=-1) * mask, 2)
 
     def compute_output_shape(self, input_shape):
         return input_shape[1]
+
+
+# --------------------------------------------------------------------------------------
+# Inference forms for exports: the same numbers from operators TFLite runs faster
+# --------------------------------------------------------------------------------------
+def inference_affine(bn) -> Tuple[tf.Tensor, tf.Tensor]:
+    """A built batch norm layer in inference mode as `x * scale + offset` per channel."""
+    scale = bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)
+    return scale, bn.beta - bn.moving_mean * scale
+
+
+def subpixel_kernel(kernel: tf.Tensor, crop: int) -> Tuple[tf.Tensor, int]:
+    """A stride-2 transposed convolution as an ordinary one followed by depth_to_space(2).
+
+    `kernel` is a Keras Conv2DTranspose kernel (k, k, out, in) whose layer writes output
+    pixel 2i + t - crop from input pixel i and tap t (`crop` first rows and columns dropped;
+    the output is exactly twice the input). Output pixel 2m + p then sums input pixels m + a
+    with taps t = p + crop - 2a, so one convolution over an n x n window (input padded by
+    n - 1 at the bottom and right) to 4 * out channels, phases in depth_to_space's order,
+    computes all four phases. Returns that (n, n, in, 4 * out) kernel and n.
+
+    Same sums as the transposed convolution. TFLite runs it as CONV_2D + DEPTH_TO_SPACE,
+    which XNNPACK computes much faster than TRANSPOSE_CONV for ENet's few channels, and a
+    batch norm and ReLU after it fold into the CONV_2D.
+    """
+    size = int(kernel.shape[0])
+    phases = [{a: p + crop - 2 * a for a in range(size) if 0 <= p + crop - 2 * a < size}
+              for p in (0, 1)]  # fmt: skip
+    if sorted(t for taps in phases for t in taps.values()) != list(range(size)):
+        raise ValueError(f"a {size}x{size} kernel cropped by {crop} needs taps before pixel 0")
+    window = 1 + max(a for taps in phases for a in taps)
+    zero = tf.zeros_like(kernel[0, 0])
+    stacked = tf.stack(
+        [
+            tf.stack(
+                [
+                    tf.stack(
+                        [
+                            kernel[ty[a], tx[b]] if a in ty and b in tx else zero
+                            for b in range(window)
+                        ]
+                    )
+                    for a in range(window)
+                ]
+            )
+            for ty in phases
+            for tx in phases
+        ],
+        axis=2,
+    )  # (window, window, 4 phases, out, in)
+    out_channels, in_channels = int(kernel.shape[2]), int(kernel.shape[3])
+    stacked = tf.transpose(stacked, [0, 1, 4, 2, 3])
+    return tf.reshape(stacked, [window, window, in_channels, 4 * out_channels]), window
+
+
+def subpixel_conv(inputs: tf.Tensor, kernel: tf.Tensor, window: int) -> tf.Tensor:
+    """The convolution half of `subpixel_kernel`: (N, h, w, in) -> (N, h, w, 4 * out)."""
+    if window > 1:
+        inputs = tf.pad(inputs, [[0, 0], [0, window - 1], [0, window - 1], [0, 0]])
+    return tf.nn.conv2d(inputs, kernel, 1, "VALID")
 
 
 # --------------------------------------------------------------------------------------

@@ -11,13 +11,14 @@ input quantization is scale 1, zero point 0, so raw uint8 pixels go in unchanged
 """
 
 import warnings
-from typing import Callable, Iterable, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 
 import numpy as np
 
 from enet_cli.core.backend import startup_noise_filtered, tf
 from enet_cli.core.formats import Quantize
-from enet_cli.model.ops import BlockPReLU, PointwiseConv2D
+from enet_cli.model.layers import FullConv, InitialBlock, UpsamplingBottleneck
+from enet_cli.model.ops import BlockPReLU, MaxUnpool2D, PointwiseConv2D
 from enet_cli.pixels.preprocessor import run_padded, to_unit
 
 
@@ -39,14 +40,74 @@ def _fixed_size_function(model, size: Tuple[int, int], dtype):
     return serve
 
 
-def prepare_for_export(model) -> None:
-    """Constant slopes for every PReLU of `model` (an export copy: it stops learning them)
-    and 1x1 convolutions as CONV_2D, into which the converter folds batch norm."""
+def prepare_for_export(model, integer: bool = False) -> None:
+    """Make `model` (an export copy) compute its inference outputs from what converters
+    handle best: constant PReLU slopes (it stops learning them), 1x1 convolutions as
+    CONV_2D (into which batch norm folds), the blocks' export forms (model/layers.py: the same
+    numbers), and with `integer` the unpooling masks int8 can build (ops.MaxUnpool2D)."""
     for layer in model.submodules:
         if isinstance(layer, BlockPReLU):
             layer.freeze()
         elif isinstance(layer, PointwiseConv2D):
             layer.as_matmul = False
+        elif isinstance(layer, (InitialBlock, UpsamplingBottleneck, FullConv)):
+            layer.export_form = True
+        elif isinstance(layer, MaxUnpool2D):
+            layer.integer_form = integer
+
+
+# XNNPACK's int8 LEAKY_RELU refuses a negative slope under 2^-8 output steps per input step
+# (xnn_create_leaky_relu_nc_qs8, "negative-input-to-output scale ratio"): such a node ran
+# outside the delegate and split the graph in three. Its negative outputs are then below one
+# step for every int8 input, so ReLU computes them to within that step.
+XNNPACK_LEAST_SLOPE = 2.0**-8
+
+
+def slopes_xnnpack_refuses(blob: bytes) -> List[str]:
+    """Output tensor names of the int8 LEAKY_RELU operators in `blob` that XNNPACK refuses."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(blob, 0)
+    graph = model.Subgraphs(0)
+    codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
+
+    def scale(index: int) -> float:
+        quantization = graph.Tensors(index).Quantization()
+        return float(quantization.Scale(0)) if quantization and quantization.ScaleLength() else 0
+
+    refused = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = codes[op.OpcodeIndex()]
+        if (
+            max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+            != schema.BuiltinOperator.LEAKY_RELU
+        ):
+            continue
+        options = schema.LeakyReluOptions()
+        table = op.BuiltinOptions()
+        options.Init(table.Bytes, table.Pos)
+        scale_in, scale_out = scale(op.Inputs(0)), scale(op.Outputs(0))
+        if (
+            scale_in
+            and scale_out
+            and abs(options.Alpha() * scale_in / scale_out) < XNNPACK_LEAST_SLOPE
+        ):
+            refused.append(graph.Tensors(op.Outputs(0)).Name().decode())
+    return refused
+
+
+def _relu_for_refused_slopes(model, refused: List[str]) -> int:
+    """Freeze to 0 (ReLU, which folds into the operator before it) the slope of every block
+    whose activation produced a tensor in `refused`; how many blocks changed."""
+    changed = 0
+    for block in model.layers:
+        act = getattr(block, "act", None)
+        ours = isinstance(act, BlockPReLU) and act.frozen_alpha
+        if ours and any(f"{block.name}/{act.name}/" in name for name in refused):
+            act.frozen_alpha = 0.0
+            changed += 1
+    return changed
 
 
 def convert(
@@ -60,7 +121,18 @@ def convert(
     `calibration` yields uint8 (H, W, 3) training images; int8 needs it.
     """
     quantize = Quantize(quantize)
-    prepare_for_export(model)
+    prepare_for_export(model, integer=quantize == Quantize.int8)
+    blob = _convert(model, size, quantize, calibration)
+    # int8 scales come from calibration, so which slopes XNNPACK refuses shows only after a
+    # conversion; a second one (rarely a third) makes those ReLU.
+    for _ in range(2 if quantize == Quantize.int8 else 0):
+        if not _relu_for_refused_slopes(model, slopes_xnnpack_refuses(blob)):
+            break
+        blob = _convert(model, size, quantize, calibration)
+    return blob
+
+
+def _convert(model, size, quantize: Quantize, calibration) -> bytes:
     dtype = tf.float32 if quantize == Quantize.int8 else tf.uint8
     function = _fixed_size_function(model, size, dtype).get_concrete_function()
     # The converter saves what it is given to a SavedModel first: given the Keras model, it
