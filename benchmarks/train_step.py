@@ -8,10 +8,18 @@ project's reference figures for PyTorch-ENet (torch CPU, 2 threads, batch 4, 360
 this machine type are about 4.2-4.5 training images/s and 48-67 ms per image at batch 1.
 Run: python benchmarks/train_step.py [--steps N] [--write]
 (--write: also docs/results/train_step.{json,md}, the table the training guide shows)
+     python benchmarks/train_step.py --profile [--steps N]
+(--profile: instead, where a float32 batch-4 step's CPU time goes, by TensorFlow op type,
+from TensorFlow's profiler over N steps; the ops' CPU time on all threads against the
+step's wall time shows how busy the cores are)
 """
 
 import argparse
+import collections
+import glob
+import os
 import statistics
+import tempfile
 import time
 
 from _common import machine, publish
@@ -26,19 +34,23 @@ from enet_cli.train.task import SegmentationTask
 SIZE = (360, 480)
 
 
+def _train_step(batch: int, precision: str):
+    """(step, batch) warmed up: traced, then one step run."""
+    model = build_enet(ModelConfig(num_classes=11), SIZE)
+    task = SegmentationTask(11, 11, tuple([1.0] * 11))
+    cfg = TrainConfig(precision=Precision(precision))
+    step = SingleEngine().make_train_step(model, build_update(cfg, model.trainable_variables), task)
+    images = tf.random.uniform((batch, *SIZE, 3))
+    labels = tf.random.uniform((batch, *SIZE), maxval=12, dtype=tf.int32)
+    for _ in range(2):  # trace, then one warm step
+        step((images, labels))["loss"].numpy()
+    return step, (images, labels)
+
+
 def train_rate(batch: int, precision: str, steps: int) -> list:
     keras.mixed_precision.set_global_policy(precision)
     try:
-        model = build_enet(ModelConfig(num_classes=11), SIZE)
-        task = SegmentationTask(11, 11, tuple([1.0] * 11))
-        cfg = TrainConfig(precision=Precision(precision))
-        step = SingleEngine().make_train_step(
-            model, build_update(cfg, model.trainable_variables), task
-        )
-        images = tf.random.uniform((batch, *SIZE, 3))
-        labels = tf.random.uniform((batch, *SIZE), maxval=12, dtype=tf.int32)
-        for _ in range(2):  # trace, then one warm step
-            step((images, labels))["loss"].numpy()
+        step, (images, labels) = _train_step(batch, precision)
         times = []
         for _ in range(steps):
             start = time.perf_counter()
@@ -63,13 +75,53 @@ def inference_ms(runs: int) -> list:
     return out
 
 
+def profile(steps: int) -> None:
+    """Print each op type's CPU time per float32 batch-4 step, largest first."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # TensorFlow >= 2.13's home
+
+    step, batch = _train_step(4, "float32")
+    with tempfile.TemporaryDirectory() as logdir:
+        start = time.perf_counter()
+        tf.profiler.experimental.start(logdir)
+        for _ in range(steps):
+            step(batch)["loss"].numpy()
+        tf.profiler.experimental.stop()
+        wall = (time.perf_counter() - start) / steps
+        space = xplane_pb2.XSpace()
+        (path,) = glob.glob(f"{logdir}/plugins/profile/*/*.xplane.pb")
+        with open(path, "rb") as f:
+            space.ParseFromString(f.read())
+    per_type, calls = collections.Counter(), collections.Counter()
+    for plane in (p for p in space.planes if p.name == "/host:CPU"):
+        for line in (x for x in plane.lines if x.name.startswith("tf_Compute")):
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                if ":" in name.replace("::", ""):  # "op name:op type", not executor spans
+                    per_type[name.rsplit(":", 1)[1]] += event.duration_ps / 1e9 / steps
+                    calls[name.rsplit(":", 1)[1]] += 1
+    total = sum(per_type.values())
+    cores = os.cpu_count() or 1
+    print(
+        f"float32, batch 4, {steps} profiled steps: wall {1000 * wall:.0f} ms per step "
+        f"(profiler on); ops' CPU time {total:.0f} ms per step on all threads, "
+        f"{100 * total / (1000 * wall * cores):.0f}% of {cores} cores"
+    )
+    print(f"{'op type':34s} {'ms/step':>8s} {'share':>6s} {'calls/step':>10s}")
+    for kind, ms in per_type.most_common(25):
+        print(f"{kind:34s} {ms:8.1f} {100 * ms / total:5.1f}% {calls[kind] // steps:10d}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--write", action="store_true", help="write docs/results/train_step.*")
+    parser.add_argument("--profile", action="store_true", help="op types' share of a step")
     args = parser.parse_args()
     at_start = machine()
     print(f"machine: {at_start}; TensorFlow {tf.__version__}")
+    if args.profile:
+        profile(args.steps)
+        return
     rows = []
     for precision in ("float32", "mixed_bfloat16", "mixed_float16"):
         cells = []
