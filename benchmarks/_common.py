@@ -9,7 +9,7 @@ import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"  # what the results page includes
@@ -82,10 +82,12 @@ def publish(
     rows: Sequence[Sequence[str]],
     note: str,
     machine_at_start: str,
+    measured: Optional[dict] = None,
 ) -> Path:
     """Write `docs/results/<name>.json` and `.md` (the table the results page includes):
     the rows, the command that measured them, the machine, the versions and the date, so a
-    figure on the site always says where it came from."""
+    figure on the site always says where it came from; `measured`, the unrounded figures,
+    goes into the JSON for whatever must equal them."""
     import tensorflow as tf
 
     from enet_cli import __version__
@@ -98,6 +100,8 @@ def publish(
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {"command": command, "machine": where, "header": list(header), "rows": rows}
+    if measured is not None:
+        record["measured"] = measured
     (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
         f"`{command}` ({where}):",

@@ -165,6 +165,11 @@ def test_every_results_table_is_a_scripts_output_and_is_shown():
         script = re.match(r"python (benchmarks/\w+\.py)\b.* --write\b", record["command"])
         assert script, (table.name, record["command"])
         source = (REPO / script.group(1)).read_text()
-        assert f"publish('{table.stem}'" in source or f'publish("{table.stem}"' in source, table
+        # publish("NAME", ...), or publish(f"PREFIX{...}", ...) for one table per argument
+        named = re.findall(r"""publish\((f?)["']([\w-]*)(\{?)""", source)
+        assert any(
+            stem == table.stem if not (f and brace) else table.stem.startswith(stem)
+            for f, stem, brace in named
+        ), (table, named)
         assert table.read_text().startswith(f"`{record['command']}` ("), table.name
         assert f'--8<-- "results/{table.name}"' in pages, f"{table.name} is on no page"

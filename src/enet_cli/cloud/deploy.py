@@ -34,7 +34,7 @@ def model_source(model: str) -> ModelRef:
     ref = ModelRef.parse(model)
     if ref.kind is RefKind.s3 and not model.endswith(".tar.gz"):
         raise ConfigError(f"MODEL {model} must be an s3:// URI of a model.tar.gz")
-    if ref.kind is RefKind.local:
+    if ref.on_disk:
         if not ref.path.exists():
             raise ConfigError(
                 f"MODEL {model} is neither a local model, an s3:// model.tar.gz nor a "
@@ -86,8 +86,8 @@ def upload_model(source: ModelRef, where: aws.Aws, name: str) -> str:
     """MODEL packed for the endpoint and uploaded; returns its S3 URI."""
     uri = f"{where.prefix}/models/{name}/model.tar.gz"
     with tempfile.TemporaryDirectory(prefix="enet-deploy-") as tmp:
-        local = Path(source.value)
-        if source.kind is not RefKind.local:
+        local = source.path if source.on_disk else Path(tmp)
+        if not source.on_disk:
             remote = source.value
             if source.kind is RefKind.job:
                 remote = job_model_uri(where.client("sagemaker"), source.value)

@@ -31,7 +31,10 @@ PANEL_SERVE, PANEL_AWS = "Endpoint / transform", "AWS"
 # The settings model of each section name an option may come from.
 SETTINGS: Dict[str, Type[BaseModel]] = {**SECTIONS, "preprocess": PreprocessConfig}
 
-MODEL_HELP = "Run directory, SavedModel, checkpoints, or a SageMaker training job's name."
+MODEL_HELP = (
+    "Run directory, SavedModel, checkpoints, a preset's name (enet models), or a SageMaker "
+    "training job's name."
+)
 
 CONFIG_OPTION = typer.Option(
     None,
@@ -212,11 +215,15 @@ def size_of(value: Optional[str]) -> Optional[Tuple[int, int]]:
 
 
 def model_path(model: Path) -> Path:
-    """MODEL as a local path: a SageMaker training job's name becomes its model, downloaded
-    once (cloud/jobs.py); anything else is the path it names (artifacts/model_ref.py)."""
+    """MODEL as a local path: a preset's name becomes its directory in the package, a
+    SageMaker training job's name its model, downloaded once (cloud/jobs.py); anything else
+    is the path it names (artifacts/model_ref.py)."""
     from enet_cli.artifacts.model_ref import ModelRef, RefKind
 
-    if ModelRef.parse(model).kind is not RefKind.job:
+    ref = ModelRef.parse(model)
+    if ref.kind is RefKind.preset:
+        return ref.path
+    if ref.kind is not RefKind.job:
         return model
     from enet_cli.cloud.jobs import model_of
 

@@ -71,7 +71,9 @@ def evaluate(
 
 def predict(
     model: Path = typer.Argument(
-        ..., help="Run directory, SavedModel, checkpoint directory, TFLite or ONNX export."
+        ...,
+        help="Run directory, SavedModel, checkpoint directory, TFLite or ONNX export, or a "
+        "preset's name (enet models).",
     ),
     inputs: List[Path] = typer.Argument(
         ...,
@@ -273,9 +275,9 @@ def export(
 def benchmark(
     model: Optional[Path] = typer.Argument(
         None,
-        help="Trained model to time (default: a freshly initialised ENet). A TFLite or ONNX "
-        "export is timed as it is, in its own runtime (--what infer or video), without "
-        "TensorFlow.",
+        help="Trained model or preset to time (default: a freshly initialised ENet). A "
+        "TFLite or ONNX export is timed as it is, in its own runtime (--what infer or "
+        "video), without TensorFlow.",
     ),
     what: What = typer.Option(
         What.all,
@@ -322,6 +324,7 @@ def benchmark(
 
     known = VIDEO_VARIANTS if what is What.video else INFER_VARIANTS
     chosen = tuple(v.strip() for v in variants.split(",") if v.strip()) if variants else None
+    model = model_path(model) if model is not None else None
     export = exported_runtime(model)  # a TFLite or ONNX export: timed as it is
     if export is not None:
         check_export_request(export, what, chosen)
@@ -371,6 +374,36 @@ def benchmark(
         stdout.print(f"report written to {json_path}", soft_wrap=True)
 
 
+def models(
+    json_out: bool = flag(False, "--json", help="Print the registry as JSON instead."),
+) -> None:
+    """List the presets: trained ENets that ship with enet, usable by name as MODEL.
+
+    Example: enet predict camvid street.png
+    """
+    from enet_cli.artifacts.presets import presets, size_of
+
+    found = presets()
+    if json_out:
+        stdout.print_json(data={name: p.model_dump(exclude={"name"}) for name, p in found.items()})
+        return
+    table = Table(title="presets (use the name as MODEL)")
+    for column in ("name", "description", "size", "parameters", "test mean IoU", "weights"):
+        table.add_column(column, justify="right" if column in ("parameters",) else "left")
+    for name, preset in found.items():
+        height, width = size_of(preset)
+        test = preset.test
+        table.add_row(
+            name,
+            preset.description,
+            f"{height}x{width}",
+            f"{preset.parameters:,}",
+            f"{100 * test.mean_iou:.1f} ({test.images} {test.split} images)",
+            f"enet-cli {preset.source.commit}, epoch {preset.source.epoch}",
+        )
+    stdout.print(table)
+
+
 def register(app: typer.Typer) -> None:
-    for command in (evaluate, predict, export, benchmark):
+    for command in (evaluate, predict, export, benchmark, models):
         app.command()(command)

@@ -49,3 +49,7 @@ class ExportRequest(BaseModel):
             )
         outputs.check_apart(self.out, [self.source, self.data_dir], "--out")
         outputs.check_replaceable(self.out, "export", self.force, "--out")
+        if not Path(self.source).exists():
+            from enet_cli.artifacts.model_ref import locate
+
+            locate(self.source)  # its one line, before "exporting ..." is shown
