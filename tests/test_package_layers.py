@@ -23,6 +23,7 @@ FLOORS = {
     "cloud": 6,
     "commands": 7,
     "cli": 8,
+    "api": 8,
     "__main__": 9,
 }
 

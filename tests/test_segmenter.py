@@ -12,7 +12,7 @@ SAMPLE = REPO / "src" / "enet_cli" / "demo_data" / "camvid" / "test" / "0001TP_0
 
 @pytest.fixture(scope="module")
 def segmenter():
-    from enet_cli import Segmenter
+    from enet_cli.api import Segmenter
 
     return Segmenter.load("camvid")
 
@@ -45,7 +45,7 @@ def test_the_segmenter_takes_paths_arrays_and_pil_images_of_any_size(segmenter):
 
 
 def test_the_segmenter_loads_an_export_in_its_runtime(tmp_path):
-    from enet_cli import Segmenter
+    from enet_cli.api import Segmenter
 
     exported = invoke("export", "camvid", "--format", "tflite", "--out", tmp_path / "f32")
     assert exported.returncode == 0, exported.stderr
@@ -57,7 +57,7 @@ def test_the_segmenter_loads_an_export_in_its_runtime(tmp_path):
 
 
 def test_an_unknown_model_is_one_clear_error():
-    from enet_cli import Segmenter
+    from enet_cli.api import Segmenter
     from enet_cli.core.errors import DataError
 
     with pytest.raises(DataError, match=r"preset \(camvid\)"):

@@ -1,7 +1,7 @@
 """`Segmenter`: a trained ENet for notebooks and scripts, as keras-hub's `from_preset` and
 MMSegmentation's `inference_model` give one.
 
-    from enet_cli import Segmenter
+    from enet_cli.api import Segmenter
     segmenter = Segmenter.load("camvid")        # a preset, or any MODEL enet predict takes
     classes = segmenter.predict("street.png")   # (H, W) class indices at the photo's size
     segmenter.overlay("street.png").save("overlay.png")
