@@ -106,6 +106,7 @@ def make_plan(cfg: EnetConfig, launch: LaunchConfig) -> LaunchPlan:
     gpus = GPUS.get(instance_type)
     _check_instance(spec, instance_type, count, gpus)
     distribution, processes = _distribution(cfg, engine, gpus)
+    _check_init_from(cfg.train.init_from, engine)
     max_wait = None
     if launch.spot:
         max_wait = launch.max_wait if launch.max_wait is not None else 2 * launch.max_run
@@ -136,6 +137,22 @@ def make_plan(cfg: EnetConfig, launch: LaunchConfig) -> LaunchPlan:
         replicas=count * (gpus or 1) if mode == Mode.ddp else 1,
         instances_why=why,
     )
+
+
+def _check_init_from(init_from: Optional[str], engine) -> None:
+    """A job starts only from what its container has: the presets in the package."""
+    if init_from is None:
+        return
+    from enet_cli.artifacts.model_ref import ModelRef, RefKind
+    from enet_cli.artifacts.presets import names
+
+    if ModelRef.parse(init_from).kind is not RefKind.preset:
+        raise ConfigError(
+            f"--init-from {init_from}: a SageMaker job starts only from a preset in the "
+            f"package ({', '.join(names())}); it cannot read a path on this machine"
+        )
+    if engine.value == "smp":
+        raise ConfigError("--init-from is not supported by the smp engine yet; use --engine tf")
 
 
 def _check_instance(spec: EngineSpec, instance_type: str, count: int, gpus: Optional[int]):

@@ -142,6 +142,7 @@ TRAINING_OPTIONS: Tuple[Tuple[str, str, str], ...] = (
     ("train", "class_weighting", PANEL_TRAIN),
     ("train", "precision", PANEL_TRAIN),
     ("train", "seed", PANEL_TRAIN),
+    ("train", "init_from", PANEL_TRAIN),
     ("runtime", "partitions", PANEL_DIST),
     ("runtime", "microbatches", PANEL_DIST),
     ("runtime", "pipeline", PANEL_DIST),

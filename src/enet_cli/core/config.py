@@ -251,6 +251,11 @@ class TrainConfig(Section):
     scale_lr: bool = Field(
         False, description="Multiply the learning rate by the number of data-parallel replicas."
     )
+    init_from: Optional[str] = Field(
+        None,
+        description="Start from this model's weights: a preset (enet models), run, "
+        "checkpoints or SavedModel; the classifier is re-initialised for other classes.",
+    )
 
 
 class RuntimeConfig(Section):

@@ -20,7 +20,14 @@ from enet_cli.artifacts.run import RunMeta, RunPaths, check_resumable
 from enet_cli.core import outputs, ui
 from enet_cli.core.backend import keras, tf
 from enet_cli.core.config import EnetConfig, Precision, global_batch, model_size
-from enet_cli.core.errors import Interrupted, OutputError, PeerLost, TrainingError, reason
+from enet_cli.core.errors import (
+    ConfigError,
+    Interrupted,
+    OutputError,
+    PeerLost,
+    TrainingError,
+    reason,
+)
 from enet_cli.core.metrics import segmentation_metrics
 from enet_cli.data.dataset import make_dataset, reading_shards
 from enet_cli.data.manifest import Manifest, check_batch_size, check_data, load_manifest
@@ -37,6 +44,7 @@ from enet_cli.train.optim import (
 from enet_cli.train.report import History, Reporter
 from enet_cli.train.state import TrainState
 from enet_cli.train.task import build_task
+from enet_cli.train.warm_start import source_path, warm_start
 
 TRAIN_SCALARS = ("loss", "mean_iou", "pixel_accuracy", "lr", "images_per_sec")
 
@@ -47,6 +55,13 @@ def check_training(cfg: EnetConfig, paths: RunPaths, engine: Engine) -> Manifest
     check_data(cfg.data, manifest)
     check_batch_size(manifest, "train", cfg.train.batch_size, engine.num_replicas)
     check_microbatches(cfg.train.batch_size, engine.microbatches)
+    if cfg.train.init_from:
+        if engine.name == "smp":  # its variables exist only per partition, after step one
+            raise ConfigError(
+                "--init-from is not supported by the smp engine yet; use --engine tf for "
+                "--mode mp, or start an smp run from scratch"
+            )
+        source_path(cfg.train.init_from)
     if engine.is_chief:  # refused now, not after hours of training
         outputs.check_replaceable(paths.export, "export", True, "the run's model directory")
     return manifest
@@ -143,6 +158,9 @@ class _Training:
             )
             engine.create_optimizer_slots(self.state.checkpoint.optimizer, self.model)
             resumed = self.state.restore_latest() if cfg.runtime.resume else None
+            self.warm_started = ""
+            if resumed is None and self.tcfg.init_from:
+                self.warm_started = warm_start(self.model, self.meta, self.tcfg.init_from)
         if engine.is_chief:
             if not cfg.runtime.resume:
                 moved = outputs.set_aside(paths.checkpoints)
@@ -183,8 +201,14 @@ class _Training:
         where = (
             f"resuming from {self.resumed} (epoch {self.start_epoch + 1}, step {self.step})"
             if self.resumed
+            else f"starting from {self.tcfg.init_from}'s weights"
+            if self.warm_started
             else "starting from scratch"
         )
+        if self.warm_started and self.engine.is_chief:
+            ui.info(self.warm_started)
+        elif self.resumed and self.tcfg.init_from and self.engine.is_chief:
+            ui.info(f"--init-from {self.tcfg.init_from} not used: resuming this run")
         ui.info(
             f"{self.engine.describe()}; global batch {self.global_batch} ({self.batch} per "
             f"replica); {self.steps_per_epoch} steps/epoch; {where}"

@@ -174,7 +174,17 @@ class StrategyEngine(Engine):
 
     def make_eval_step(self, model, task):
         def replica_step(images, labels):
-            return task.eval_terms(model(images, training=False), labels)
+            # Under MultiWorkerMirroredStrategy a worker whose share of the split ends first
+            # gets an empty last batch; oneDNN's convolutions mis-shape zero images (the
+            # initial block's concat then fails), so an empty batch skips the model: its
+            # terms are zeros either way.
+            shape = tf.concat([tf.shape(images)[:3], [task.num_classes]], 0)
+            logits = tf.cond(
+                tf.shape(images)[0] > 0,
+                lambda: tf.cast(model(images, training=False), tf.float32),
+                lambda: tf.zeros(shape, tf.float32),
+            )
+            return task.eval_terms(logits, labels)
 
         @tf.function(autograph=False)  # plain Python control flow only: tracing 2x faster
         def step(batch):
