@@ -2,7 +2,9 @@
 
   python benchmarks/pretrained.py pack CHECKPOINT_DIR NAME
       writes src/enet_cli/presets/NAME/: the model's variables only (no optimizer state, so
-      about a third of a training checkpoint) and the checkpoint's enet.json; and the class
+      about a third of a training checkpoint), the checkpoint's enet.json, and the same
+      weights as a float32 TFLite file in tflite/ (what an install without TensorFlow
+      runs); and the class
       maps `enet predict CHECKPOINT_DIR` gives for the bundled CamVid test images into
       tests/fixtures/presets/NAME/ (tests/test_presets.py: the preset must give the same,
       so a packaging error cannot pass). The registry entry
@@ -35,8 +37,10 @@ GOLDEN = ROOT / "tests" / "fixtures" / "presets"
 
 
 def pack(checkpoint_dir: Path, name: str) -> None:
+    from enet_cli.artifacts.presets import TFLITE_DIR
     from enet_cli.artifacts.run import META_NAME, load_model_from_checkpoint
     from enet_cli.core.backend import tf
+    from enet_cli.core.formats import TFLITE_NAME
 
     loaded = load_model_from_checkpoint(checkpoint_dir)
     if loaded is None:
@@ -54,7 +58,17 @@ def pack(checkpoint_dir: Path, name: str) -> None:
         f'model_checkpoint_path: "{step}"\nall_model_checkpoint_paths: "{step}"\n'
     )
     shutil.copyfile(Path(checkpoint_dir) / META_NAME, out / META_NAME)
-    size = sum(p.stat().st_size for p in out.iterdir())
+    # The same weights as a float32 TFLite file, for installs without TensorFlow (edge).
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "enet_cli", "export", str(out), "--format", "tflite",
+             "--out", f"{tmp}/tflite"],
+            check=True,
+        )  # fmt: skip
+        (out / TFLITE_DIR).mkdir()
+        for name_ in (TFLITE_NAME, META_NAME):
+            shutil.copyfile(f"{tmp}/tflite/{name_}", out / TFLITE_DIR / name_)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"wrote {out}: {size / 2**20:.2f} MiB, {model.count_params()} parameters")
     golden = GOLDEN / name
     with tempfile.TemporaryDirectory() as tmp:

@@ -419,3 +419,23 @@ def made_once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path
             make(target)
             done.touch()
     return target
+
+
+# `enet` with TensorFlow (and both Keras) unimportable: what the process imports is the
+# point, so these run as real processes.
+WITHOUT_TENSORFLOW = """
+import sys
+
+for name in ("tensorflow", "tf_keras", "keras"):  # None: every import of it fails
+    sys.modules[name] = None
+from enet_cli.cli import main
+
+main(sys.argv[1:])
+"""
+
+
+def enet_without_tensorflow(*args, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_TENSORFLOW, *map(str, args)],
+        input=stdin, capture_output=True, timeout=120, env=enet_env(),
+    )  # fmt: skip

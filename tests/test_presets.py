@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from enet_testing import FIXTURES, REPO, invoke
+from enet_testing import FIXTURES, REPO, enet_without_tensorflow, invoke
 
 SAMPLES = REPO / "src" / "enet_cli" / "demo_data" / "camvid" / "test"
 
@@ -46,13 +46,20 @@ def test_the_registry_states_what_the_weights_are_and_what_was_measured():
     measured = json.loads((REPO / "docs" / "results" / "pretrained_camvid.json").read_text())
     assert measured["measured"] == camvid.test.model_dump()
     # Model weights only: no optimizer state, so well under a training checkpoint's size.
-    size = sum(p.stat().st_size for p in camvid.directory.iterdir())
+    size = sum(p.stat().st_size for p in camvid.directory.glob("ckpt-*"))
     assert size < 2 * 2**20, size
 
 
-def test_predict_with_the_preset_gives_the_packed_checkpoints_class_maps(tmp_path):
-    result = invoke("predict", "camvid", SAMPLES, "--out", tmp_path / "out")
+@pytest.mark.parametrize("install", ["full", "without TensorFlow"])
+def test_predict_with_the_preset_gives_the_packed_checkpoints_class_maps(install, tmp_path):
+    """With TensorFlow the preset's checkpoint runs; without (the edge install) its TFLite
+    file in LiteRT: both give the class maps of the checkpoint it was packed from."""
+    run = invoke if install == "full" else enet_without_tensorflow
+    result = run("predict", "camvid", SAMPLES, "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
+    said = result.stderr if isinstance(result.stderr, str) else result.stderr.decode()
+    runtime = "keras" if install == "full" else "tflite"
+    assert f"(runtime {runtime})" in said, said
     golden = sorted((FIXTURES / "presets" / "camvid").glob("*_classes.png"))
     assert len(golden) == len(list(SAMPLES.glob("*.png"))) == 3
     for expected in golden:
@@ -101,6 +108,10 @@ def test_the_package_wheel_carries_the_preset(tmp_path):
     wheel = source.build_wheel(tmp_path)
     with zipfile.ZipFile(wheel) as packed:
         names = set(packed.namelist())
-    shipped = {f"enet_cli/presets/camvid/{p.name}" for p in (PRESETS_DIR / "camvid").iterdir()}
+    shipped = {
+        "enet_cli/" + p.relative_to(PRESETS_DIR.parent).as_posix()
+        for p in (PRESETS_DIR / "camvid").rglob("*")
+        if p.is_file()
+    }
     assert shipped | {"enet_cli/presets/presets.json"} <= names, sorted(names)[:20]
-    assert any(Path(n).suffix == ".index" for n in shipped)
+    assert {Path(n).suffix for n in shipped} >= {".index", ".tflite", ".json"}

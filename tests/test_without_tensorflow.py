@@ -7,36 +7,21 @@ install writes, and what needs TensorFlow says so in one line.
 """
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from enet_testing import FIXTURES, enet_env, error_lines, invoke, make_video
+from enet_testing import (
+    FIXTURES,
+    enet_without_tensorflow,
+    error_lines,
+    invoke,
+    make_video,
+)
 
 PHOTOS = sorted((FIXTURES / "camvid-segnet-mini" / "val").glob("0016E5_*.png"))[:2]
-
-# `enet` with TensorFlow (and both Keras) unimportable: what the process imports is the
-# point, so these run as real processes.
-WITHOUT_TENSORFLOW = """
-import sys
-
-for name in ("tensorflow", "tf_keras", "keras"):  # None: every import of it fails
-    sys.modules[name] = None
-from enet_cli.cli import main
-
-main(sys.argv[1:])
-"""
-
-
-def enet_without_tensorflow(*args, stdin: bytes = b"") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", WITHOUT_TENSORFLOW, *map(str, args)],
-        input=stdin, capture_output=True, timeout=120, env=enet_env(),
-    )  # fmt: skip
 
 
 def test_resize_logits_is_tensorflows_bilinear():

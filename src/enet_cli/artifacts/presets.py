@@ -6,7 +6,9 @@ The registry is data, `enet_cli/presets/presets.json`: for each name a descripti
 the weights came from (data, recipe, commit, epoch), the parameter count and the test
 figures `benchmarks/pretrained.py` measured. The weights are `enet_cli/presets/NAME/`: a
 checkpoint of the model's variables only (no optimizer state) beside its enet.json, which
-holds the classes, colours and training size (read from there, not repeated here).
+holds the classes, colours and training size (read from there, not repeated here), and the
+same weights as a float32 TFLite file in `NAME/tflite/`, which an install without
+TensorFlow (the `edge` extra) runs instead.
 """
 
 import json
@@ -20,6 +22,7 @@ from enet_cli.core.errors import DataError
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 REGISTRY = PRESETS_DIR / "presets.json"
+TFLITE_DIR = "tflite"
 
 
 class Provenance(BaseModel):
@@ -70,6 +73,20 @@ def preset(name: str) -> Preset:
     if found is None:
         raise DataError(f"no preset called {name!r}; known presets: {', '.join(names())}")
     return found
+
+
+def runnable(name: str) -> Path:
+    """The preset as a model to run (predict, evaluate, benchmark, the Python API): its
+    checkpoint where TensorFlow is installed, the exact weights; else its TFLite file,
+    which LiteRT runs (the same classes but for near-tied logits)."""
+    import importlib.util
+
+    from enet_cli.core.formats import TFLITE_NAME
+
+    found = preset(name)
+    if importlib.util.find_spec("tensorflow") is not None:
+        return found.directory
+    return found.directory / TFLITE_DIR / TFLITE_NAME
 
 
 def size_of(found: Preset) -> Tuple[int, int]:

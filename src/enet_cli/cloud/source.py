@@ -47,7 +47,7 @@ enet = "enet_cli.cli:main"
 where = ["src"]
 
 [tool.setuptools.package-data]
-enet_cli = ["**/*.png", "**/*.md", "presets/*.json", "presets/*/*"]
+enet_cli = ["**/*.png", "**/*.md", "presets/**/*"]
 """
 
 

@@ -223,7 +223,9 @@ def model_path(model: Path) -> Path:
 
     ref = ModelRef.parse(model)
     if ref.kind is RefKind.preset:
-        return ref.path
+        from enet_cli.artifacts.presets import runnable
+
+        return runnable(ref.value)
     if ref.kind is not RefKind.job:
         return model
     from enet_cli.cloud.jobs import model_of

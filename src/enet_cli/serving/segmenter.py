@@ -18,7 +18,8 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from enet_cli.artifacts.model_ref import ModelRef
+from enet_cli.artifacts.model_ref import ModelRef, RefKind
+from enet_cli.artifacts.presets import runnable
 from enet_cli.core.formats import InferenceRuntime
 from enet_cli.pixels.drawing import class_shares, decode_rgb, overlay
 from enet_cli.serving.predict import segment
@@ -41,6 +42,8 @@ class Segmenter:
         checkpoint directory, or TFLite/ONNX export; `runtime` as `enet predict --runtime`."""
         ref = ModelRef.parse(model)
         path = ref.path if ref.on_disk else Path(str(model))  # locate's one line if absent
+        if ref.kind is RefKind.preset:
+            path = runnable(ref.value)  # its TFLite file where TensorFlow is not installed
         return cls(load_predictor(path, None if runtime is None else InferenceRuntime(runtime)))
 
     @property
