@@ -120,6 +120,19 @@ def same_records(edge: Path, full: Path) -> None:
                 sys.exit(f"edge check: preprocess's {split} record {name} differs")
 
 
+def preset(out: Path) -> None:
+    """The camvid preset, installed with the package, runs without TensorFlow (its TFLite
+    file) and predicts what the checkpoint it was packed from predicts."""
+    samples = ROOT / "src" / "enet_cli" / "demo_data" / "camvid" / "test"
+    said = enet("predict", "camvid", samples, "--out", out).stderr.decode()
+    if "(runtime tflite)" not in said:
+        sys.exit(f"edge check: the preset did not run in LiteRT: {said}")
+    for golden in sorted((ROOT / "tests" / "fixtures" / "presets" / "camvid").glob("*.png")):
+        ours, theirs = (np.asarray(Image.open(p)) for p in (out / golden.name, golden))
+        if np.mean(ours == theirs) <= 0.999:
+            sys.exit(f"edge check: the preset's {golden.name} differs from the checkpoint's")
+
+
 def check(work: Path) -> None:
     if importlib.util.find_spec("tensorflow") is not None:
         sys.exit("edge check: TensorFlow is importable in the edge install")
@@ -144,6 +157,7 @@ def check(work: Path) -> None:
         if timed != [(runtime, 3)] or "tensorflow" in report["versions"]:
             sys.exit(f"edge check: benchmark of {runtime}: {timed}, {report['versions']}")
     same_records(work / "edge-data", work / "data")
+    preset(work / "edge-preset")
     refused = enet("predict", work / "run", PHOTOS[0], "--out", work / "refused", expect=6)
     line = refused.stderr.decode().strip()
     if "\n" in line or not line.endswith("pip install 'enet-cli[tensorflow]'"):
@@ -153,8 +167,8 @@ def check(work: Path) -> None:
     print(
         f"edge install: {len(full)} class maps and overlays, and evaluate's scores on the "
         "test split, equal the full install's (TFLite and ONNX; photos, a video, stdin "
-        "frames); benchmark timed both; preprocess wrote the same shards; no TensorFlow "
-        "importable"
+        "frames); benchmark timed both; preprocess wrote the same shards; the camvid preset "
+        "predicts its checkpoint's class maps; no TensorFlow importable"
     )
 
 
