@@ -100,6 +100,23 @@ def test_deploy_creates_the_model_config_and_endpoint_and_undeploy_deletes_them(
     one_line(again, 3, rf"no endpoint {name} in {REGION}")
 
 
+def test_deploy_takes_a_preset_by_name(aws):
+    """`enet deploy camvid`: the preset shipped in the package, packed for the endpoint as a
+    run's model is (its SavedModel, the handler, its classes)."""
+    env, clients = aws
+    name = "enet-preset-endpoint"
+    result = run_enet_aws(env, "deploy", "camvid", "--s3-prefix", PREFIX, "--endpoint-name", name)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "preset camvid" in result.stderr, result.stderr[-2000:]
+    (model,) = recorded(env, "CreateModel", ModelName=name)
+    tarball = s3_object(clients, model["PrimaryContainer"]["ModelDataUrl"])
+    with tarfile.open(fileobj=io.BytesIO(tarball)) as tar:
+        assert {"1/saved_model.pb", "code/inference.py"} <= set(tar.getnames())
+        meta = json.loads(tar.extractfile("1/enet.json").read())
+    assert meta["class_names"][:4] == ["Sky", "Building", "Pole", "Road"]
+    assert meta["image_size"] == [360, 480]
+
+
 def test_serverless_deploy_and_a_training_jobs_model(aws, trained_run, small_data):
     """--serverless-memory makes a serverless variant; MODEL as a job name deploys the
     model.tar.gz the job left (here: a real run's, put where moto says the job wrote it)."""
