@@ -209,6 +209,34 @@ def test_a_refused_run_leaves_the_disk_as_it_found_it(small_data, tmp_path):
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
+def test_a_signal_whose_interrupt_was_lost_still_stops_the_publish(tmp_path):
+    """A SIGTERM's KeyboardInterrupt can be lost inside a library (once in CI: `enet export
+    --force`, killed while TensorFlow saved, published the new export and then said it was
+    removed). The signal is remembered, and publishing an output checks it first: the old
+    output stays and the staged one goes, as the command's one line says."""
+    from enet_cli.core import outputs
+    from enet_cli.core.ui import Interrupts
+
+    out = tmp_path / "e"
+    with outputs.claim(out, "export") as staged:
+        (staged.path / "old.txt").write_text("old")
+        staged.publish()
+    before = tree(out)
+    interrupts = Interrupts()
+    claimed = outputs.claim(out, "export", True)
+    with interrupts.raising(), pytest.raises(KeyboardInterrupt), claimed as staged:
+        (staged.path / "new.txt").write_text("new")
+        interrupts.signal_name = "SIGTERM"  # the handler ran; its exception was lost
+        staged.publish()
+    assert tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
+    # Outside a command's raising() block nothing is remembered: publishing goes on.
+    with outputs.claim(out, "export", True) as staged:
+        (staged.path / "new.txt").write_text("new")
+        staged.publish()
+    assert (out / "new.txt").is_file()
+
+
 def test_sigterm_while_exporting_keeps_the_earlier_export_and_leaves_nothing_else(
     trained_run, tmp_path
 ):

@@ -358,7 +358,11 @@ class Staged:
         self.path = out.parent / f".{out.name}.partial-{os.getpid()}"
 
     def publish(self) -> Path:
-        """Move the finished directory into place; the old one is removed only after."""
+        """Move the finished directory into place; the old one is removed only after. Not
+        after a signal: the command is stopping, and says the old output is kept."""
+        from enet_cli.core.ui import check_interrupts  # here: the handler's image has no rich
+
+        check_interrupts()
         written = [p.name for p in self.path.iterdir() if p.name != MARKER]
         write_marker(self.path, self.kind, written)
         old = None

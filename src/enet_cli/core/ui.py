@@ -230,8 +230,25 @@ class Interrupts:
 
     @contextlib.contextmanager
     def raising(self) -> Iterator["Interrupts"]:
-        with _routed_to(self._handle, keep_ignored_sigint=True):
-            yield self
+        _raising.append(self)
+        try:
+            with _routed_to(self._handle, keep_ignored_sigint=True):
+                yield self
+        finally:
+            _raising.remove(self)
+
+
+_raising: "list[Interrupts]" = []  # those whose raising() block runs now (main's, at most)
+
+
+def check_interrupts() -> None:
+    """Raise again a signal that an active `Interrupts` received. Its KeyboardInterrupt can
+    be lost (raised while a finalizer ran, or caught inside a library: seen once, an `enet
+    export --force` killed while TensorFlow saved published the new export and then said
+    it was removed), so what must not happen after a signal checks first: publishing an
+    output over the earlier one."""
+    for interrupts in _raising:
+        interrupts.check()
 
 
 class StopRequest:
