@@ -134,6 +134,24 @@ def test_a_source_that_is_no_model_is_one_line_and_touches_nothing(
     assert not run.exists()
 
 
+def test_a_run_directory_in_or_around_the_source_is_refused_and_nothing_written(
+    segnet_data, tmp_path
+):
+    """--run-dir the preset's own directory (or a run given as its own --init-from) would
+    write into the model it starts from: refused in one line, the source unchanged."""
+    from enet_testing import tree
+
+    before = tree(CAMVID.directory)
+    for run in (CAMVID.directory, CAMVID.directory / "run"):
+        result = invoke(
+            "train", segnet_data, "--init-from", "camvid", "--run-dir", run, "--steps", "1"
+        )
+        lines = [x for x in result.stderr.splitlines() if x.strip()]
+        assert result.returncode != 0 and len(lines) == 1, result.stderr
+        assert "--run-dir" in lines[0] and "the input" in lines[0], lines
+    assert tree(CAMVID.directory) == before
+
+
 def test_an_export_is_refused_as_a_source(tmp_path):
     exported = invoke("export", "camvid", "--format", "tflite", "--out", tmp_path / "f32")
     assert exported.returncode == 0, exported.stderr

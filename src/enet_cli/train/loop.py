@@ -61,7 +61,9 @@ def check_training(cfg: EnetConfig, paths: RunPaths, engine: Engine) -> Manifest
                 "--init-from is not supported by the smp engine yet; use --engine tf for "
                 "--mode mp, or start an smp run from scratch"
             )
-        source_path(cfg.train.init_from)
+        source = source_path(cfg.train.init_from)
+        for written in (paths.outputs, paths.checkpoints, paths.logs, paths.export):
+            outputs.check_apart(written, [source], "--run-dir")  # never into its source
     if engine.is_chief:  # refused now, not after hours of training
         outputs.check_replaceable(paths.export, "export", True, "the run's model directory")
     return manifest
