@@ -246,8 +246,9 @@ def undeploy(name: str, cfg: AwsConfig) -> List[str]:
 # invoke
 # ---------------------------------------------------------------------------------------
 def invoke(endpoint: str, images: List[Path], out_dir: Path, cfg: AwsConfig) -> List[Path]:
-    """Each image through the endpoint; the class map and overlay PNGs `enet predict`
-    writes, from the endpoint's JSON reply. Returns the files written."""
+    """Each image through the endpoint (a SageMaker endpoint's name, or the URL of `enet
+    serve`, which answers the same contract); the class map and overlay PNGs `enet
+    predict` writes, from the endpoint's JSON reply. Returns the files written."""
     import json
 
     import numpy as np
@@ -269,8 +270,9 @@ def invoke(endpoint: str, images: List[Path], out_dir: Path, cfg: AwsConfig) -> 
     check_out_dir(out_dir)
     check_inputs_kept(images, out_dir)
     written: List[Path] = []
-    with aws.aws_errors():
-        runtime = aws.boto_session(cfg).client("sagemaker-runtime")
+    served = endpoint.startswith(("http://", "https://"))
+    with contextlib.nullcontext() if served else aws.aws_errors():
+        call = _http_caller(endpoint) if served else _sagemaker_caller(endpoint, cfg)
         for path in images:
             data = path.read_bytes()
             try:
@@ -279,18 +281,11 @@ def invoke(endpoint: str, images: List[Path], out_dir: Path, cfg: AwsConfig) -> 
                 raise DataError(f"cannot read image {path}: {err}") from None
             kind, body = _request_body(path, data, rgb)
             try:
-                reply = runtime.invoke_endpoint(
-                    EndpointName=endpoint, ContentType=kind, Accept="application/json", Body=body
-                )
-            except runtime.exceptions.ModelError as err:  # the handler's one line, in JSON
-                said = err.response.get("OriginalMessage", "")
-                with contextlib.suppress(ValueError, AttributeError):
-                    said = json.loads(said).get("error", said)
-                raise AwsError(
-                    f"endpoint {endpoint} could not segment {path}: {said or err}"
-                ) from None
+                reply = call(kind, body)
+            except _Refused as err:
+                raise err.error(f"endpoint {endpoint} could not segment {path}: {err}") from None
             try:
-                found = json.loads(reply["Body"].read())
+                found = json.loads(reply)
                 classes = np.asarray(found["classes"], dtype=np.uint8)
                 colours = palette(found["class_colors"], found["void_color"])
                 names = found["class_names"]
@@ -317,6 +312,66 @@ def invoke(endpoint: str, images: List[Path], out_dir: Path, cfg: AwsConfig) -> 
             ui.info(f"{path.name}: {shares}")
     ui.info(f"wrote {len(written)} files to {out_dir}")
     return written
+
+
+class _Refused(Exception):
+    """The endpoint answered with an error: its handler's one line, and the error class
+    to report it as."""
+
+    def __init__(self, said: str, error: type = AwsError):
+        super().__init__(said)
+        self.error = error
+
+
+def _said(text: str) -> str:
+    """The handler's line from the container's `{"error": ...}` reply."""
+    import json
+
+    with contextlib.suppress(ValueError, AttributeError):
+        return str(json.loads(text).get("error", text))
+    return text
+
+
+def _sagemaker_caller(endpoint: str, cfg: AwsConfig):
+    runtime = aws.boto_session(cfg).client("sagemaker-runtime")
+
+    def call(kind: str, body: bytes) -> bytes:
+        try:
+            reply = runtime.invoke_endpoint(
+                EndpointName=endpoint, ContentType=kind, Accept="application/json", Body=body
+            )
+        except runtime.exceptions.ModelError as err:  # the handler's one line, in JSON
+            said = _said(err.response.get("OriginalMessage", ""))
+            raise _Refused(said or str(err)) from None
+        return reply["Body"].read()
+
+    return call
+
+
+def _http_caller(url: str):
+    """POST /invocations of `enet serve` (or anything answering the container's
+    contract) at `url`."""
+    import urllib.error
+    import urllib.request
+
+    target = url.rstrip("/") + "/invocations"
+
+    def call(kind: str, body: bytes) -> bytes:
+        headers = {"Content-Type": kind, "Accept": "application/json"}
+        request = urllib.request.Request(target, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=300) as reply:
+                return reply.read()
+        except urllib.error.HTTPError as err:
+            said = _said(err.read().decode("utf-8", "replace")) or str(err)
+            raise _Refused(f"HTTP {err.code}: {said}", DataError) from None
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise ConfigError(
+                f"cannot reach {target} ({reason}); is enet serve running there?"
+            ) from None
+
+    return call
 
 
 def _request_body(path: Path, data: bytes, rgb) -> Tuple[str, bytes]:

@@ -127,7 +127,8 @@ def undeploy(**options: Any) -> None:
 def invoke(**options: Any) -> None:
     """Send images to an enet endpoint; write the PNGs enet predict writes.
 
-    Each image's class map and overlay come from the endpoint's JSON reply.
+    Each image's class map and overlay come from the endpoint's JSON reply. ENDPOINT may
+    also be the URL enet serve printed: the same contract on this machine.
 
     Example: enet invoke enet-2026-12-04-11-30-00-123 photo.png --out out/
     """
@@ -206,7 +207,11 @@ def register(app: typer.Typer) -> None:
     name = argument("name", "The endpoint's name.")
     app.command("undeploy")(command_with(undeploy, [name, *where]))
     invoke_leading = [
-        argument("endpoint", "The endpoint's name (enet deploy printed it)."),
+        argument(
+            "endpoint",
+            "The endpoint's name (enet deploy printed it), or the URL of enet serve "
+            "(http://127.0.0.1:8080).",
+        ),
         argument("images", "PNG or JPEG images (others are sent as PNG).", List[Path]),
         keyword(
             "out",

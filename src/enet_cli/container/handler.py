@@ -24,12 +24,13 @@ computes it. Replies by `Accept`: `image/png` (the class-map PNG predict writes)
 import contextlib
 import io
 import json
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
 
 from enet_cli.pixels.drawing import (
     PictureError,
+    PictureTooLarge,
     class_shares,
     decode_rgb,
     indexed_png,
@@ -44,7 +45,12 @@ SEGMENT, PROBABILITIES = "segment", "probabilities"  # export.py's signature nam
 
 
 class RequestError(ValueError):
-    """What the caller sent cannot be served (the container answers it as an error)."""
+    """What the caller sent cannot be served. The container answers every exception with
+    HTTP 500; `status` is the 4xx `enet serve` answers it with, as the reason is known."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 def _media_type(header: str) -> str:
@@ -62,7 +68,7 @@ def _reply_type(accept: str) -> str:
             return JSON
         if kind == "image/*":
             return PNG
-    raise RequestError(f"Accept {accept!r} is not served; ask for {', '.join(REPLIES)}")
+    raise RequestError(f"Accept {accept!r} is not served; ask for {', '.join(REPLIES)}", 406)
 
 
 class Handler:
@@ -100,10 +106,13 @@ class Handler:
         if kind.startswith("image/") or kind in ("application/x-image", "application/octet-stream"):
             try:
                 return decode_rgb(body)
+            except PictureTooLarge as err:
+                raise RequestError(f"the {kind} body is {err}", 413) from None
             except PictureError as err:
                 raise RequestError(f"the {kind} body is {err}; send a PNG or JPEG") from None
         raise RequestError(
-            f"Content-Type {content_type!r} is not served; send image/png, image/jpeg or {NPY}"
+            f"Content-Type {content_type!r} is not served; send image/png, image/jpeg or {NPY}",
+            415,
         )
 
     def request(self, rgb: np.ndarray, reply: str) -> str:
@@ -134,6 +143,24 @@ class Handler:
             "classes": classes.tolist(),
         }
         return json.dumps(body).encode(), JSON
+
+    def answer(
+        self,
+        body: bytes,
+        content_type: str,
+        accept: str,
+        segment: Callable[[np.ndarray], np.ndarray],
+        probabilities: Callable[[np.ndarray], np.ndarray],
+    ) -> Tuple[bytes, str]:
+        """One invocation with the model in this process instead of behind TensorFlow
+        Serving (`enet serve`): the same decoding, Accept rules and replies, the model's
+        two signatures given as functions (`segment(photo)` -> class map at the photo's
+        size, `probabilities(pixels at the model's size)`)."""
+        kind = _reply_type(accept)
+        rgb = self.decode(body, content_type)
+        if kind == NPY:
+            return self.reply(probabilities(self.preprocessor.pixels(rgb)), kind)
+        return self.reply(segment(rgb), kind)
 
     # The container's two entry points --------------------------------------------------
     def input_handler(self, data, context) -> str:

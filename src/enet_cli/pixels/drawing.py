@@ -76,14 +76,15 @@ def _boundaries(classes: np.ndarray) -> np.ndarray:
     return edge
 
 
-_COLOUR_WEIGHT = round(OVERLAY_ALPHA * 256)  # the blend in integers: 256ths
+# The blend in integers, 256ths; enet serve's page (serving/page.html) tints with it too.
+COLOUR_WEIGHT = round(OVERLAY_ALPHA * 256)
 
 
 def tint(rgb: np.ndarray, classes: np.ndarray, palette: np.ndarray) -> np.ndarray:
     """The photo tinted with the class colours, white class boundaries (uint8). In 16-bit
     integers (within 1 of the float blend): a video frame's overlay must cost little."""
-    colours = palette.astype(np.uint16) * _COLOUR_WEIGHT + 128
-    blended = rgb.astype(np.uint16) * (256 - _COLOUR_WEIGHT)
+    colours = palette.astype(np.uint16) * COLOUR_WEIGHT + 128
+    blended = rgb.astype(np.uint16) * (256 - COLOUR_WEIGHT)
     blended += np.take(colours, classes, axis=0)
     picture = (blended >> 8).astype(np.uint8)
     picture |= (_boundaries(classes).astype(np.uint8) * 255)[..., None]  # white: all bits
