@@ -249,3 +249,34 @@ def untrained_exports(small_data, tmp_path_factory) -> dict:
 
     root = made_once(tmp_path_factory, "untrained", make)
     return {name: root / name for name in ("saved_model", "tflite", "onnx")}
+
+
+# Debian's Chromium (.ci/run installs it); ENET_CHROMIUM names another binary.
+CHROMIUM = os.environ.get("ENET_CHROMIUM", "/usr/bin/chromium")
+# What this machine's closed network needs: no background connections, no sandbox (root).
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless Chromium driven by Playwright, for the pages enet report writes and enet
+    serve serves. Missing is a failure that says how to install it, not a skip."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).is_file(), (
+        f"{CHROMIUM} is missing: apt-get install chromium (or set ENET_CHROMIUM)"
+    )
+    with sync_playwright() as playwright:
+        found = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield found
+        found.close()
+
+
+@pytest.fixture
+def screenshots(tmp_path) -> Path:
+    """Where a page test saves its screenshot: the test's directory, or the docs' images
+    when ENET_SCREENSHOTS names that folder (how docs/images/*_page.png are made)."""
+    return Path(os.environ.get("ENET_SCREENSHOTS") or tmp_path)

@@ -237,14 +237,16 @@ def fill_disk(disk: Path, leave_bytes: int) -> Path:
 
 
 def make_video(path: Path, frames, rate, codec="ffv1") -> Path:
-    """A real video file: FFV1 (lossless, RGB kept exactly) in .mkv, or H.264 in .mp4
-    (PyAV: the [video] extra, imported here so the compatibility jobs need not have it)."""
+    """A real video file: FFV1 (lossless, RGB kept exactly) in .mkv, H.264 in .mp4, or
+    VP8 (`libvpx`) in .webm, which every browser plays (PyAV: the [video] extra, imported
+    here so the compatibility jobs need not have it)."""
     from fractions import Fraction
 
     import av
 
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec if codec == "ffv1" else "libx264", rate=rate)
+        encoder = codec if codec in ("ffv1", "libvpx") else "libx264"
+        stream = container.add_stream(encoder, rate=rate)
         stream.pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
         stream.height, stream.width = frames[0].shape[:2]
         for k, rgb in enumerate(frames):

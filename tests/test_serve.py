@@ -243,3 +243,75 @@ def test_a_non_loopback_host_is_said(untrained_exports, monkeypatch):
     assert "listening on 0.0.0.0: anyone who can reach this machine can call the model" in (
         result.stderr
     )
+
+
+def _canvas(page) -> np.ndarray:
+    import base64
+
+    url = page.evaluate("document.getElementById('overlay').toDataURL('image/png')")
+    data = base64.b64decode(url.split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@pytest.fixture
+def served_preset():
+    """The shipped CamVid ENet, served: a page worth a screenshot."""
+    from enet_cli.commands.options import model_path
+
+    running = Running(model_path(Path("camvid")))
+    yield running
+    running.stop()
+
+
+def test_the_page_draws_predicts_overlay_for_an_image_and_segments_a_video(
+    served_preset, browser, tmp_path, screenshots
+):
+    from enet_testing import make_video
+
+    served = served_preset
+    predicted = invoke("predict", "camvid", PHOTO, "--out", tmp_path / "p")
+    assert predicted.returncode == 0, predicted.stderr
+    expected = np.asarray(Image.open(tmp_path / "p" / f"{PHOTO.stem}_overlay.png").convert("RGB"))
+    height, width = Image.open(PHOTO).size[::-1]
+
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(served.url + "/")
+    assert "camvid" in page.inner_text("#model")
+    page.set_input_files("#file", str(PHOTO))
+    page.wait_for_selector(f"body[data-done='{PHOTO.name}']", timeout=60_000)
+    drawn = _canvas(page)
+    # enet predict's overlay is the tinted photo above a legend strip: the page draws the
+    # same pixels from the endpoint's JSON reply (the legend is HTML beside it).
+    assert drawn.shape == (height, width, 3)
+    assert np.array_equal(drawn, expected[:height])
+    names = page.eval_on_selector_all("#legend li", "items => items.map(i => i.dataset.class)")
+    shares = json.loads(served.post(PHOTO.read_bytes())[2])["shares"]
+    assert names == sorted(shares, key=lambda name: -shares[name])
+    page.screenshot(path=str(screenshots / "serve_page.png"), full_page=True)
+
+    # A short video: frames grabbed by the browser, each sent as PNG.
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(10)]
+    clip = make_video(tmp_path / "clip.webm", frames, 10, codec="libvpx")
+    posts = len([u for u in requested if u.endswith("/invocations")])
+    page.set_input_files("#file", str(clip))
+    page.wait_for_selector("body[data-done='clip.webm']", timeout=120_000)
+    segmented = int(page.get_attribute("body", "data-frames"))
+    assert segmented == 5  # 1 s at the page's 5 frames/s
+    assert len([u for u in requested if u.endswith("/invocations")]) == posts + segmented
+    assert "frame 5 of 5" in page.inner_text("#status")
+    assert _canvas(page).shape == (96, 128, 3)
+
+    # A file that is not a picture: the handler's line on the page.
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"not a picture")
+    page.set_input_files("#file", str(bad))
+    page.wait_for_selector("body[data-failed='notes.png']", timeout=30_000)
+    assert "not a readable image" in page.inner_text("#status")
+    # Nothing but the page and /invocations was asked for, all from the server (and the
+    # video's own file, as a blob: URL of the page).
+    local = (served.url + "/", "blob:" + served.url + "/")
+    assert requested and all(url.startswith(local) for url in requested), requested
+    page.close()
