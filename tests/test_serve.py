@@ -1,4 +1,4 @@
-"""`enet serve`: the endpoint's contract on this machine (serving/server.py).
+"""`enet serve`: the endpoint's contract on this machine (workflows/serve/server.py).
 
 The server runs in this process on 127.0.0.1 (port 0), around the untrained ENet's TFLite
 export; `enet predict` and `enet invoke` run in-process too. The process itself (SIGINT,
@@ -34,7 +34,7 @@ class Running:
 
     def __init__(self, model: Path, max_body: int = 6_000_000, copies: int = 1):
         from enet_cli.serving.runtimes import load_predictor
-        from enet_cli.serving.server import ServeConfig, bind, serve_until
+        from enet_cli.workflows.serve.server import ServeConfig, bind, serve_until
 
         self.lines = []
         cfg = ServeConfig(port=0, max_body=max_body, access_log=True)
@@ -235,7 +235,7 @@ def test_the_serve_process_stops_on_ctrl_c_and_refuses_a_port_in_use(untrained_e
 def test_a_non_loopback_host_is_said(untrained_exports, monkeypatch):
     """Binding elsewhere than 127.0.0.1 says who can call it (bound to 0.0.0.0, stopped
     before serving)."""
-    from enet_cli.serving import server
+    from enet_cli.workflows.serve import server
 
     monkeypatch.setattr(server, "serve_until", lambda srv, stopped, poll_s=0.2: srv.server_close())
     result = invoke("serve", untrained_exports["tflite"], "--host", "0.0.0.0", "--port", "0")

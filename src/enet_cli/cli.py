@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 
 from enet_cli import __version__
-from enet_cli.commands import cloud, data, serve, server, train
+from enet_cli.commands import cloud, data, report, serve, server, train
 from enet_cli.commands.options import FLAG_METAVAR
 from enet_cli.core.errors import EnetError, PeerLost
 from enet_cli.core.ui import LOG_LEVEL_ENV, Interrupts, stderr, stdout
@@ -60,7 +60,7 @@ def root(
         os.environ[LOG_LEVEL_ENV] = "debug"
 
 
-for side in (data, train, serve, server, cloud):  # --help lists the commands in this order
+for side in (data, train, serve, report, server, cloud):  # --help lists the commands in this order
     side.register(app)
 
 

@@ -1,4 +1,4 @@
-"""`enet serve`: the endpoint `enet deploy` would start, on this machine (serving/server.py)."""
+"""`enet serve`: the endpoint `enet deploy` would start, on this machine (workflows/serve/)."""
 
 import errno
 from pathlib import Path
@@ -10,7 +10,7 @@ from enet_cli.commands.options import flag, model_path
 from enet_cli.core import ui
 from enet_cli.core.errors import ConfigError
 from enet_cli.core.formats import InferenceRuntime
-from enet_cli.serving.server import DEFAULT_MAX_BODY, LOOPBACK, ServeConfig
+from enet_cli.workflows.serve.server import DEFAULT_MAX_BODY, LOOPBACK, ServeConfig
 
 
 def serve(
@@ -51,7 +51,7 @@ def serve(
     Example: enet serve camvid, then open http://127.0.0.1:8080/
     """
     from enet_cli.serving.runtimes import load_predictor
-    from enet_cli.serving.server import bind, serve_until
+    from enet_cli.workflows.serve.server import bind, serve_until
 
     cfg = ServeConfig(host=host, port=port, max_body=max_body, access_log=access_log)
     predictor = load_predictor(model_path(model), runtime, copies)

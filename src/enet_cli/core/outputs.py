@@ -43,6 +43,7 @@ COMMAND = {
     "export": "enet export",
     "demo": "enet demo",
     "download": "enet jobs download",
+    "report": "enet report",
 }
 
 

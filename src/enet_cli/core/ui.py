@@ -115,17 +115,19 @@ def track(items: Iterable[T], total: int, description: str, unit: str = "images"
 
 
 @contextlib.contextmanager
-def frame_progress(description: str, total: Optional[int]) -> Iterator[Callable[[int], None]]:
+def frame_progress(
+    description: str, total: Optional[int], unit: str = "frames"
+) -> Iterator[Callable[[int], None]]:
     """Yields advance(n_frames), called from a worker thread: a rich bar with frames/s and
     ETA on a terminal (no ETA when the length is unknown: a pipe), else a line at each
-    quarter, or every 10 s without a length."""
+    quarter, or every 10 s without a length. `unit` names what is counted."""
     if stderr.is_terminal:
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn() if total else TextColumn("{task.completed}"),
-            TextColumn("frames"),
-            TextColumn("{task.fields[rate]} frames/s"),
+            TextColumn(unit),
+            TextColumn(f"{{task.fields[rate]}} {unit}/s"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
         )
@@ -152,7 +154,7 @@ def frame_progress(description: str, total: Optional[int]) -> Iterator[Callable[
         if crossed or (not total and now - last[0] >= 10):
             last[0] = now
             rate = done[0] / max(now - start, 1e-9)
-            info(f"{description}: {done[0]}{of} frames ({rate:.1f} frames/s)")
+            info(f"{description}: {done[0]}{of} {unit} ({rate:.1f} {unit}/s)")
 
     yield advance_plain
 

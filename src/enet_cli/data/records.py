@@ -229,13 +229,23 @@ def batches(
     data_dir: Path, manifest: Manifest, split: str, batch_size: int
 ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """(uint8 N x H x W x 3 images, int32 N x H x W labels); the last batch may be short."""
+    for _, images, labels in named_batches(data_dir, manifest, split, batch_size):
+        yield images, labels
+
+
+def named_batches(
+    data_dir: Path, manifest: Manifest, split: str, batch_size: int
+) -> Iterator[Tuple[List[str], np.ndarray, np.ndarray]]:
+    """`batches` with each record's name (the source image's, as preprocess stored it)."""
+    names: List[str] = []
     images: List[np.ndarray] = []
     labels: List[np.ndarray] = []
-    for _, image, label in read_split(Path(data_dir), manifest, split):
+    for name, image, label in read_split(Path(data_dir), manifest, split):
+        names.append(name)
         images.append(image)
         labels.append(label)
         if len(images) == batch_size:
-            yield np.stack(images), np.stack(labels)
-            images, labels = [], []
+            yield names, np.stack(images), np.stack(labels)
+            names, images, labels = [], [], []
     if images:
-        yield np.stack(images), np.stack(labels)
+        yield names, np.stack(images), np.stack(labels)

@@ -76,7 +76,7 @@ def _boundaries(classes: np.ndarray) -> np.ndarray:
     return edge
 
 
-# The blend in integers, 256ths; enet serve's page (serving/page.html) tints with it too.
+# The blend in integers, 256ths; enet serve's page (workflows/serve/page.html) uses it too.
 COLOUR_WEIGHT = round(OVERLAY_ALPHA * 256)
 
 

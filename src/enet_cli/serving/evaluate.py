@@ -9,7 +9,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from enet_cli.core import outputs
 from enet_cli.core.errors import ConfigError, DataError
 from enet_cli.core.metrics import count_confusion, segmentation_metrics
 from enet_cli.core.threads import put_unless_stopped
-from enet_cli.data.records import batches
+from enet_cli.data.records import named_batches
 from enet_cli.serving.evaluate_request import check_evaluation, evaluation_inputs
 from enet_cli.serving.runtimes import load_predictor
 
@@ -33,9 +33,12 @@ def evaluate(
     json_path: Optional[Path] = None,
     confusion_csv: Optional[Path] = None,
     tta: "Optional[TTA]" = None,
+    observe: Optional[Callable[[List[str], np.ndarray, np.ndarray, np.ndarray], None]] = None,
 ) -> Dict[str, object]:
     """Confusion matrix over `split`, then IoU/accuracies; optionally written as JSON and CSV.
-    The metrics also say how long the predictions took (`seconds`, `ms_per_image`)."""
+    The metrics also say how long the predictions took (`seconds`, `ms_per_image`).
+    `observe(names, pixels, labels, predictions)` sees each batch (enet report keeps the images
+    it gets most and least right from it)."""
     manifest = check_evaluation(model_path, data_dir, split, json_path, confusion_csv)
     if tta is not None:  # it resamples in TensorFlow: say so before any model is loaded
         from enet_cli.core import backend  # noqa: F401
@@ -65,7 +68,7 @@ def evaluate(
         images = pixels.astype(np.float32) / np.float32(255)  # as to_unit: exact
         return np.argmax(np.asarray(tta_probabilities(predictor.logits, images, tta)), -1)
 
-    for pixels, labels in _read_ahead(batches(data_dir, manifest, split, batch_size)):
+    for names, pixels, labels in _read_ahead(named_batches(data_dir, manifest, split, batch_size)):
         if not warm:  # tracing (once per input shape) is not what an image costs
             classes(pixels)
             warm = True
@@ -73,6 +76,8 @@ def evaluate(
         predictions = classes(pixels)
         seconds += time.perf_counter() - start
         matrix += count_confusion(labels, predictions, k, manifest.ignore_index)
+        if observe is not None:
+            observe(names, pixels, labels, np.asarray(predictions))
     metrics = segmentation_metrics(matrix, manifest.class_names)
     images_scored = manifest.splits[split].records
     metrics.update(

@@ -20,6 +20,7 @@ from enet_cli.artifacts.run import RunMeta, RunPaths, check_resumable
 from enet_cli.core import outputs, ui
 from enet_cli.core.backend import keras, tf
 from enet_cli.core.config import EnetConfig, Precision, global_batch, model_size
+from enet_cli.core.environment import environment
 from enet_cli.core.errors import (
     ConfigError,
     Interrupted,
@@ -376,6 +377,7 @@ def _finish(run: _Training) -> Dict[str, object]:
         "steps": int(state.checkpoint.optimizer.iterations.numpy()),
         "best_val_mean_iou": float(state.best_val_miou.numpy()),
         "history": run.history.epochs,
+        "environment": environment(),
     }
     if run.last_val is not None:
         keys = ("loss", "mean_iou", "pixel_accuracy", "class_accuracy", "iou", "accuracy")

@@ -10,9 +10,7 @@ float16 and int8 (XNNPACK), and ONNX InferenceRuntime; the input pipeline times 
 augmentation; video times `enet predict`'s whole path on a video, per runtime.
 """
 
-import contextlib
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -24,10 +22,10 @@ import numpy as np
 from pydantic import BaseModel
 
 from enet_cli.core import ui
+from enet_cli.core.environment import machine, package_versions
 from enet_cli.core.errors import ConfigError
 from enet_cli.core.formats import FORMATS, InferenceRuntime
 
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 INFER_VARIANTS = (
     "keras",
     "keras_xla",
@@ -112,42 +110,10 @@ class BenchmarkReport(BaseModel):
     results: List[Measurement] = []
 
 
-def machine() -> Dict[str, object]:
-    flags: List[str] = []
-    model_name = platform.processor() or platform.machine()
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            model_name = value.strip()
-        elif key.strip() == "flags" and not flags:
-            present = set(value.split())
-            flags = [flag for flag in CPU_FLAGS if flag in present]
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    usable = getattr(os, "sched_getaffinity", None)
-    return {
-        # The cores this process may run on (taskset, a container's cpuset), which is what
-        # the timings depend on; the machine may have more.
-        "cores": len(usable(0)) if usable else os.cpu_count(),
-        "machine_cores": os.cpu_count(),
-        "cpu": model_name,
-        "cpu_flags": flags,
-        "load_average": [round(v, 2) for v in load],
-        "platform": platform.platform(),
-    }
-
-
 def versions(tensorflow: bool = True) -> Dict[str, str]:
     """What ran: TensorFlow's side only when it ran (an exported TFLite or ONNX model is
     timed without it), and the standalone runtimes that are installed."""
-    from importlib import metadata
-
-    from enet_cli import __version__
-
-    found = {"enet-cli": __version__, "python": platform.python_version()}
+    found = package_versions(("ai-edge-litert", "onnxruntime"))
     if tensorflow:
         from enet_cli.core.backend import keras, tf
 
@@ -157,9 +123,6 @@ def versions(tensorflow: bool = True) -> Dict[str, str]:
             onednn="off" if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0" else "on",
             fused_prelu=_fused_prelu_state(),
         )
-    for runtime in ("ai-edge-litert", "onnxruntime"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            found[runtime] = metadata.version(runtime)
     return found
 
 
