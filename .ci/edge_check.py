@@ -133,6 +133,44 @@ def preset(out: Path) -> None:
             sys.exit(f"edge check: the preset's {golden.name} differs from the checkpoint's")
 
 
+def serve(work: Path) -> None:
+    """enet serve runs the TFLite export without TensorFlow, and enet invoke against it
+    writes the class maps the edge install's predict wrote."""
+    import signal
+    import time
+    import urllib.request
+
+    command = [str(Path(sys.executable).with_name("enet")), "serve", str(work / "tflite"),
+               "--port", "0"]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        for line in process.stderr:
+            if "serving on " in line:
+                url = line.split("serving on ")[1].split()[0].rstrip("/")
+                break
+        if url is None:
+            sys.exit(f"edge check: enet serve did not start: {process.stderr.read()}")
+        with urllib.request.urlopen(url + "/ping", timeout=30) as reply:
+            if reply.status != 200:
+                sys.exit(f"edge check: /ping answered {reply.status}")
+        out = work / "edge-invoke"
+        photos = [inputs(work) / name for name in ("a.png", "b.png")]
+        enet("invoke", url, *photos, "--out", out)
+    finally:
+        process.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 60
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        process.kill()
+    if process.returncode != 0:
+        sys.exit(f"edge check: enet serve exited {process.returncode} on SIGINT")
+    for name in ("a_classes.png", "b_classes.png"):
+        served = (out / name).read_bytes()
+        if served != (work / "edge" / "tflite" / "files" / name).read_bytes():
+            sys.exit(f"edge check: enet serve's {name} differs from predict's")
+
+
 def check(work: Path) -> None:
     if importlib.util.find_spec("tensorflow") is not None:
         sys.exit("edge check: TensorFlow is importable in the edge install")
@@ -158,6 +196,7 @@ def check(work: Path) -> None:
             sys.exit(f"edge check: benchmark of {runtime}: {timed}, {report['versions']}")
     same_records(work / "edge-data", work / "data")
     preset(work / "edge-preset")
+    serve(work)
     refused = enet("predict", work / "run", PHOTOS[0], "--out", work / "refused", expect=6)
     line = refused.stderr.decode().strip()
     if "\n" in line or not line.endswith("pip install 'enet-cli[tensorflow]'"):
@@ -168,7 +207,8 @@ def check(work: Path) -> None:
         f"edge install: {len(full)} class maps and overlays, and evaluate's scores on the "
         "test split, equal the full install's (TFLite and ONNX; photos, a video, stdin "
         "frames); benchmark timed both; preprocess wrote the same shards; the camvid preset "
-        "predicts its checkpoint's class maps; no TensorFlow importable"
+        "predicts its checkpoint's class maps; enet serve answers invoke with predict's class "
+        "maps; no TensorFlow importable"
     )
 
 

@@ -6,7 +6,8 @@
 Starts `enet serve MODEL --port P --copies C` as a real process for each --copies value,
 waits for GET /ping, sends --requests CamVid test images (360x480 PNG, Accept image/png),
 --concurrency at a time, each on its own connection, and stops the server with SIGINT
-(checking it exits 0). Prints a table; --write puts it in docs/results/serve_load.md.
+(checking it exits 0). Prints a table; --write puts it in docs/results/serve_load.md
+(the serve guide shows it).
 tests/test_serve.py runs `load` against the server in its own process and asserts no
 request failed and no thread was left behind.
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FIXTURES, RESULTS, machine
+from _common import FIXTURES, machine, publish
 
 IMAGE = FIXTURES / "camvid-segnet-mini" / "test" / "0001TP_007590.png"
 
@@ -103,6 +104,20 @@ def _serving(model: str, copies: int) -> Tuple[subprocess.Popen, str]:
     raise SystemExit("enet serve did not answer /ping within a minute")
 
 
+def in_process(model: str, body: bytes, requests: int) -> float:
+    """Requests/s of the handler and model called directly, one at a time, no HTTP: what
+    the server's own overhead is measured against."""
+    from enet_cli.serving.runtimes import load_predictor
+    from enet_cli.workflows.serve.server import Model
+
+    served = Model(load_predictor(Path(model)))
+    served.answer(body, "image/png", "image/png")  # warm-up
+    start = time.perf_counter()
+    for _ in range(requests):
+        served.answer(body, "image/png", "image/png")
+    return requests / (time.perf_counter() - start)
+
+
 def main(argv: List[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
@@ -111,10 +126,12 @@ def main(argv: List[str]) -> None:
     parser.add_argument("--copies", default="1,2", help="Comma-separated --copies values.")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args(argv)
+    at_start = machine()
+    print(at_start)
     body = IMAGE.read_bytes()
-    rows = []
-    header = f"`enet serve {args.model}`; {machine()}"
-    print(header)
+    header = ["how", "--copies", "requests", "at a time", "requests/s", "p50 ms", "p99 ms",
+              "failed"]  # fmt: skip
+    rows, measured = [], {}
     for copies in (int(c) for c in args.copies.split(",")):
         process, url = _serving(args.model, copies)
         try:
@@ -126,27 +143,25 @@ def main(argv: List[str]) -> None:
         stderr = process.stderr.read()
         if code != 0:
             raise SystemExit(f"enet serve exited {code} on SIGINT: {stderr[-500:]}")
-        row = (
-            f"| {copies} | {found['requests']} | {found['concurrency']} | "
-            f"{found['requests_per_s']:.1f} | {found['p50_ms']:.0f} | {found['p99_ms']:.0f} | "
-            f"{len(found['failed'])} |"
-        )
-        print(row, flush=True)
-        rows.append(row)
-    table = "\n".join(
-        [
-            "| --copies | requests | at a time | requests/s | p50 ms | p99 ms | failed |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
-            *rows,
-        ]
-    )
+        measured[f"copies_{copies}"] = {**found, "failed": len(found["failed"])}
+        rows.append([
+            "enet serve over HTTP", copies, found["requests"], found["concurrency"],
+            f"{found['requests_per_s']:.1f}", f"{found['p50_ms']:.0f}",
+            f"{found['p99_ms']:.0f}", len(found["failed"]),
+        ])  # fmt: skip
+        print(" | ".join(map(str, rows[-1])), flush=True)
+    direct = in_process(args.model, body, 50)
+    measured["direct_requests_per_s"] = direct
+    rows.append(["handler + model called directly, no HTTP", 1, 50, 1, f"{direct:.1f}",
+                 "", "", ""])  # fmt: skip
+    print(" | ".join(map(str, rows[-1])))
     if args.write:
-        text = (
-            f"{table}\n\n*{header}; a {IMAGE.name} 360x480 PNG each, Accept image/png; "
-            f"`python benchmarks/serve_load.py {args.model} --write`.*\n"
+        command = f"python benchmarks/serve_load.py {args.model} --write"
+        note = (
+            f"Each request a {IMAGE.name} 360x480 PNG, `Accept: image/png`, on its own "
+            f"connection; the load from the same machine (127.0.0.1)."
         )
-        (RESULTS / "serve_load.md").write_text(text)
-        print(f"wrote {RESULTS / 'serve_load.md'}")
+        print(f"wrote {publish('serve_load', command, header, rows, note, at_start, measured)}")
 
 
 if __name__ == "__main__":
