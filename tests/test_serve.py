@@ -315,3 +315,17 @@ def test_the_page_draws_predicts_overlay_for_an_image_and_segments_a_video(
     local = (served.url + "/", "blob:" + served.url + "/")
     assert requested and all(url.startswith(local) for url in requested), requested
     page.close()
+
+
+def test_a_failure_inside_the_model_is_that_requests_500_not_the_servers_end(served, capfd):
+    def broken(rgb):
+        raise RuntimeError("the runtime lost its tensors")
+
+    served.server.model.segment = broken
+    status, kind, body = served.post(PHOTO.read_bytes())
+    assert (status, kind) == (500, "application/json")
+    assert json.loads(body) == {"error": "RuntimeError: the runtime lost its tensors"}
+    assert "Traceback" in capfd.readouterr().err  # a bug keeps its traceback, on the server
+    connection = http.client.HTTPConnection(served.host, served.port, timeout=30)
+    connection.request("GET", "/ping")
+    assert connection.getresponse().status == 200
