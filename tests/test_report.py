@@ -101,6 +101,8 @@ def test_report_of_a_run_its_numbers_are_evaluates_and_its_page_loads_offline(
     highest = [float(v.rstrip("%")) for _, v in shown[3:]]
     assert lowest == sorted(lowest) and highest == sorted(highest, reverse=True)
     assert max(lowest) <= min(highest)
+    from enet_cli.workflows.report.figures import CAPTION
+
     records = read_records(small_data, "val")
     manifest = json.loads((small_data / "manifest.json").read_text())
     colours = np.array([c["color"] for c in manifest["classes"]] + [manifest["void_color"]])
@@ -112,8 +114,8 @@ def test_report_of_a_run_its_numbers_are_evaluates_and_its_page_loads_offline(
         image, label = records[name.strip()]
         strip = np.asarray(Image.open(out / src).convert("RGB"))
         height, width = label.shape
-        assert np.array_equal(strip[16:, :width], image)
-        truth = strip[16 : 16 + height, width + 4 : 2 * width + 4]
+        assert np.array_equal(strip[CAPTION:, :width], image)
+        truth = strip[CAPTION : CAPTION + height, width + 4 : 2 * width + 4]
         assert np.array_equal(truth, colours[label].astype(np.uint8)), name
         # its IoU, by predict's path this time
         classes = predictor.run(image[None], logits=False)[1][0]

@@ -146,7 +146,15 @@ def confusion(names: Sequence[str], matrix: np.ndarray, title: str, path: Path) 
 
 
 STRIP_TITLES = ("image", "truth", "prediction", "where they differ")
-CAPTION = 16
+CAPTION = 22  # pixels above the panels for their titles
+
+
+def _caption_font():
+    """Pillow's own scalable font (10.1 and later), else its small bitmap one."""
+    try:
+        return ImageFont.load_default(size=15)
+    except TypeError:
+        return ImageFont.load_default()
 
 
 def example_strip(example: Example, palette: np.ndarray, ignore_index: int) -> bytes:
@@ -164,9 +172,9 @@ def example_strip(example: Example, palette: np.ndarray, ignore_index: int) -> b
     panels = [Image.fromarray(image), truth, predicted, Image.fromarray(differ)]
     strip = Image.new("RGB", (4 * width + 3 * 4, height + CAPTION), (255, 255, 255))
     draw = ImageDraw.Draw(strip)
-    font = ImageFont.load_default()
+    font = _caption_font()
     for n, (panel, title) in enumerate(zip(panels, STRIP_TITLES)):
         x = n * (width + 4)
         strip.paste(panel, (x, CAPTION))
-        draw.text((x + 2, 2), title, fill=(30, 30, 30), font=font)
+        draw.text((x + 2, 3), title, fill=(30, 30, 30), font=font)
     return png_bytes(strip)
