@@ -329,3 +329,16 @@ def test_a_failure_inside_the_model_is_that_requests_500_not_the_servers_end(ser
     connection = http.client.HTTPConnection(served.host, served.port, timeout=30)
     connection.request("GET", "/ping")
     assert connection.getresponse().status == 200
+
+
+def test_invoke_of_a_url_where_nothing_listens_is_one_line(tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = invoke("invoke", f"http://127.0.0.1:{port}", PHOTO, "--out", tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot reach http://127.0.0.1:{port}/invocations ([Errno 111] Connection "
+        "refused); is enet serve running there?"
+    ]
+    assert not (tmp_path / "out").exists()
