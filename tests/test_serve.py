@@ -342,3 +342,41 @@ def test_invoke_of_a_url_where_nothing_listens_is_one_line(tmp_path):
         "refused); is enet serve running there?"
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_boto3s_sagemaker_runtime_pointed_at_serve_works_unchanged(
+    served, untrained_exports, tmp_path
+):
+    """InvokeEndpoint's REST call (POST /endpoints/NAME/invocations) answers as the
+    runtime API does: the reply, or the handler's refusal as a ModelError."""
+    import boto3
+
+    runtime = boto3.client(
+        "sagemaker-runtime", endpoint_url=served.url, region_name="us-east-1",
+        aws_access_key_id="x", aws_secret_access_key="x",
+    )  # fmt: skip
+    reply = runtime.invoke_endpoint(
+        EndpointName="enet-local", ContentType="image/png", Accept="image/png",
+        Body=PHOTO.read_bytes(),
+    )  # fmt: skip
+    assert reply["ContentType"] == "image/png"
+    predicted = invoke("predict", untrained_exports["tflite"], PHOTO, "--out", tmp_path / "p")
+    assert predicted.returncode == 0, predicted.stderr
+    assert reply["Body"].read() == (tmp_path / "p" / f"{PHOTO.stem}_classes.png").read_bytes()
+    with pytest.raises(runtime.exceptions.ModelError) as refused:
+        runtime.invoke_endpoint(EndpointName="enet-local", ContentType="text/plain", Body=b"x")
+    error = refused.value.response
+    assert error["OriginalStatusCode"] == 415
+    assert (
+        "Content-Type 'text/plain' is not served" in json.loads(error["OriginalMessage"])["error"]
+    )
+
+    # enet invoke by an endpoint's name, its AWS calls sent here: the same PNGs.
+    called = invoke(
+        "invoke", "enet-local", PHOTO, "--out", tmp_path / "i", "--region", "us-east-1",
+        env={"AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": served.url, "AWS_ACCESS_KEY_ID": "x",
+             "AWS_SECRET_ACCESS_KEY": "x"},
+    )  # fmt: skip
+    assert called.returncode == 0, called.stderr
+    for name in (f"{PHOTO.stem}_classes.png", f"{PHOTO.stem}_overlay.png"):
+        assert (tmp_path / "i" / name).read_bytes() == (tmp_path / "p" / name).read_bytes()

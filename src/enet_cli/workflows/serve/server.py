@@ -7,7 +7,9 @@ Accept), through the same handler `enet deploy` packs (container/handler.py: dec
 Accept rules, replies and their one-line refusals), with the model run in this process
 where the container runs TensorFlow Serving. A refusal's body is the container's
 `{"error": line}`; its status is the 4xx that says why (the container answers every
-handler exception with 500). `GET /` is a page to drop images and videos on (page.html).
+handler exception with 500). `POST /endpoints/NAME/invocations` answers as the
+sagemaker-runtime API does (its refusals as ModelError), so boto3 pointed here works
+unchanged. `GET /` is a page to drop images and videos on (page.html).
 
 The standard library's threading HTTP server: a thread per connection, the model loaded
 once and entered by at most `copies` requests at a time (benchmarks/serve_load.py
@@ -18,6 +20,7 @@ the package once, at start.
 import contextlib
 import html
 import json
+import re
 import socket
 import threading
 import time
@@ -41,6 +44,10 @@ LOOPBACK = "127.0.0.1"
 PAGE = "page.html"
 BODY_TIMEOUT_S = 20.0  # a client that stops sending in the middle of a body
 JSON = "application/json"
+# The sagemaker-runtime InvokeEndpoint REST call (API reference, InvokeEndpoint: "POST
+# /endpoints/EndpointName/invocations"), so boto3 or the SDK's Predictor pointed here with
+# endpoint_url works unchanged; the endpoint's name is not looked at.
+RUNTIME_API = re.compile(r"^/endpoints/[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}/invocations$")
 
 
 class ServeConfig(NamedTuple):
@@ -150,6 +157,7 @@ class _Request(BaseHTTPRequestHandler):
     timeout = BODY_TIMEOUT_S
     server_version = "enet-serve"
     sys_version = ""
+    runtime_api = False  # this request came as sagemaker-runtime's InvokeEndpoint
 
     # ---- routes ------------------------------------------------------------------------
     def do_GET(self) -> None:
@@ -166,7 +174,8 @@ class _Request(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = self.path.split("?")[0]
-        if path != "/invocations":
+        self.runtime_api = RUNTIME_API.match(path) is not None
+        if path != "/invocations" and not self.runtime_api:
             self._close_after_reply()
             self._refuse(HTTPStatus.NOT_FOUND, f"{path} is not served; POST /invocations")
             return
@@ -252,11 +261,31 @@ class _Request(BaseHTTPRequestHandler):
     # ---- replies -----------------------------------------------------------------------
     def _refuse(self, status: int, message: str) -> None:
         body = json.dumps({"error": message}).encode()  # the container's error reply
+        if self.runtime_api:  # as sagemaker-runtime wraps it: a ModelError
+            self._model_error(int(status), body)
+            return
         self._send(status, body, JSON)
 
-    def _send(self, status: int, body: bytes, kind: str) -> None:
-        self.server.stats.add(int(status))
+    def _model_error(self, status: int, said: bytes) -> None:
+        """InvokeEndpoint's answer when the container refused (API reference, Errors:
+        ModelError, HTTP 424, with the container's status and body)."""
+        text = said.decode()
+        error = {
+            "ErrorCode": "CLIENT_ERROR_FROM_MODEL",
+            "OriginalStatusCode": status,
+            "OriginalMessage": text,
+            "Message": f'Received client error ({status}) from primary with message "{text}".',
+        }
+        self.server.stats.add(status)  # counted as what the handler answered
+        self._send(HTTPStatus.FAILED_DEPENDENCY, json.dumps(error).encode(), JSON,
+                   {"x-amzn-ErrorType": "ModelError"}, count=False)  # fmt: skip
+
+    def _send(self, status: int, body: bytes, kind: str, headers=None, count: bool = True) -> None:
+        if count:
+            self.server.stats.add(int(status))
         self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Content-Type-Options", "nosniff")
