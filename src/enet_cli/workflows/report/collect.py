@@ -29,7 +29,6 @@ class Extremes:
         self.k, self.classes, self.ignore = k, manifest.num_classes, manifest.ignore_index
         self._worst: List[Tuple[float, str, Example]] = []  # max-heap by IoU (negated)
         self._best: List[Tuple[float, str, Example]] = []  # min-heap by IoU
-        self.scores: Dict[str, float] = {}
 
     def observe(self, names, pixels, labels, predictions) -> None:
         for name, image, label, prediction in zip(names, pixels, labels, predictions):
@@ -37,7 +36,6 @@ class Extremes:
             iou = float(segmentation_metrics(matrix)["mean_iou"])
             if iou != iou:  # all void: nothing to score
                 continue
-            self.scores[name] = iou
             if self.k == 0:
                 continue
             example = Example(iou, name, image, label, prediction.astype(np.int32))

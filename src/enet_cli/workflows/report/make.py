@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from enet_cli.core import outputs, ui
 from enet_cli.core.environment import environment
-from enet_cli.core.errors import ConfigError, DataError
+from enet_cli.core.errors import ConfigError
 from enet_cli.data.manifest import Manifest
 from enet_cli.pixels.drawing import palette
 from enet_cli.workflows.report import figures
@@ -175,6 +175,4 @@ def _examples(run: RunRecord, extremes: Extremes, n: int, root: Path, colours, m
                 f"<div class='strip'><p>{esc(example.name)}: mean IoU "
                 f"{100 * example.iou:.1f}%</p>{img(file, example.name)}</div>"
             )
-    if not extremes.scores:
-        raise DataError(f"no image of the split has labelled pixels to score {run.label} on")
     return "\n".join(parts)
