@@ -344,7 +344,7 @@ def test_benchmark_reports_sane_numbers_with_machine_and_versions(fitted_run, tm
     assert "96x128 (the model's training size)" in result.stdout
     assert report["machine"]["machine_cores"] == os.cpu_count()
     assert report["versions"]["tensorflow"] == tf.__version__
-    assert report["versions"]["fused_prelu"] == "on"  # training timed with the fused kernel
+    assert report["versions"]["fused_kernels"] == "on"  # training timed with the fused kernels
     rows = {(r["what"], r["variant"]): r for r in report["results"]}
     assert set(rows) == {
         ("train", "keras float32"),

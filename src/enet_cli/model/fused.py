@@ -1,20 +1,25 @@
 """Fused CPU kernels for training, compiled on first use against the running TensorFlow.
 
-ENet applies PReLU after nearly every convolution. TensorFlow has no PReLU kernel: Keras
-composes it from Relu, Neg, Mul and AddV2, and their gradients, so every activation is read
-and written about ten times per step. On a two-core CPU that was a quarter of the training
-step. `csrc/prelu.cc` does the forward in one pass and the backward (dx and the slope's
-gradient) in another: the step ran 1.20x faster (paired A/B, benchmarks/fused_prelu.py).
+ENet's step on a CPU is bound by passes over memory, not arithmetic. Two patterns cost the
+most passes, and each has a kernel in csrc/:
+- PReLU after nearly every convolution (`prelu.cc`): TensorFlow has no PReLU kernel, and
+  Keras composes it from Relu, Neg, Mul and AddV2 and their gradients, about ten reads and
+  writes of every activation; the kernel does one pass forward and one backward.
+- Batch norm followed by the block's activation (`batch_norm_act.cc`): oneDNN's training
+  batch norm ran on one core of two, and the activation then read and wrote its output
+  again; the kernel computes the statistics, normalises and activates in two passes forward
+  and two backward, with Keras' update of the moving statistics.
+Their gains are measured by benchmarks/fused_kernels.py (docs: Results).
 
 A custom op must be compiled for the exact TensorFlow it is loaded into, so it is built here,
 like torch.utils.cpp_extension.load does, with the compiler flags TensorFlow reports
-(`tf.sysconfig`), into a cache keyed by the source, the TensorFlow version and those flags.
+(`tf.sysconfig`), into a cache keyed by the sources, the TensorFlow version and those flags.
 Whenever that is not possible (no C++ compiler, no TensorFlow headers, a GPU, where the
 composed ops run on the device) training falls back to the composed ops, which compute the
-same numbers. Only training uses the kernel: inference, exports and SavedModels keep
-standard ops, so they load anywhere.
+same numbers to float32 round-off. Only training uses the kernels: inference, exports and
+SavedModels keep standard ops, so they load anywhere.
 
-Environment: ENET_FUSED_KERNELS=0 turns the kernel off; ENET_KERNEL_CACHE sets the cache
+Environment: ENET_FUSED_KERNELS=0 turns the kernels off; ENET_KERNEL_CACHE sets the cache
 directory (default: $XDG_CACHE_HOME/enet-cli/kernels, else ~/.cache/enet-cli/kernels);
 CXX names the compiler (default: c++).
 """
@@ -27,24 +32,24 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Sequence
 
 from enet_cli.core.backend import tf
 from enet_cli.core.cache import user_cache
 
-SOURCE = Path(__file__).parent / "csrc" / "prelu.cc"
+SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("prelu.cc", "batch_norm_act.cc"))
 BUILD_TIMEOUT_S = 600
 
 _lock = threading.Lock()
-_loaded = {}  # "prelu" -> the op function, or None when unavailable
-_reason = {}  # "prelu" -> why it is unavailable
+_loaded = {}  # "library" -> the loaded op library, or None when unavailable
+_reason = {}  # "library" -> why it is unavailable
 
 
 def cache_dir() -> Path:
     return user_cache("kernels", "ENET_KERNEL_CACHE")
 
 
-def _compile_command(source: Path, output: Path) -> List[str]:
+def _compile_command(sources: Sequence[Path], output: Path) -> List[str]:
     flags = list(tf.sysconfig.get_compile_flags())
     if not any(flag.startswith("--std") or flag.startswith("-std") for flag in flags):
         # TensorFlow < 2.9 was built as C++14: its absl::string_view is not std::string_view
@@ -58,7 +63,7 @@ def _compile_command(source: Path, output: Path) -> List[str]:
         "-O3",
         "-fno-trapping-math",  # lets the comparisons vectorise; results are unchanged
         "-w",
-        str(source),
+        *map(str, sources),
         "-o",
         str(output),
         *flags,
@@ -66,37 +71,39 @@ def _compile_command(source: Path, output: Path) -> List[str]:
     ]
 
 
-def library_path(source: Path = SOURCE) -> Path:
-    """Where the build of `source` for this TensorFlow lives in the cache."""
+def library_path(sources: Sequence[Path] = SOURCES) -> Path:
+    """Where the build of `sources` for this TensorFlow lives in the cache."""
     key = hashlib.sha256()
-    key.update(source.read_bytes())
+    for source in sources:
+        key.update(source.read_bytes())
     key.update(tf.__version__.encode())
-    key.update(" ".join(_compile_command(Path("src"), Path("out"))).encode())
-    return cache_dir() / f"{source.stem}-tf{tf.__version__}-{key.hexdigest()[:16]}.so"
+    key.update(" ".join(_compile_command([Path("src")], Path("out"))).encode())
+    return cache_dir() / f"kernels-tf{tf.__version__}-{key.hexdigest()[:16]}.so"
 
 
-def build(source: Path = SOURCE) -> Path:
-    """Compile `source` unless the cache has it; the library appears whole or not at all.
+def build(sources: Sequence[Path] = SOURCES) -> Path:
+    """Compile `sources` into one library unless the cache has it; it appears whole or not
+    at all.
 
     Concurrent builders (data-parallel workers starting together) each compile into their
     own temporary file and rename it into place: the last rename wins, all are identical.
     """
-    target = library_path(source)
+    target = library_path(sources)
     if target.is_file():
         return target
-    compiler = _compile_command(source, target)[0]
+    compiler = _compile_command(sources, target)[0]
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (set CXX)")
     target.parent.mkdir(parents=True, exist_ok=True)
     from enet_cli.core import ui
 
-    ui.info(f"compiling the fused {source.stem} kernel for TensorFlow {tf.__version__} (once)")
+    ui.info(f"compiling the fused training kernels for TensorFlow {tf.__version__} (once)")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         done = subprocess.run(
-            _compile_command(source, tmp),
+            _compile_command(sources, tmp),
             capture_output=True,
             text=True,
             timeout=BUILD_TIMEOUT_S,
@@ -124,12 +131,69 @@ def _prelu_from(library) -> Callable:
     return prelu
 
 
-def _load_prelu() -> Optional[Callable]:
+def _batch_norm_act_from(library) -> Callable:
+    floor = _epsilon_floor()
+
+    def batch_norm_act(x, gamma, beta, slope, moving_mean, moving_variance, epsilon, momentum):
+        moving = []
+        epsilon = max(float(epsilon), floor)
+
+        @tf.custom_gradient
+        def normalize(x, gamma, beta, slope):
+            scalar = tf.reshape(slope, [])
+            y, mean, inv_std, new_mean, new_variance = library.enet_batch_norm_act(
+                x, gamma, beta, scalar, moving_mean, moving_variance,
+                epsilon=epsilon, momentum=momentum,
+            )  # fmt: skip
+            moving.extend([new_mean, new_variance])
+
+            def grad(dy):
+                dx, dgamma, dbeta, dslope = library.enet_batch_norm_act_grad(
+                    dy, x, gamma, beta, scalar, mean, inv_std
+                )
+                return dx, dgamma, dbeta, tf.reshape(dslope, tf.shape(slope))
+
+            return y, grad
+
+        y = normalize(x, gamma, beta, slope)
+        return y, moving[0], moving[1]
+
+    return batch_norm_act
+
+
+def _epsilon_floor() -> float:
+    """The smallest epsilon TensorFlow's fused batch norm (what Keras' layer calls) uses.
+
+    Until about TF 2.12, `tf.compat.v1.nn.fused_batch_norm` raised any epsilon below
+    1.001e-5 to it (an old cuDNN limit); later versions use it as given. Measured rather
+    than looked up by version: a two-pixel batch with variance 1e-6 gives 1e-3 / sqrt(1e-6 +
+    epsilon), which tells 1e-5 from 1.001e-5 by 4e-4.
+    """
+    x = tf.constant([[[[1e-3], [-1e-3]]]])
+    y, _, _ = tf.compat.v1.nn.fused_batch_norm(x, [1.0], [0.0], epsilon=1e-5, is_training=True)
+    used = (1e-3 / float(y[0, 0, 0, 0])) ** 2 - 1e-6
+    return 1.001e-5 if used > 1.0005e-5 else 0.0
+
+
+def _load_library():
     if os.environ.get("ENET_FUSED_KERNELS", "1") == "0":
         return None  # asked for
     if tf.config.list_physical_devices("GPU"):
         return None  # the layers run on the GPU, where the composed ops are fused by XLA/cuDNN
-    return _prelu_from(tf.load_op_library(str(build())))
+    library = tf.load_op_library(str(build()))
+    return {"prelu": _prelu_from(library), "batch_norm_act": _batch_norm_act_from(library)}
+
+
+def _kernel(name: str) -> Optional[Callable]:
+    with _lock:
+        if "library" not in _loaded:
+            try:
+                _loaded["library"] = _load_library()
+            except (RuntimeError, OSError, subprocess.SubprocessError, tf.errors.OpError) as err:
+                _loaded["library"] = None
+                _reason["library"] = str(err)
+        kernels = _loaded["library"]
+        return None if kernels is None or name in _off else kernels[name]
 
 
 def prelu() -> Optional[Callable]:
@@ -138,31 +202,41 @@ def prelu() -> Optional[Callable]:
     Built and loaded once per process. None when turned off, when a GPU is visible, or when
     the build failed: then `unavailable_reason()` says why.
     """
-    with _lock:
-        if "prelu" not in _loaded:
-            try:
-                _loaded["prelu"] = _load_prelu()
-            except (RuntimeError, OSError, subprocess.SubprocessError, tf.errors.OpError) as err:
-                _loaded["prelu"] = None
-                _reason["prelu"] = str(err)
-        return _loaded["prelu"]
+    return _kernel("prelu")
+
+
+def batch_norm_act() -> Optional[Callable]:
+    """Training-mode batch norm then PReLU (ReLU: slope 0) over the last axis, or None.
+
+    `batch_norm_act(x, gamma, beta, slope, moving_mean, moving_variance, epsilon, momentum)`
+    returns (y, new moving mean, new moving variance), which the caller assigns: Keras'
+    BatchNormalization update, moving -= (moving - batch) * (1 - momentum), with the batch
+    variance under Bessel's correction. Gradients flow to x, gamma, beta and slope. None
+    as for `prelu()`.
+    """
+    return _kernel("batch_norm_act")
 
 
 def unavailable_reason() -> Optional[str]:
-    """Why building or loading the kernel failed; None if it did not fail (or was not tried)."""
-    return _reason.get("prelu")
+    """Why building or loading the kernels failed; None if it did not fail (or was not tried)."""
+    return _reason.get("library")
+
+
+_off: set = set()
 
 
 @contextlib.contextmanager
-def turned_off() -> Iterator[None]:
-    """Trace or run without the kernel inside this block: the before of an A/B, in tests
-    and benchmarks/fused_prelu.py (a tf.function keeps what its first call traced)."""
+def turned_off(*names: str) -> Iterator[None]:
+    """Trace or run without the named kernels ("prelu", "batch_norm_act"; all if none named)
+    inside this block: the before of an A/B, in tests and benchmarks/fused_kernels.py (a
+    tf.function keeps what its first call traced)."""
     prelu()  # build first, so the block's end restores what the process really has
+    names = names or ("prelu", "batch_norm_act")
     with _lock:
-        saved = _loaded["prelu"]
-        _loaded["prelu"] = None
+        added = [name for name in names if name not in _off]
+        _off.update(added)
     try:
         yield
     finally:
         with _lock:
-            _loaded["prelu"] = saved
+            _off.difference_update(added)

@@ -22,6 +22,7 @@ from enet_cli.model.ops import (
     kernel_init,
     layer_seed,
     make_activation,
+    normalize_activate,
     spatial_size,
     subpixel_conv,
     subpixel_kernel,
@@ -74,7 +75,7 @@ class InitialBlock(keras.layers.Layer):
             main = main * scale[:k] + offset[:k]
             return self.act(tf.concat([main, pooled * scale[k:] + offset[k:]], axis=-1))
         out = tf.concat([main, tf.cast(pooled, main.dtype)], axis=-1)
-        return self.act(self.bn(out, training=training))
+        return normalize_activate(self.bn, self.act, out, training)
 
     def multiply_adds(self, input_shape: Shape) -> int:
         return conv_macs(self.conv, spatial_size(input_shape) // 4)
@@ -134,10 +135,10 @@ class Bottleneck(keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs, training=None):
-        x = self.act(self.project_bn(self.project(inputs), training=training))
+        x = normalize_activate(self.project_bn, self.act, self.project(inputs), training)
         for conv, bn in zip(self.main_convs, self.main_bns):
-            x = self.act(bn(conv(x), training=training))
-        x = self.act(self.expand_bn(self.expand(x), training=training))
+            x = normalize_activate(bn, self.act, conv(x), training)
+        x = normalize_activate(self.expand_bn, self.act, self.expand(x), training)
         x = self.drop(x, training=training)
         return self.act(inputs + x)
 
@@ -194,9 +195,9 @@ class DownsamplingBottleneck(keras.layers.Layer):
     def call(self, inputs, training=None):
         main = tf.nn.max_pool2d(inputs, 2, 2, "VALID")
         main = tf.pad(main, [[0, 0], [0, 0], [0, 0], [0, self.channels - inputs.shape[-1]]])
-        x = self.act(self.project_bn(self.project(inputs), training=training))
-        x = self.act(self.conv_bn(self.conv(x), training=training))
-        x = self.act(self.expand_bn(self.expand(x), training=training))
+        x = normalize_activate(self.project_bn, self.act, self.project(inputs), training)
+        x = normalize_activate(self.conv_bn, self.act, self.conv(x), training)
+        x = normalize_activate(self.expand_bn, self.act, self.expand(x), training)
         x = self.drop(x, training=training)
         return self.act(main + x)
 
@@ -268,15 +269,15 @@ class UpsamplingBottleneck(keras.layers.Layer):
         x, pool_input = inputs
         main = self.main_bn(self.main_conv(x), training=training)
         main = self.unpool([main, pool_input])
-        y = self.act(self.project_bn(self.project(x), training=training))
+        y = normalize_activate(self.project_bn, self.act, self.project(x), training)
         if self.export_form:
             kernel, window = subpixel_kernel(self.upconv.kernel, crop=0)
             scale, offset = inference_affine(self.upconv_bn)
             y = subpixel_conv(y, kernel, window) * tf.tile(scale, [4]) + tf.tile(offset, [4])
             y = tf.nn.depth_to_space(self.act(y), 2)
         else:
-            y = self.act(self.upconv_bn(self.upconv(y), training=training))
-        y = self.act(self.expand_bn(self.expand(y), training=training))
+            y = normalize_activate(self.upconv_bn, self.act, self.upconv(y), training)
+        y = normalize_activate(self.expand_bn, self.act, self.expand(y), training)
         y = self.drop(y, training=training)
         return self.act(main + y)
 

@@ -158,6 +158,61 @@ def make_activation(kind: str, name: str):
     raise ValueError(f"activation must be 'prelu' or 'relu', got {kind!r}")
 
 
+def normalize_activate(bn, act, x: tf.Tensor, training=None) -> tf.Tensor:
+    """`act(bn(x, training))`, as one fused kernel where training can use it.
+
+    Training in float32 on a CPU, a plain batch norm followed by the block's PReLU or ReLU
+    runs model/fused.py's batch_norm_act: statistics, normalisation and activation in two
+    passes forward and two backward, where oneDNN's batch norm ran on one core and the
+    activation read and wrote the tensor again. Same variables and the same update of the
+    moving statistics as Keras' layer (tests/model/test_fused.py holds them equal).
+    Everything else (inference, mixed precision, synchronised or frozen batch norm, a frozen
+    slope, an unbuilt layer) calls the layers.
+    """
+    kernel = _fusable(bn, act, x, training)
+    if kernel is None:
+        return act(bn(x, training=training))
+    slope = act.alpha if isinstance(act, BlockPReLU) else tf.zeros([], x.dtype)
+    y, new_mean, new_variance = kernel(
+        x, bn.gamma, bn.beta, slope, bn.moving_mean, bn.moving_variance,
+        epsilon=bn.epsilon, momentum=bn.momentum,
+    )  # fmt: skip
+    bn.moving_mean.assign(new_mean)
+    bn.moving_variance.assign(new_variance)
+    return y
+
+
+def _fusable(bn, act, x, training):
+    if training is not True or x.dtype != tf.float32:
+        return None
+    plain_bn = (
+        type(bn) is keras.layers.BatchNormalization
+        and bn.built
+        and bn.trainable
+        and bn.center
+        and bn.scale
+        and bn.axis in ([-1], [len(x.shape) - 1])
+        and bn.compute_dtype == "float32"
+        and not bn.renorm
+        and bn.virtual_batch_size is None
+        and bn.adjustment is None
+    )
+    if not plain_bn:
+        return None
+    if isinstance(act, BlockPReLU):
+        one_slope = act.alpha.shape.num_elements() == 1
+        if act.frozen_alpha is not None or act.compute_dtype != "float32" or not one_slope:
+            return None
+    elif not (
+        type(act) is keras.layers.ReLU
+        and act.max_value is None
+        and float(act.negative_slope) == 0.0
+        and float(act.threshold) == 0.0
+    ):
+        return None
+    return fused.batch_norm_act()
+
+
 def spatial_size(shape: Shape) -> int:
     """Pixels per image, for multiply-add counts; unknown sizes count as 0."""
     h, w = shape[1], shape[2]

@@ -198,8 +198,8 @@ class _Training:
             reason = fused.unavailable_reason()
             if reason and self.engine.is_chief:
                 ui.warn(
-                    f"no fused PReLU kernel ({reason}): training runs TensorFlow's composed "
-                    "ops instead, the same numbers about 1.2x slower"
+                    f"no fused training kernels ({reason}): training runs TensorFlow's "
+                    "composed ops instead, the same numbers about 1.4x slower"
                 )
         where = (
             f"resuming from {self.resumed} (epoch {self.start_epoch + 1}, step {self.step})"

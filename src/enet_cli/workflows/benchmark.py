@@ -121,7 +121,7 @@ def versions(tensorflow: bool = True) -> Dict[str, str]:
             tensorflow=tf.__version__,
             keras=_keras_version(keras),
             onednn="off" if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0" else "on",
-            fused_prelu=_fused_prelu_state(),
+            fused_kernels=_fused_kernels_state(),
         )
     return found
 
@@ -152,8 +152,8 @@ def check_export_request(runtime: InferenceRuntime, what: "What", variants) -> N
         )
 
 
-def _fused_prelu_state() -> str:
-    """Whether float32 training ran model/fused.py's PReLU kernel, and if not, why."""
+def _fused_kernels_state() -> str:
+    """Whether float32 training ran model/fused.py's kernels, and if not, why."""
     from enet_cli.model import fused
 
     if fused.prelu() is not None:
