@@ -341,3 +341,86 @@ def test_cache_directory_defaults(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert fused.cache_dir() == tmp_path / "home" / ".cache" / "enet-cli" / "kernels"
     assert os.fspath(fused.cache_dir()).endswith("kernels")
+
+
+def _logits_and_labels(shape, classes, seed):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, (*shape, classes)).astype(np.float32)
+    logits[0, 0, :4] = 1.5  # every class tied: the first wins
+    logits[0, 1, :4, 2] = 80.0  # softmax saturated: others below exp(-87)
+    labels = rng.integers(0, classes, shape).astype(np.int32)
+    labels[0, 2, :5] = classes  # void
+    labels[0, 3, :2] = [classes + 7, 2**20]  # stray labels count nowhere
+    return tf.constant(logits), tf.constant(labels)
+
+
+@pytest.mark.parametrize("shape", [(2, 37, 41), (4, 90, 120)])  # ragged blocks; many chunks
+def test_confusion_kernel_counts_as_argmax_and_bincount(shape):
+    from enet_cli.core.metrics import confusion_matrix
+
+    kernel = fused.confusion()
+    logits, labels = _logits_and_labels(shape, 11, 5)
+    ours = kernel(logits, labels, 11).numpy()
+    predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    np.testing.assert_array_equal(ours, confusion_matrix(labels, predictions, 11, 11).numpy())
+    assert ours.sum() == int(np.sum((labels.numpy() >= 0) & (labels.numpy() < 11)))
+    empty = kernel(tf.zeros([0, 4, 4, 11]), tf.zeros([0, 4, 4], tf.int32), 11).numpy()
+    np.testing.assert_array_equal(empty, np.zeros((11, 11)))
+
+
+@pytest.mark.parametrize("shape", [(2, 37, 41), (4, 90, 120)])
+def test_cross_entropy_kernel_equals_the_composed_loss_and_gradient(shape):
+    from enet_cli.train.task import SegmentationTask
+
+    logits, labels = _logits_and_labels(shape, 11, 6)
+    weights = tuple(np.random.default_rng(2).uniform(0.3, 6.0, 11).tolist())
+    task = SegmentationTask(11, 11, weights)
+
+    def run():
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss_sum, weight_sum = task.loss_terms(x, labels)
+                half = loss_sum * 0.5  # an upstream gradient that is not 1
+            return loss_sum, weight_sum, tape.gradient(half, x)
+
+        ops = {op.type for op in step.get_concrete_function(logits).graph.get_operations()}
+        return ops, [t.numpy() for t in step(logits)]
+
+    ops, (loss, weight, grad) = run()
+    assert "EnetCrossEntropy" in ops and "EnetCrossEntropyGrad" in ops
+    with fused.turned_off("cross_entropy"):
+        ref_ops, (ref_loss, ref_weight, ref_grad) = run()
+    assert "EnetCrossEntropy" not in ref_ops
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    np.testing.assert_allclose(weight, ref_weight, rtol=1e-5)
+    np.testing.assert_allclose(grad, ref_grad, atol=1e-6 * float(np.abs(ref_grad).max()))
+    void = (labels.numpy() < 0) | (labels.numpy() >= 11)
+    assert void.sum() == 5 + 2 and (grad[void] == 0).all()  # no gradient from void pixels
+
+
+def test_the_training_step_uses_the_loss_and_confusion_kernels():
+    from enet_cli.core.config import TrainConfig
+    from enet_cli.train.engines.single import SingleEngine
+    from enet_cli.train.optim import build_update
+    from enet_cli.train.task import SegmentationTask
+
+    model = build_enet(ModelConfig(num_classes=11), (48, 64))
+    task = SegmentationTask(11, 11, tuple([1.0] * 11))
+    update = build_update(TrainConfig(), model.trainable_variables)
+    step = SingleEngine().make_train_step(model, update, task)
+    images = tf.random.uniform((2, 48, 64, 3), seed=1)
+    labels = tf.random.uniform((2, 48, 64), maxval=12, dtype=tf.int32, seed=2)
+    out = step((images, labels))
+    graph_ops = set()
+    for function in (
+        step.get_concrete_function((images, labels)).graph.as_graph_def().library.function
+    ):
+        graph_ops |= {node.op for node in function.node_def}
+    graph_ops |= {
+        op.type for op in step.get_concrete_function((images, labels)).graph.get_operations()
+    }
+    assert {"EnetCrossEntropy", "EnetConfusion", "EnetBatchNormAct"} <= graph_ops
+    labels_np = labels.numpy()
+    assert int(out["confusion"].numpy().sum()) == int((labels_np < 11).sum())

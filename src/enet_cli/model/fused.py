@@ -37,8 +37,13 @@ from typing import Callable, Iterator, List, Optional, Sequence
 from enet_cli.core.backend import tf
 from enet_cli.core.cache import user_cache
 
-SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("prelu.cc", "batch_norm_act.cc"))
+SOURCES = tuple(
+    Path(__file__).parent / "csrc" / name
+    for name in ("prelu.cc", "batch_norm_act.cc", "confusion.cc", "cross_entropy.cc")
+)
 BUILD_TIMEOUT_S = 600
+
+KERNELS = ("prelu", "batch_norm_act", "confusion", "cross_entropy")
 
 _lock = threading.Lock()
 _loaded = {}  # "library" -> the loaded op library, or None when unavailable
@@ -72,9 +77,11 @@ def _compile_command(sources: Sequence[Path], output: Path) -> List[str]:
 
 
 def library_path(sources: Sequence[Path] = SOURCES) -> Path:
-    """Where the build of `sources` for this TensorFlow lives in the cache."""
+    """Where the build of `sources` (and the headers beside them) for this TensorFlow lives
+    in the cache."""
     key = hashlib.sha256()
-    for source in sources:
+    headers = sorted({h for source in sources for h in source.parent.glob("*.h")})
+    for source in [*sources, *headers]:
         key.update(source.read_bytes())
     key.update(tf.__version__.encode())
     key.update(" ".join(_compile_command([Path("src")], Path("out"))).encode())
@@ -161,6 +168,29 @@ def _batch_norm_act_from(library) -> Callable:
     return batch_norm_act
 
 
+def _cross_entropy_from(library) -> Callable:
+    def cross_entropy(logits, labels, class_weights, ignore_index):
+        weights = tf.constant(class_weights, tf.float32)
+
+        @tf.custom_gradient
+        def loss(logits):
+            loss_sum, weight_sum = library.enet_cross_entropy(
+                logits, labels, weights, ignore_index=ignore_index
+            )
+
+            def grad(dloss, dweight):
+                del dweight  # the weights come from the labels alone
+                return library.enet_cross_entropy_grad(
+                    dloss, logits, labels, weights, ignore_index=ignore_index
+                )
+
+            return (loss_sum, weight_sum), grad
+
+        return loss(logits)
+
+    return cross_entropy
+
+
 def _epsilon_floor() -> float:
     """The smallest epsilon TensorFlow's fused batch norm (what Keras' layer calls) uses.
 
@@ -169,9 +199,10 @@ def _epsilon_floor() -> float:
     than looked up by version: a two-pixel batch with variance 1e-6 gives 1e-3 / sqrt(1e-6 +
     epsilon), which tells 1e-5 from 1.001e-5 by 4e-4.
     """
-    x = tf.constant([[[[1e-3], [-1e-3]]]])
-    y, _, _ = tf.compat.v1.nn.fused_batch_norm(x, [1.0], [0.0], epsilon=1e-5, is_training=True)
-    used = (1e-3 / float(y[0, 0, 0, 0])) ** 2 - 1e-6
+    with tf.init_scope():  # eager, even when the library loads inside a tf.function trace
+        x = tf.constant([[[[1e-3], [-1e-3]]]])
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(x, [1.0], [0.0], epsilon=1e-5, is_training=True)
+        used = (1e-3 / float(y[0, 0, 0, 0])) ** 2 - 1e-6
     return 1.001e-5 if used > 1.0005e-5 else 0.0
 
 
@@ -181,7 +212,14 @@ def _load_library():
     if tf.config.list_physical_devices("GPU"):
         return None  # the layers run on the GPU, where the composed ops are fused by XLA/cuDNN
     library = tf.load_op_library(str(build()))
-    return {"prelu": _prelu_from(library), "batch_norm_act": _batch_norm_act_from(library)}
+    return {
+        "prelu": _prelu_from(library),
+        "batch_norm_act": _batch_norm_act_from(library),
+        "confusion": lambda logits, labels, ignore_index: library.enet_confusion(
+            logits, labels, ignore_index=ignore_index
+        ),
+        "cross_entropy": _cross_entropy_from(library),
+    }
 
 
 def _kernel(name: str) -> Optional[Callable]:
@@ -217,6 +255,20 @@ def batch_norm_act() -> Optional[Callable]:
     return _kernel("batch_norm_act")
 
 
+def confusion() -> Optional[Callable]:
+    """`confusion(logits, labels, ignore_index)`: the (K, K) int32 counts of
+    core.metrics.confusion_matrix(labels, argmax(logits)) for float32 logits with K classes
+    on the last axis, or None as for `prelu()`."""
+    return _kernel("confusion")
+
+
+def cross_entropy() -> Optional[Callable]:
+    """`cross_entropy(logits, labels, class_weights, ignore_index)` -> (sum over pixels of
+    w[label] * softmax cross-entropy, sum of w[label]), void and labels outside [0, K)
+    weighing 0, with its gradient to the float32 logits; or None as for `prelu()`."""
+    return _kernel("cross_entropy")
+
+
 def unavailable_reason() -> Optional[str]:
     """Why building or loading the kernels failed; None if it did not fail (or was not tried)."""
     return _reason.get("library")
@@ -227,11 +279,11 @@ _off: set = set()
 
 @contextlib.contextmanager
 def turned_off(*names: str) -> Iterator[None]:
-    """Trace or run without the named kernels ("prelu", "batch_norm_act"; all if none named)
+    """Trace or run without the named kernels (KERNELS; all if none named)
     inside this block: the before of an A/B, in tests and benchmarks/fused_kernels.py (a
     tf.function keeps what its first call traced)."""
     prelu()  # build first, so the block's end restores what the process really has
-    names = names or ("prelu", "batch_norm_act")
+    names = names or KERNELS
     with _lock:
         added = [name for name in names if name not in _off]
         _off.update(added)

@@ -15,6 +15,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/platform/threadpool.h"
+#include "parallel.h"
 
 using namespace tensorflow;  // NOLINT
 
@@ -60,22 +61,8 @@ REGISTER_OP("EnetBatchNormActGrad")
 
 namespace {
 
-// A fixed number of row chunks, so every reduction adds its partial sums in the same order
-// whatever the thread count: the same inputs always give the same bits.
-constexpr int64_t kChunks = 64;
+using enet::kChunks;
 constexpr int64_t kRun = 64;  // rows summed in float before a double accumulator takes them
-
-template <typename Fn>
-void ForRowChunks(OpKernelContext* ctx, int64_t rows, Fn fn) {
-  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  const int64_t size = (rows + kChunks - 1) / kChunks;
-  pool->ParallelFor(kChunks, /*cost_per_unit=*/1 << 30, [&](int64_t lo, int64_t hi) {
-    for (int64_t c = lo; c < hi; ++c) {
-      const int64_t b = c * size, e = std::min(rows, b + size);
-      if (b < e) fn(c, b, e);
-    }
-  });
-}
 
 // prelu(z) = max(z, 0) + slope * min(z, 0); its derivative is 0 at z == 0, as ReluGrad's.
 // Written as selects, not std::min/max: those return references, and in the backward loop
@@ -91,14 +78,7 @@ inline float ActSlope(float z, float slope) { return float(z > 0.f) + float(z < 
 inline float Scale(float gamma, float inv_std) { return float(double(gamma) * double(inv_std)); }
 
 // The four loops over the activations, as functions of plain restrict pointers (inside the
-// kernels' lambdas GCC did not vectorise them). TensorFlow's flags target the baseline
-// x86-64 (SSE2); on x86-64 GCC also builds AVX2 and AVX-512 copies and picks one per CPU
-// when the library loads.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ENET_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define ENET_SIMD
-#endif
+// kernels' lambdas GCC did not vectorise them).
 
 // Forward, pass 1: sums[0:C] += x - x0 and sums[C:2C] += (x - x0)^2 over `rows` rows.
 ENET_SIMD void StatSums(const float* __restrict__ x, int64_t rows, int64_t C,
@@ -251,7 +231,7 @@ class EnetBatchNormActOp : public OpKernel {
     // Sums of (x - x0) and its square, x0 the first row, so that a channel whose mean is
     // large against its spread keeps its digits.
     std::vector<double> partial(kChunks * 2 * C, 0.0);
-    ForRowChunks(ctx, rows, [&](int64_t chunk, int64_t b, int64_t e) {
+    enet::ForChunks(ctx, rows, [&](int64_t chunk, int64_t b, int64_t e) {
       ChunkSums(b, e, 2 * C, &partial[chunk * 2 * C], [&](int64_t r0, int64_t n, float* acc) {
         StatSums(in + r0 * C, n, C, in, acc);
       });
@@ -276,7 +256,7 @@ class EnetBatchNormActOp : public OpKernel {
       new_var[c] = moving_var[c] - (moving_var[c] - unbiased) * (1.f - momentum_);
     }
     float* out = y->flat<float>().data();
-    ForRowChunks(ctx, rows, [&](int64_t, int64_t b, int64_t e) {
+    enet::ForChunks(ctx, rows, [&](int64_t, int64_t b, int64_t e) {
       Apply(in + b * C, e - b, C, mean, scale.data(), beta, slope, out + b * C);
     });
   }
@@ -324,7 +304,7 @@ class EnetBatchNormActGradOp : public OpKernel {
 
     const int64_t width = 3 * C;
     std::vector<double> partial(kChunks * width, 0.0);
-    ForRowChunks(ctx, rows, [&](int64_t chunk, int64_t b, int64_t e) {
+    enet::ForChunks(ctx, rows, [&](int64_t chunk, int64_t b, int64_t e) {
       ChunkSums(b, e, width, &partial[chunk * width], [&](int64_t r0, int64_t n, float* acc) {
         GradSums(in + r0 * C, g + r0 * C, n, C, mean, sc, beta, slope, acc);
       });
@@ -351,7 +331,7 @@ class EnetBatchNormActGradOp : public OpKernel {
     }
     dslope_t->flat<float>()(0) = float(total_slope);
     float* dx = dx_t->flat<float>().data();
-    ForRowChunks(ctx, rows, [&](int64_t, int64_t b, int64_t e) {
+    enet::ForChunks(ctx, rows, [&](int64_t, int64_t b, int64_t e) {
       GradApply(in + b * C, g + b * C, e - b, C, mean, sc, beta, slope, k_dz.data(), k_x.data(),
                 k_0.data(), dx + b * C);
     });

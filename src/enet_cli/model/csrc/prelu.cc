@@ -11,6 +11,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/platform/threadpool.h"
+#include "parallel.h"
 
 using namespace tensorflow;  // NOLINT
 
@@ -36,19 +37,6 @@ REGISTER_OP("EnetPreluGrad")
     });
 
 namespace {
-
-// Splits [0, n) into contiguous chunks run on the op's intra-op pool.
-template <typename Fn>
-void ForChunks(OpKernelContext* ctx, int64_t n, int64_t chunks, Fn fn) {
-  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  const int64_t size = (n + chunks - 1) / chunks;
-  pool->ParallelFor(chunks, /*cost_per_unit=*/1 << 30, [&](int64_t lo, int64_t hi) {
-    for (int64_t c = lo; c < hi; ++c) {
-      const int64_t b = c * size, e = std::min(n, b + size);
-      if (b < e) fn(c, b, e);
-    }
-  });
-}
 
 bool Alpha(OpKernelContext* ctx, const Tensor& alpha, float* value) {
   if (alpha.NumElements() != 1) {
@@ -92,7 +80,7 @@ double PreluBackward(const float* g, const float* in, float* out, float a, int64
   return total;
 }
 
-constexpr int64_t kChunks = 64;  // fixed, so dalpha's summation order never changes
+using enet::kChunks;  // fixed, so dalpha's summation order never changes
 
 class EnetPreluOp : public OpKernel {
  public:
@@ -105,7 +93,7 @@ class EnetPreluOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
     const float* in = x.flat<float>().data();
     float* out = y->flat<float>().data();
-    ForChunks(ctx, x.NumElements(), kChunks,
+    enet::ForChunks(ctx, x.NumElements(),
               [&](int64_t, int64_t b, int64_t e) { PreluForward(in, out, a, b, e); });
   }
 };
@@ -128,7 +116,7 @@ class EnetPreluGradOp : public OpKernel {
     const float* in = x.flat<float>().data();
     float* out = dx->flat<float>().data();
     std::vector<double> partial(kChunks, 0.0);
-    ForChunks(ctx, x.NumElements(), kChunks, [&](int64_t c, int64_t b, int64_t e) {
+    enet::ForChunks(ctx, x.NumElements(), [&](int64_t c, int64_t b, int64_t e) {
       partial[c] = PreluBackward(g, in, out, a, b, e);
     });
     double total = 0.0;
