@@ -141,22 +141,27 @@ def _prelu_from(library) -> Callable:
 def _batch_norm_act_from(library) -> Callable:
     floor = _epsilon_floor()
 
-    def batch_norm_act(x, gamma, beta, slope, moving_mean, moving_variance, epsilon, momentum):
+    def batch_norm_act(
+        x, gamma, beta, slope, moving_mean, moving_variance, epsilon, momentum, mask=None
+    ):
         moving = []
         epsilon = max(float(epsilon), floor)
+        if mask is None:
+            mask = tf.ones(tf.stack([tf.shape(x)[0], tf.shape(x)[-1]]), x.dtype)
+        mask = tf.reshape(mask, [-1])
 
         @tf.custom_gradient
         def normalize(x, gamma, beta, slope):
             scalar = tf.reshape(slope, [])
             y, mean, inv_std, new_mean, new_variance = library.enet_batch_norm_act(
-                x, gamma, beta, scalar, moving_mean, moving_variance,
+                x, gamma, beta, scalar, moving_mean, moving_variance, mask,
                 epsilon=epsilon, momentum=momentum,
             )  # fmt: skip
             moving.extend([new_mean, new_variance])
 
             def grad(dy):
                 dx, dgamma, dbeta, dslope = library.enet_batch_norm_act_grad(
-                    dy, x, gamma, beta, scalar, mean, inv_std
+                    dy, x, gamma, beta, scalar, mean, inv_std, mask
                 )
                 return dx, dgamma, dbeta, tf.reshape(dslope, tf.shape(slope))
 
@@ -246,11 +251,12 @@ def prelu() -> Optional[Callable]:
 def batch_norm_act() -> Optional[Callable]:
     """Training-mode batch norm then PReLU (ReLU: slope 0) over the last axis, or None.
 
-    `batch_norm_act(x, gamma, beta, slope, moving_mean, moving_variance, epsilon, momentum)`
-    returns (y, new moving mean, new moving variance), which the caller assigns: Keras'
-    BatchNormalization update, moving -= (moving - batch) * (1 - momentum), with the batch
-    variance under Bessel's correction. Gradients flow to x, gamma, beta and slope. None
-    as for `prelu()`.
+    `batch_norm_act(x, gamma, beta, slope, moving_mean, moving_variance, epsilon, momentum,
+    mask=None)` returns (y, new moving mean, new moving variance), which the caller assigns;
+    `mask` (N, C) multiplies each image's channels after the activation (spatial dropout;
+    ones if None). The update is Keras' BatchNormalization's, moving -= (moving - batch) *
+    (1 - momentum), with the batch variance under Bessel's correction. Gradients flow to x,
+    gamma, beta and slope. None as for `prelu()`.
     """
     return _kernel("batch_norm_act")
 

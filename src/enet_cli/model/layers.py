@@ -138,8 +138,7 @@ class Bottleneck(keras.layers.Layer):
         x = normalize_activate(self.project_bn, self.act, self.project(inputs), training)
         for conv, bn in zip(self.main_convs, self.main_bns):
             x = normalize_activate(bn, self.act, conv(x), training)
-        x = normalize_activate(self.expand_bn, self.act, self.expand(x), training)
-        x = self.drop(x, training=training)
+        x = normalize_activate(self.expand_bn, self.act, self.expand(x), training, self.drop)
         return self.act(inputs + x)
 
     def multiply_adds(self, input_shape: Shape) -> int:
@@ -197,8 +196,7 @@ class DownsamplingBottleneck(keras.layers.Layer):
         main = tf.pad(main, [[0, 0], [0, 0], [0, 0], [0, self.channels - inputs.shape[-1]]])
         x = normalize_activate(self.project_bn, self.act, self.project(inputs), training)
         x = normalize_activate(self.conv_bn, self.act, self.conv(x), training)
-        x = normalize_activate(self.expand_bn, self.act, self.expand(x), training)
-        x = self.drop(x, training=training)
+        x = normalize_activate(self.expand_bn, self.act, self.expand(x), training, self.drop)
         return self.act(main + x)
 
     def multiply_adds(self, input_shape: Shape) -> int:
@@ -277,8 +275,7 @@ class UpsamplingBottleneck(keras.layers.Layer):
             y = tf.nn.depth_to_space(self.act(y), 2)
         else:
             y = normalize_activate(self.upconv_bn, self.act, self.upconv(y), training)
-        y = normalize_activate(self.expand_bn, self.act, self.expand(y), training)
-        y = self.drop(y, training=training)
+        y = normalize_activate(self.expand_bn, self.act, self.expand(y), training, self.drop)
         return self.act(main + y)
 
     def compute_output_shape(self, input_shape):

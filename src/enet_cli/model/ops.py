@@ -158,24 +158,28 @@ def make_activation(kind: str, name: str):
     raise ValueError(f"activation must be 'prelu' or 'relu', got {kind!r}")
 
 
-def normalize_activate(bn, act, x: tf.Tensor, training=None) -> tf.Tensor:
-    """`act(bn(x, training))`, as one fused kernel where training can use it.
+def normalize_activate(bn, act, x: tf.Tensor, training=None, dropout=None) -> tf.Tensor:
+    """`act(bn(x, training))`, then `dropout` if given, as one fused kernel where training
+    can use it.
 
     Training in float32 on a CPU, a plain batch norm followed by the block's PReLU or ReLU
     runs model/fused.py's batch_norm_act: statistics, normalisation and activation in two
     passes forward and two backward, where oneDNN's batch norm ran on one core and the
-    activation read and wrote the tensor again. Same variables and the same update of the
-    moving statistics as Keras' layer (tests/model/test_fused.py holds them equal).
-    Everything else (inference, mixed precision, synchronised or frozen batch norm, a frozen
-    slope, an unbuilt layer) calls the layers.
+    activation read and wrote the tensor again. A `SpatialDropout` after them is its mask,
+    applied in the same pass (same draws, same numbers as the layer). Same variables and the
+    same update of the moving statistics as Keras' layer (tests/model/test_fused.py holds
+    them equal). Everything else (inference, mixed precision, synchronised or frozen batch
+    norm, a frozen slope, an unbuilt layer) calls the layers.
     """
     kernel = _fusable(bn, act, x, training)
     if kernel is None:
-        return act(bn(x, training=training))
+        y = act(bn(x, training=training))
+        return y if dropout is None else dropout(y, training=training)
     slope = act.alpha if isinstance(act, BlockPReLU) else tf.zeros([], x.dtype)
+    mask = None if dropout is None else dropout.mask(x, training)
     y, new_mean, new_variance = kernel(
         x, bn.gamma, bn.beta, slope, bn.moving_mean, bn.moving_variance,
-        epsilon=bn.epsilon, momentum=bn.momentum,
+        epsilon=bn.epsilon, momentum=bn.momentum, mask=mask,
     )  # fmt: skip
     bn.moving_mean.assign(new_mean)
     bn.moving_variance.assign(new_variance)
@@ -413,9 +417,13 @@ class SpatialDropout(keras.layers.Layer):
         )
         super().build(input_shape)
 
-    def call(self, inputs, training=None):
+    def mask(self, inputs, training=None) -> Optional[tf.Tensor]:
+        """This call's (N, C) factors, 0 or 1 / (1 - rate) per image and channel; None when
+        nothing is dropped. Advances the stream as a call does."""
         if not training or self.rate == 0:
-            return inputs
+            return None
+        if not self.built:
+            self._maybe_build(inputs)
         replica = tf.distribute.get_replica_context()
         replica_id = replica.replica_id_in_sync_group if replica is not None else 0
         seed = tf.stack(
@@ -426,10 +434,13 @@ class SpatialDropout(keras.layers.Layer):
                 self.counter.assign_add(1),
             ]
         )
-        shape = tf.stack([tf.shape(inputs)[0], 1, 1, tf.shape(inputs)[3]])
+        shape = tf.stack([tf.shape(inputs)[0], tf.shape(inputs)[3]])
         keep = tf.random.stateless_uniform(shape, seed) >= self.rate
-        # Scale the (N, 1, 1, C) mask, not the activations: one full-size multiply, not two.
-        return inputs * (tf.cast(keep, inputs.dtype) / tf.cast(1.0 - self.rate, inputs.dtype))
+        return tf.cast(keep, inputs.dtype) / tf.cast(1.0 - self.rate, inputs.dtype)
 
-    def get_config(self):
-        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+    def call(self, inputs, training=None):
+        factors = self.mask(inputs, training)
+        if factors is None:
+            return inputs
+        # Scale the (N, 1, 1, C) mask, not the activations: one full-size multiply, not two.
+        return inputs * factors[:, tf.newaxis, tf.newaxis, :]

@@ -1,7 +1,11 @@
 // Training-mode batch norm followed by ENet's activation (PReLU with one slope, or ReLU as
-// slope 0), as two CPU kernels over NHWC activations seen as [rows, channels]:
-//   forward:  one pass for the batch statistics, one pass writing prelu(x * scale + shift);
+// slope 0) and a per-(image, channel) factor (spatial dropout's mask, or ones), as two CPU
+// kernels over NHWC activations seen as [rows, channels]:
+//   forward:  one pass for the batch statistics, one pass writing mask * act(z), z the
+//             normalised x;
 //   backward: one pass reducing the three sums the gradients need, one pass writing dx.
+// The mask multiplies after the activation, as dropout does in ENet's blocks; folded in
+// here it costs no pass of its own.
 // TensorFlow runs these as FusedBatchNormV3 + the activation and their gradients: oneDNN's
 // batch norm ran on one core of two (the same time with 1 or 2 intra-op threads), and the
 // activation read and wrote the normalised tensor again in each direction.
@@ -26,6 +30,7 @@ REGISTER_OP("EnetBatchNormAct")
     .Input("slope: float")
     .Input("moving_mean: float")
     .Input("moving_variance: float")
+    .Input("mask: float")
     .Attr("epsilon: float")
     .Attr("momentum: float")
     .Output("y: float")
@@ -47,6 +52,7 @@ REGISTER_OP("EnetBatchNormActGrad")
     .Input("slope: float")
     .Input("mean: float")
     .Input("inv_std: float")
+    .Input("mask: float")
     .Output("dx: float")
     .Output("dgamma: float")
     .Output("dbeta: float")
@@ -95,23 +101,27 @@ ENET_SIMD void StatSums(const float* __restrict__ x, int64_t rows, int64_t C,
   }
 }
 
-// Forward, pass 2: y = act((x - mean) * scale + beta).
+// Forward, pass 2: y = mask * act((x - mean) * scale + beta), rows of one image.
 ENET_SIMD void Apply(const float* __restrict__ x, int64_t rows, int64_t C,
                      const float* __restrict__ mean, const float* __restrict__ scale,
-                     const float* __restrict__ beta, float slope, float* __restrict__ y) {
+                     const float* __restrict__ beta, float slope, const float* __restrict__ mask,
+                     float* __restrict__ y) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* __restrict__ row = x + r * C;
     float* __restrict__ out = y + r * C;
-    for (int64_t c = 0; c < C; ++c) out[c] = Act((row[c] - mean[c]) * scale[c] + beta[c], slope);
+    for (int64_t c = 0; c < C; ++c) {
+      out[c] = mask[c] * Act((row[c] - mean[c]) * scale[c] + beta[c], slope);
+    }
   }
 }
 
-// Backward, pass 1: sums[0:C] += dz, sums[C:2C] += dz * (x - mean), and the slope's
-// sums[2C:3C] += dy * min(z, 0) (per channel: a sum across channels would not vectorise).
+// Backward, pass 1, rows of one image: with g = dy * mask, sums[0:C] += dz = g * act'(z),
+// sums[C:2C] += dz * (x - mean), and the slope's sums[2C:3C] += g * min(z, 0) (per
+// channel: a sum across channels would not vectorise).
 ENET_SIMD void GradSums(const float* __restrict__ x, const float* __restrict__ dy, int64_t rows,
                         int64_t C, const float* __restrict__ mean,
                         const float* __restrict__ scale, const float* __restrict__ beta,
-                        float slope, float* __restrict__ sums) {
+                        float slope, const float* __restrict__ mask, float* __restrict__ sums) {
   float* __restrict__ s_dz = sums;
   float* __restrict__ s_dzx = sums + C;
   float* __restrict__ s_slope = sums + 2 * C;
@@ -121,19 +131,21 @@ ENET_SIMD void GradSums(const float* __restrict__ x, const float* __restrict__ d
     for (int64_t c = 0; c < C; ++c) {
       const float xm = row[c] - mean[c];
       const float z = xm * scale[c] + beta[c];
-      const float dz = grow[c] * ActSlope(z, slope);
+      const float g = grow[c] * mask[c];
+      const float dz = g * ActSlope(z, slope);
       s_dz[c] += dz;
       s_dzx[c] += dz * xm;
-      s_slope[c] += grow[c] * Neg(z);
+      s_slope[c] += g * Neg(z);
     }
   }
 }
 
-// Backward, pass 2: dx = k_dz * dz + k_x * (x - mean) + k_0 per channel.
+// Backward, pass 2, rows of one image: dx = k_dz * dz + k_x * (x - mean) + k_0 per channel.
 ENET_SIMD void GradApply(const float* __restrict__ x, const float* __restrict__ dy,
                          int64_t rows, int64_t C, const float* __restrict__ mean,
                          const float* __restrict__ scale, const float* __restrict__ beta,
-                         float slope, const float* __restrict__ k_dz,
+                         float slope, const float* __restrict__ mask,
+                         const float* __restrict__ k_dz,
                          const float* __restrict__ k_x, const float* __restrict__ k_0,
                          float* __restrict__ dx) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -143,7 +155,7 @@ ENET_SIMD void GradApply(const float* __restrict__ x, const float* __restrict__ 
     for (int64_t c = 0; c < C; ++c) {
       const float xm = row[c] - mean[c];
       const float z = xm * scale[c] + beta[c];
-      const float dz = grow[c] * ActSlope(z, slope);
+      const float dz = grow[c] * mask[c] * ActSlope(z, slope);
       out[c] = k_dz[c] * dz + k_x[c] * xm + k_0[c];
     }
   }
@@ -159,6 +171,31 @@ void ChunkSums(int64_t b, int64_t e, int64_t width, double* partial, Fn sums_of)
     sums_of(r0, std::min(e, r0 + kRun) - r0, acc.data());
     for (int64_t i = 0; i < width; ++i) partial[i] += acc[i];
   }
+}
+
+// Calls fn(begin, end, image) for the pieces of rows [b, e) that lie in one image each.
+template <typename Fn>
+void ByImage(int64_t b, int64_t e, int64_t rows_per_image, Fn fn) {
+  while (b < e) {
+    const int64_t image = b / rows_per_image;
+    const int64_t end = std::min(e, (image + 1) * rows_per_image);
+    fn(b, end, image);
+    b = end;
+  }
+}
+
+// The mask input: (N, C) factors for N images of rows / N rows each.
+bool Mask(OpKernelContext* ctx, const Tensor& x, const Tensor& mask, int64_t C, int64_t rows,
+          int64_t* rows_per_image) {
+  const int64_t images = x.dims() > 1 ? x.dim_size(0) : 1;
+  if (mask.NumElements() != images * C) {
+    ctx->CtxFailure(errors::InvalidArgument("EnetBatchNormAct: mask has ", mask.NumElements(),
+                                            " values for ", images, " images x ", C,
+                                            " channels"));
+    return false;
+  }
+  *rows_per_image = images ? std::max<int64_t>(rows / images, 1) : 1;
+  return true;
 }
 
 bool Scalar(OpKernelContext* ctx, const Tensor& t, float* value) {
@@ -206,6 +243,9 @@ class EnetBatchNormActOp : public OpKernel {
     const float* beta = ctx->input(2).flat<float>().data();
     const float* moving_mean = ctx->input(4).flat<float>().data();
     const float* moving_var = ctx->input(5).flat<float>().data();
+    int64_t per_image;
+    if (!Mask(ctx, x, ctx->input(6), C, rows, &per_image)) return;
+    const float* mask = ctx->input(6).flat<float>().data();
     Tensor *y, *mean_t, *inv_t, *new_mean_t, *new_var_t;
     const TensorShape vec({C});
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
@@ -257,7 +297,10 @@ class EnetBatchNormActOp : public OpKernel {
     }
     float* out = y->flat<float>().data();
     enet::ForChunks(ctx, rows, [&](int64_t, int64_t b, int64_t e) {
-      Apply(in + b * C, e - b, C, mean, scale.data(), beta, slope, out + b * C);
+      ByImage(b, e, per_image, [&](int64_t r0, int64_t r1, int64_t image) {
+        Apply(in + r0 * C, r1 - r0, C, mean, scale.data(), beta, slope, mask + image * C,
+              out + r0 * C);
+      });
     });
   }
 
@@ -283,6 +326,9 @@ class EnetBatchNormActGradOp : public OpKernel {
     const float* beta = ctx->input(3).flat<float>().data();
     const float* mean = ctx->input(5).flat<float>().data();
     const float* inv_std = ctx->input(6).flat<float>().data();
+    int64_t per_image;
+    if (!Mask(ctx, x, ctx->input(7), C, rows, &per_image)) return;
+    const float* mask = ctx->input(7).flat<float>().data();
     Tensor *dx_t, *dgamma_t, *dbeta_t, *dslope_t;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx_t));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({C}), &dgamma_t));
@@ -306,7 +352,10 @@ class EnetBatchNormActGradOp : public OpKernel {
     std::vector<double> partial(kChunks * width, 0.0);
     enet::ForChunks(ctx, rows, [&](int64_t chunk, int64_t b, int64_t e) {
       ChunkSums(b, e, width, &partial[chunk * width], [&](int64_t r0, int64_t n, float* acc) {
-        GradSums(in + r0 * C, g + r0 * C, n, C, mean, sc, beta, slope, acc);
+        ByImage(r0, r0 + n, per_image, [&](int64_t s0, int64_t s1, int64_t image) {
+          GradSums(in + s0 * C, g + s0 * C, s1 - s0, C, mean, sc, beta, slope,
+                   mask + image * C, acc);
+        });
       });
     });
     // dx = gamma * inv / n * (n * dz - sum(dz) - xhat * sum(dz * xhat)), xhat = (x - mean)
@@ -332,8 +381,10 @@ class EnetBatchNormActGradOp : public OpKernel {
     dslope_t->flat<float>()(0) = float(total_slope);
     float* dx = dx_t->flat<float>().data();
     enet::ForChunks(ctx, rows, [&](int64_t, int64_t b, int64_t e) {
-      GradApply(in + b * C, g + b * C, e - b, C, mean, sc, beta, slope, k_dz.data(), k_x.data(),
-                k_0.data(), dx + b * C);
+      ByImage(b, e, per_image, [&](int64_t r0, int64_t r1, int64_t image) {
+        GradApply(in + r0 * C, g + r0 * C, r1 - r0, C, mean, sc, beta, slope, mask + image * C,
+                  k_dz.data(), k_x.data(), k_0.data(), dx + r0 * C);
+      });
     });
   }
 };
