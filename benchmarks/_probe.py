@@ -19,7 +19,7 @@ from enet_cli.train.task import SegmentationTask
 
 def train_step(size, batch):
     """(model, run): a fresh ENet and a callable running one real train step on fixed data
-    (the engine's step: weighted loss, Adam, weight decay). Also used by fused_prelu.py."""
+    (the engine's step: weighted loss, Adam, weight decay). Also used by fused_kernels.py."""
     model = build_enet(ModelConfig(num_classes=11), size)
     task = SegmentationTask(11, 11, tuple([1.0] * 11))
     update = build_update(TrainConfig(), model.trainable_variables)

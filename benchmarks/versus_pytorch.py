@@ -99,7 +99,8 @@ def main() -> None:
     for label, value, ratio in table:
         print(f"{label:42s} {value:>10s} {ratio:>16s}")
     if args.write:
-        before = "".join(f" --before-src {src}" for src in args.before_src)
+        # A checkout's path is this machine's: the command names its commit instead.
+        before = "".join(f" --before-src {_commit(src)}-CHECKOUT/src" for src in args.before_src)
         command = (
             f"python benchmarks/versus_pytorch.py --torch-python TORCH_VENV/bin/python --port "
             f"PyTorch-ENet/models/enet.py{before} --rounds {args.rounds} --write"

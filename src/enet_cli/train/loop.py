@@ -199,7 +199,7 @@ class _Training:
             if reason and self.engine.is_chief:
                 ui.warn(
                     f"no fused training kernels ({reason}): training runs TensorFlow's "
-                    "composed ops instead, the same numbers about 1.4x slower"
+                    "composed ops instead, the same numbers about 1.5x slower"
                 )
         where = (
             f"resuming from {self.resumed} (epoch {self.start_epoch + 1}, step {self.step})"
